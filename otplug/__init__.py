@@ -1,0 +1,62 @@
+"""otplug: Optimal-Transport alignment losses for co-training LeRobot policies on sim and real data.
+
+``import otplug`` is light (no torch/POT); the heavy parts load on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from otplug.errors import BatchError, ConfigError, OtplugError, UnknownComponentError
+from otplug.plugins import (
+    AlignmentPolicy,
+    CostTerm,
+    MetricSink,
+    PolicyEncoder,
+    Solver,
+    TimeReducer,
+    get_registry,
+    hookimpl,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AlignmentPolicy",
+    "BatchError",
+    "ConfigError",
+    "CostTerm",
+    "MetricSink",
+    "OTLoss",
+    "OTResult",
+    "OtplugError",
+    "PolicyEncoder",
+    "Solver",
+    "TimeReducer",
+    "UnknownComponentError",
+    "get_registry",
+    "hookimpl",
+    "load_config",
+]
+
+_LAZY = {
+    "load_config": "otplug.config",
+    "OTConfig": "otplug.config",
+    "OTLoss": "otplug.loss",
+    "OTResult": "otplug.loss",
+}
+
+if TYPE_CHECKING:
+    from otplug.config import OTConfig, load_config
+    from otplug.loss import OTLoss, OTResult
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'otplug' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,3 @@
+from otplug.cli import main
+
+raise SystemExit(main())

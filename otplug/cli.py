@@ -1,0 +1,183 @@
+"""The ``otplug`` command. Listing commands never import torch or POT.
+
+Every :class:`~otplug.errors.OtplugError` is printed as a message (exit code 2); set ``OTPLUG_DEBUG=1``
+to see tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import textwrap
+from collections.abc import Sequence
+
+from otplug.errors import OtplugError
+
+# CLI spelling of each kind -> registry kind
+LISTABLE = {
+    "terms": "term",
+    "reducers": "reducer",
+    "solvers": "solver",
+    "alignments": "alignment",
+    "sinks": "sink",
+    "encoders": "encoder",
+}
+
+
+def _provider(p) -> str:
+    if p.dist:
+        return f"{p.dist} {p.version or ''}".strip() + ("" if p.plugin == p.dist else f" [{p.plugin}]")
+    return p.plugin
+
+
+def _print_failures(registry) -> None:
+    for failure in registry.failures:
+        print(f"warning: {failure.line()}", file=sys.stderr)
+    for kind, name, entries in registry.conflicts():
+        providers = " and ".join(p.provider for p in entries)
+        print(f"warning: {kind} {name!r} is registered by more than one plugin: {providers}", file=sys.stderr)
+
+
+def _table(rows: list[tuple[str, str, str]], headers: tuple[str, str, str]) -> str:
+    width = shutil.get_terminal_size((120, 24)).columns
+    w0 = max([len(headers[0])] + [len(r[0]) for r in rows])
+    w2 = max([len(headers[2])] + [len(r[2]) for r in rows])
+    w1 = max(30, width - w0 - w2 - 4)
+    lines = [f"{headers[0]:<{w0}}  {headers[1]:<{w1}}  {headers[2]}", f"{'-' * w0}  {'-' * w1}  {'-' * w2}"]
+    for name, summary, provider in rows:
+        wrapped = textwrap.wrap(summary, w1) or [""]
+        lines.append(f"{name:<{w0}}  {wrapped[0]:<{w1}}  {provider}")
+        lines += [f"{'':<{w0}}  {more}" for more in wrapped[1:]]
+    return "\n".join(lines)
+
+
+def cmd_list(kind_plural: str, as_json: bool) -> int:
+    from otplug.plugins import get_registry
+
+    registry = get_registry()
+    kind = LISTABLE[kind_plural]
+    comps = registry.components(kind)
+    if as_json:
+        out = [
+            {
+                "name": p.record.name,
+                "kind": kind,
+                "summary": p.record.summary,
+                "plugin": p.dist or p.plugin,
+                "entry_point": p.plugin,
+                "version": p.version,
+                "factory": p.record.factory if isinstance(p.record.factory, str) else repr(p.record.factory),
+            }
+            for p in comps
+        ]
+        print(json.dumps(out, indent=2))
+    else:
+        print(_table([(p.record.name, p.record.summary, _provider(p)) for p in comps], (kind, "summary", "plugin")))
+    _print_failures(registry)
+    return 0
+
+
+def cmd_plugins(as_json: bool) -> int:
+    from otplug.plugins import get_registry
+
+    registry = get_registry()
+    infos = registry.plugins()
+    if as_json:
+        out = {
+            "plugins": [
+                {"name": i.name, "distribution": i.dist, "version": i.version, "entry_point": i.entry_point,
+                 "hooks": list(i.hooks), "builtin": i.builtin}
+                for i in infos
+            ],
+            "failures": [
+                {"plugin": f.plugin, "distribution": f.dist, "entry_point": f.entry_point, "error": f.error}
+                for f in registry.failures
+            ],
+        }
+        print(json.dumps(out, indent=2))
+        return 0
+    rows = [(i.name, ", ".join(i.hooks), f"{i.dist or '-'} {i.version or ''}".strip()) for i in infos]
+    print(_table(rows, ("plugin", "hooks", "distribution")))
+    if registry.failures:
+        print("\nfailed to load:")
+        for f in registry.failures:
+            print(f"  {f.line()}")
+    for kind, name, entries in registry.conflicts():
+        print(f"conflict: {kind} {name!r} is registered by {' and '.join(p.provider for p in entries)}")
+    return 0
+
+
+def cmd_check_config(path: str, quiet: bool) -> int:
+    from otplug.config import describe_config, load_config
+
+    cfg = load_config(path)
+    if not quiet:
+        print(describe_config(cfg))
+    print(f"{path}: OK")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="otplug",
+        description="Optimal-Transport alignment losses for co-training LeRobot policies on sim + real data.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    for plural in LISTABLE:
+        p = sub.add_parser(f"list-{plural}", help=f"list registered {plural}")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = sub.add_parser("list", help="list registered components of one kind (list terms|solvers|...)")
+    p.add_argument("kind", choices=sorted(LISTABLE))
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("plugins", help="installed plugins, their distributions, hooks and load failures")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("check-config", help="validate an OT config file (JSON, TOML or YAML)")
+    p.add_argument("file")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only OK / the problems")
+
+    sub.add_parser("train", help="train a LeRobot policy with the OT loss (see `otplug train --help`)", add_help=False)
+    sub.add_parser("pair", help="compute DTW pair_info between two LeRobot datasets", add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        # train / pair own their argument parsing (they are heavy: torch + lerobot)
+        if argv and argv[0] == "train":
+            from otplug.lerobot.train import main as train_main
+
+            return int(train_main(argv[1:]) or 0)
+        if argv and argv[0] == "pair":
+            from otplug.lerobot.pair import main as pair_main
+
+            return int(pair_main(argv[1:]) or 0)
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 0
+        if args.command == "list":
+            return cmd_list(args.kind, args.json)
+        if args.command.startswith("list-"):
+            return cmd_list(args.command[len("list-"):], args.json)
+        if args.command == "plugins":
+            return cmd_plugins(args.json)
+        if args.command == "check-config":
+            return cmd_check_config(args.file, args.quiet)
+    except OtplugError as exc:
+        if os.environ.get("OTPLUG_DEBUG"):
+            raise
+        print(f"otplug: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("otplug: interrupted", file=sys.stderr)
+        return 130
+    parser.error(f"unknown command {args.command!r}")
+    return 2

@@ -1,0 +1,47 @@
+"""Exceptions users see. The CLI prints ``str(error)`` for these, never a traceback."""
+
+from __future__ import annotations
+
+__all__ = [
+    "BatchError",
+    "ConfigError",
+    "DuplicateComponentError",
+    "OtplugError",
+    "PluginLoadError",
+    "UnknownComponentError",
+]
+
+
+class OtplugError(Exception):
+    """Base class of every error otplug raises on purpose (bad input, bad plugin, bad config)."""
+
+
+class PluginLoadError(OtplugError):
+    """A plugin failed to import or its hook raised (fatal only with ``OTPLUG_STRICT_PLUGINS=1``)."""
+
+
+class DuplicateComponentError(OtplugError):
+    """Two plugins registered different components under the same name."""
+
+
+class UnknownComponentError(OtplugError, KeyError):
+    """A config or command named a component that no loaded plugin provides."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ConfigError(OtplugError, ValueError):
+    """A config is invalid. ``problems`` lists every ``(path, message)`` found."""
+
+    def __init__(self, problems: list[tuple[str, str]], source: str | None = None) -> None:
+        self.problems = list(problems)
+        self.source = source
+        where = f" in {source}" if source else ""
+        lines = [f"invalid otplug config{where} ({len(self.problems)} problem{'s' if len(self.problems) != 1 else ''}):"]
+        lines += [f"  {path}: {msg}" if path else f"  {msg}" for path, msg in self.problems]
+        super().__init__("\n".join(lines))
+
+
+class BatchError(OtplugError, ValueError):
+    """A batch handed to ``OTLoss`` lacks a key, has mismatched shapes or non-finite values."""

@@ -1,0 +1,131 @@
+"""Typed records that plugin hooks return.
+
+Every hook takes no arguments and returns a list of records. A record names a component, says in one line
+what it does, and points to the implementation *lazily*: ``factory`` may be the object itself or an
+``"module:attribute"`` string that is imported only when the component is used. That keeps
+``otplug list-terms`` free of torch and POT imports.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, ClassVar
+
+import attrs
+
+__all__ = [
+    "AlignmentPolicy",
+    "CostTerm",
+    "MetricSink",
+    "PolicyEncoder",
+    "Record",
+    "Solver",
+    "TimeReducer",
+    "resolve",
+]
+
+
+def resolve(target: Any) -> Any:
+    """Import ``"package.module:attr.sub"`` strings; return any other object unchanged."""
+    if not isinstance(target, str):
+        return target
+    module_name, sep, attr_path = target.partition(":")
+    if not sep or not module_name or not attr_path:
+        raise ValueError(f"expected 'module:attribute', got {target!r}")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr_path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _check_name(instance: Record, attribute: attrs.Attribute, value: str) -> None:
+    if not isinstance(value, str) or not value or value.strip() != value or " " in value:
+        raise ValueError(f"{type(instance).__name__}.name must be a non-empty string without spaces, got {value!r}")
+
+
+def _check_summary(instance: Record, attribute: attrs.Attribute, value: str) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"{type(instance).__name__}.summary must be a string, got {type(value).__name__}")
+
+
+@attrs.frozen(kw_only=True)
+class Record:
+    """Base of all component records.
+
+    ``name``: the name users write in configs (unique per kind across all plugins).
+    ``factory``: a callable (or ``"module:attr"`` string) building the component.
+    ``summary``: one line shown by ``otplug list-*``.
+    ``config_cls``: an attrs class (or ``"module:attr"``) holding the component's options, or ``None``.
+    """
+
+    kind: ClassVar[str] = "component"
+    hook: ClassVar[str] = ""
+
+    name: str = attrs.field(validator=_check_name)
+    factory: Any = attrs.field()
+    summary: str = attrs.field(default="", validator=_check_summary)
+    config_cls: Any = attrs.field(default=None)
+
+    def load_factory(self) -> Any:
+        return resolve(self.factory)
+
+    def load_config_cls(self) -> Any:
+        return resolve(self.config_cls) if self.config_cls is not None else None
+
+    def same_as(self, other: Record) -> bool:
+        """An identical re-registration (same class, name and implementation) is not a conflict."""
+        return type(self) is type(other) and self.name == other.name and self.factory == other.factory
+
+
+@attrs.frozen(kw_only=True)
+class CostTerm(Record):
+    """A cost term: builds one (n_src, n_tgt) cost matrix from a batch pair."""
+
+    kind: ClassVar[str] = "term"
+    hook: ClassVar[str] = "otplug_cost_terms"
+
+
+@attrs.frozen(kw_only=True)
+class TimeReducer(Record):
+    """Reduces the time axis of (B, S, ...) features before the cost is computed."""
+
+    kind: ClassVar[str] = "reducer"
+    hook: ClassVar[str] = "otplug_time_reducers"
+
+
+@attrs.frozen(kw_only=True)
+class Solver(Record):
+    """Computes an unbalanced OT plan for a cost matrix."""
+
+    kind: ClassVar[str] = "solver"
+    hook: ClassVar[str] = "otplug_solvers"
+
+
+@attrs.frozen(kw_only=True)
+class AlignmentPolicy(Record):
+    """Makes an OT batch from another dataloader compatible with the BC batch (ranks, masks, devices)."""
+
+    kind: ClassVar[str] = "alignment"
+    hook: ClassVar[str] = "otplug_alignment_policies"
+
+
+@attrs.frozen(kw_only=True)
+class MetricSink(Record):
+    """Receives training metrics (console, JSONL, TensorBoard, W&B, plan pictures...)."""
+
+    kind: ClassVar[str] = "sink"
+    hook: ClassVar[str] = "otplug_metric_sinks"
+
+
+@attrs.frozen(kw_only=True)
+class PolicyEncoder(Record):
+    """Gives ``encode_feature_for_ot(key, x)`` to a policy type that lacks it.
+
+    ``name`` is the lerobot policy type it adapts (``policy.config.type``, e.g. ``"act"``).
+    """
+
+    kind: ClassVar[str] = "encoder"
+    hook: ClassVar[str] = "otplug_policy_encoders"
+
+
+RECORD_TYPES: tuple[type[Record], ...] = (CostTerm, TimeReducer, Solver, AlignmentPolicy, MetricSink, PolicyEncoder)
