@@ -1,0 +1,89 @@
+"""Config classes of the built-in solvers (torch- and POT-free: the config loader imports this module).
+
+Every field is validated when the config is built; messages are phrased for users (the config loader
+prefixes them with the path to the field). See ``docs/solvers.md`` for what each option does.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import attrs
+
+__all__ = ["DTYPES", "PotConfig", "SinkhornConfig"]
+
+DTYPES = ("auto", "float32", "float64")
+
+
+def _positive_int(instance, attribute, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer, got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"must be an integer >= 1, got {value!r}")
+
+
+def _positive_float(instance, attribute, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"expected a number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"must be a finite number > 0, got {value!r}")
+
+
+def _open_unit(instance, attribute, value) -> None:
+    _positive_float(instance, attribute, value)
+    if value >= 1:
+        raise ValueError(f"must be a number in (0, 1), got {value!r}")
+
+
+def _bool(instance, attribute, value) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected true or false, got {type(value).__name__} {value!r}")
+
+
+def _dtype(instance, attribute, value) -> None:
+    if value not in DTYPES:
+        raise ValueError(f"must be one of {', '.join(repr(d) for d in DTYPES)}, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class PotConfig:
+    """Options of the reference solvers ``pot`` and ``pot-torch`` (POT's own names in brackets).
+
+    ``max_iter`` (``numItermax``): iteration cap, POT's default 1000.
+    ``tol`` (``stopThr``): POT's stopping threshold on the relative change of the scalings, default 1e-6.
+    """
+
+    max_iter: int = attrs.field(default=1000, validator=_positive_int)
+    tol: float = attrs.field(default=1e-6, validator=_positive_float)
+
+
+@attrs.frozen(kw_only=True)
+class SinkhornConfig:
+    """Options of the default on-device solver ``sinkhorn`` (``otplug.solvers.sinkhorn``).
+
+    ``max_iter``: cap on Sinkhorn iterations, epsilon-scaling stages included (default 5000).
+    ``tol``: stop when the estimated distance of the log-scalings to the fixed point (the relative error of
+      every row and column of the plan) is below this (default 1e-7).
+    ``check_every``: test convergence every this many iterations (one host sync per test; default 10).
+    ``warm_start``: start from the previous call's potentials when the shapes match (default true).
+    ``eps_scaling``: on a cold start with a small ``reg``, solve a short sequence of larger regs first
+      (default true).
+    ``eps_scaling_factor``: ratio between consecutive epsilon-scaling regs (default 0.5).
+    ``translation``: after each iteration, shift the dual potentials by the optimal constant
+      (translation-invariant Sinkhorn; fixes the slow mass mode when ``reg`` << ``tau``; default true).
+    ``kernel_iterations``: once the potentials have settled, iterate with an absorbed (stabilised) kernel and
+      matrix-vector products instead of log-sum-exp (much faster, same fixed point; default true).
+    ``dtype``: working precision. ``auto`` uses float64 for float64 costs and for float32 costs whose range
+      is too large against ``reg`` for float32 log-potentials, float32 otherwise (default ``auto``).
+    """
+
+    max_iter: int = attrs.field(default=5000, validator=_positive_int)
+    tol: float = attrs.field(default=1e-7, validator=_positive_float)
+    check_every: int = attrs.field(default=10, validator=_positive_int)
+    warm_start: bool = attrs.field(default=True, validator=_bool)
+    eps_scaling: bool = attrs.field(default=True, validator=_bool)
+    eps_scaling_factor: float = attrs.field(default=0.5, validator=_open_unit)
+    translation: bool = attrs.field(default=True, validator=_bool)
+    kernel_iterations: bool = attrs.field(default=True, validator=_bool)
+    dtype: Literal["auto", "float32", "float64"] = attrs.field(default="auto", validator=_dtype)
