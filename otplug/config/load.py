@@ -1,0 +1,396 @@
+"""``load_config``, ``dump_config`` and ``describe_config``.
+
+Loading collects **every** problem of a config (unknown keys, wrong types, bad values, unknown component
+names, duplicate term names, terms that contribute nothing) before raising one
+:class:`~otplug.errors.ConfigError`; each problem carries the path to the field, e.g. ``terms[1].dim_slice``
+or ``features[0].term_weight``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from otplug.config.convert import (
+    Problem,
+    StructureProblems,
+    describe_value,
+    exception_message,
+    join_path,
+    structure,
+    structure_attrs,
+    suggest_key,
+    unstructure,
+)
+from otplug.config.files import read_config_file
+from otplug.config.schema import RESERVED_TERM_KEYS, OTConfig, TermSpec
+from otplug.config.seed import SEED_TOP_LEVEL_KEYS, SeedFeature
+from otplug.errors import ConfigError, OtplugError
+
+__all__ = ["describe_config", "dump_config", "load_config"]
+
+# top-level scalar settings, structured by their OTConfig field types
+_SCALARS = ("reg", "tau_src", "tau_tgt", "heuristic", "solver", "time_reduce", "cost_normalization", "on_collapse")
+_FIELDS = {a.name: a for a in attrs.fields(OTConfig)}
+_NATIVE_KEYS = ("terms", *_SCALARS, "solver_options")
+
+
+def load_config(config: Any, *, source: str | None = None) -> OTConfig:
+    """Load and validate a config.
+
+    ``config``: a path (``str`` or ``os.PathLike``; ``.json``, ``.toml``, ``.yaml``/``.yml``), a mapping (the
+    parsed file), or an :class:`OTConfig` (returned as is). Both the native format (``terms``) and the seed
+    format (``features``) are accepted. Raises :class:`~otplug.errors.ConfigError` listing every problem.
+    """
+    if isinstance(config, OTConfig):
+        return config
+    if isinstance(config, (str, os.PathLike)):
+        data, source = read_config_file(config)
+    elif isinstance(config, Mapping):
+        data = config
+    else:
+        raise TypeError(f"load_config() takes a path, a mapping or an OTConfig, got {type(config).__name__}")
+    return _Loader(source).load(data)
+
+
+class _Loader:
+    def __init__(self, source: str | None) -> None:
+        from otplug.plugins import get_registry
+
+        self.source = source
+        self.registry = get_registry()
+        self.problems: list[Problem] = []
+
+    # -- helpers -------------------------------------------------------------------------------------
+    def _add(self, exc: StructureProblems) -> None:
+        self.problems += exc.problems
+
+    def _lookup(self, kind: str, name: str, path: str) -> Any | None:
+        """The registry record, or ``None`` after recording the problem (with suggestions)."""
+        try:
+            return self.registry.get(kind, name).record
+        except OtplugError as exc:
+            self.problems.append((path, str(exc)))
+            return None
+
+    def _config_cls(self, record: Any, what: str, path: str) -> tuple[bool, Any]:
+        try:
+            return True, record.load_config_cls()
+        except Exception as exc:  # noqa: BLE001 -- a broken plugin must not crash the loader
+            self.problems.append((path, f"cannot load the config class of {what} {record.name!r}: "
+                                        f"{type(exc).__name__}: {exc}"))
+            return False, None
+
+    # -- top level -----------------------------------------------------------------------------------
+    def load(self, data: Mapping[str, Any]) -> OTConfig:
+        seed = "features" in data
+        if seed and "terms" in data:
+            self.problems.append(("", "a config has either `features` (the seed format) or `terms` (the native "
+                                      "format), not both"))
+        allowed = [*_NATIVE_KEYS] if not seed else [k for k in (*SEED_TOP_LEVEL_KEYS, *_NATIVE_KEYS) if k != "terms"]
+        for key in data:
+            if not isinstance(key, str):
+                self.problems.append(("", f"keys must be strings, got {describe_value(key)}"))
+            elif key not in allowed and not (seed and key == "terms"):
+                self.problems.append((key, suggest_key(key, allowed)))
+
+        settings: dict[str, Any] = {}
+        for name in _SCALARS:
+            if name not in data:
+                continue
+            attribute = _FIELDS[name]
+            try:
+                value = structure(data[name], _TYPES[name], name)
+                attribute.validator(None, attribute, attribute.converter(value) if attribute.converter else value)
+            except StructureProblems as exc:
+                self._add(exc)
+                continue
+            except Exception as exc:  # noqa: BLE001 -- a validator's message
+                self.problems.append((name, exception_message(exc)))
+                continue
+            settings[name] = value
+
+        for name, kind in (("solver", "solver"), ("time_reduce", "reducer")):
+            if name in settings:
+                if self._lookup(kind, settings[name], name) is None:
+                    settings.pop(name)
+        solver_options = self._solver_options(data, settings)
+
+        terms = self._seed_terms(data["features"]) if seed else self._native_terms(data.get("terms"), "terms" in data)
+
+        if self.problems:
+            raise ConfigError(self.problems, self.source)
+        try:
+            return OTConfig(terms=tuple(terms), solver_options=solver_options, source=self.source, **settings)
+        except Exception as exc:  # noqa: BLE001 -- should have been caught above; never a traceback
+            raise ConfigError([("", exception_message(exc))], self.source) from None
+
+    def _solver_options(self, data: Mapping[str, Any], settings: dict[str, Any]) -> Any:
+        solver = settings.get("solver", _FIELDS["solver"].default)
+        if "solver" in data and "solver" not in settings:
+            return None  # the solver itself is wrong: its options cannot be checked
+        record = self._lookup("solver", solver, "solver")
+        if record is None:
+            return None
+        ok, cls = self._config_cls(record, "solver", "solver" if "solver" in data else "solver_options")
+        if not ok:
+            return None
+        given = data.get("solver_options")
+        if cls is None:
+            if given:
+                self.problems.append(("solver_options", f"solver {solver!r} takes no options"))
+            return None
+        try:
+            return structure({} if given is None else given, cls, "solver_options")
+        except StructureProblems as exc:
+            self._add(exc)
+            return None
+
+    # -- native terms --------------------------------------------------------------------------------
+    def _native_terms(self, raw: Any, present: bool) -> list[TermSpec]:
+        if not present:
+            self.problems.append(("terms", "missing: a config needs at least one cost term (a `terms` list, or "
+                                           "`features` in the seed format)"))
+            return []
+        if not isinstance(raw, (list, tuple)):
+            self.problems.append(("terms", f"expected a list of term tables, got {describe_value(raw)}"))
+            return []
+        if not raw:
+            self.problems.append(("terms", "is empty: a config needs at least one cost term"))
+            return []
+        terms: list[tuple[str, TermSpec, bool]] = []
+        for i, entry in enumerate(raw):
+            path = join_path("terms", i)
+            built = self._native_term(entry, path)
+            if built is not None:
+                terms.append((path, built, isinstance(entry, Mapping) and "name" in entry))
+        self._check_unique(
+            [(join_path(p, "name"), t, explicit) for p, t, explicit in terms],
+            "the name defaults to the term's type; give each term of the same type its own `name`",
+        )
+        return [t for _, t, _ in terms]
+
+    def _native_term(self, entry: Any, path: str) -> TermSpec | None:
+        if not isinstance(entry, Mapping):
+            self.problems.append((path, f"expected a term table (with `type`), got {describe_value(entry)}"))
+            return None
+        n_before = len(self.problems)
+        if "type" not in entry:
+            names = ", ".join(self.registry.names("term"))
+            self.problems.append((join_path(path, "type"), f"missing required key (a registered term: {names})"))
+            term_type = None
+        else:
+            try:
+                term_type = structure(entry["type"], str, join_path(path, "type"))
+            except StructureProblems as exc:
+                self._add(exc)
+                term_type = None
+        record = self._lookup("term", term_type, join_path(path, "type")) if term_type is not None else None
+
+        options = None
+        options_ok = False
+        if record is not None:
+            ok, cls = self._config_cls(record, "term", join_path(path, "type"))
+            if ok and cls is not None:
+                clash = sorted(set(RESERVED_TERM_KEYS) & {a.alias or a.name for a in attrs.fields(cls) if a.init})
+                if clash:
+                    self.problems.append((join_path(path, "type"), f"the config class of term {term_type!r} "
+                                          f"({cls.__qualname__}) uses reserved key(s) {', '.join(clash)}; "
+                                          "the plugin must rename them"))
+                else:
+                    try:
+                        options = structure_attrs(entry, cls, exclude=RESERVED_TERM_KEYS, also_valid=RESERVED_TERM_KEYS)
+                        options_ok = True
+                    except StructureProblems as exc:
+                        self.problems += [(join_path(path, p), m) for p, m in exc.problems]
+            elif ok:  # a term without options
+                for key in entry:
+                    if key not in RESERVED_TERM_KEYS:
+                        self.problems.append((join_path(path, str(key)), suggest_key(key, RESERVED_TERM_KEYS) +
+                                              f"; term {term_type!r} takes no options"))
+                options_ok = True
+
+        common = {k: entry[k] for k in RESERVED_TERM_KEYS if k in entry and k != "type"}
+        common.setdefault("name", term_type if term_type is not None else f"<{path}>")
+        try:
+            spec = structure_attrs(common, TermSpec, provided={"type": term_type or "?", "options": options})
+        except StructureProblems as exc:
+            self.problems += [(join_path(path, p), m) for p, m in exc.problems]
+            spec = None
+        if isinstance(entry.get("time_reduce"), str):
+            self._lookup("reducer", entry["time_reduce"], join_path(path, "time_reduce"))
+        if options_ok and spec is not None:
+            why = _why_nothing(options)
+            if why:
+                self.problems.append((path, f"term {spec.name!r} {why}"))
+        return spec if len(self.problems) == n_before else None
+
+    # -- seed format ---------------------------------------------------------------------------------
+    def _seed_terms(self, raw: Any) -> list[TermSpec]:
+        if not isinstance(raw, (list, tuple)):
+            self.problems.append(("features", f"expected a list of feature tables, got {describe_value(raw)}"))
+            return []
+        if not raw:
+            self.problems.append(("features", "is empty: a config needs at least one feature"))
+            return []
+        terms: list[tuple[str, TermSpec, bool]] = []
+        for i, entry in enumerate(raw):
+            path = join_path("features", i)
+            try:
+                feature = structure(entry, SeedFeature, path)
+            except StructureProblems as exc:
+                self._add(exc)
+                continue
+            why = feature.contributes_why_not()
+            if why:
+                self.problems.append((path, why))
+            record = self._lookup("term", feature.term_type, path)
+            if record is None:
+                continue
+            ok, cls = self._config_cls(record, "term", path)
+            if not ok:
+                continue
+            try:
+                options = structure(feature.option_fields(), cls, path) if cls is not None else None
+                common = {"name": feature.term_name if feature.term_name is not None else feature.src_key,
+                          "weight": feature.term_weight, "time_reduce": feature.time_reduce}
+                spec = structure_attrs(common, TermSpec, provided={"type": feature.term_type, "options": options})
+            except StructureProblems as exc:
+                rename = {"name": "term_name", "weight": "term_weight"}
+                self.problems += [(join_path(path, rename.get(p, p)), m) for p, m in exc.problems]
+                continue
+            if spec.time_reduce is not None:
+                self._lookup("reducer", spec.time_reduce, join_path(path, "time_reduce"))
+            terms.append((path, spec, feature.term_name is not None))
+        self._check_unique(
+            [(join_path(p, "term_name"), t, explicit) for p, t, explicit in terms],
+            "term_name defaults to src_key; give features that share a src_key distinct term_names",
+        )
+        return [t for _, t, _ in terms]
+
+    def _check_unique(self, entries: list[tuple[str, TermSpec, bool]], default_hint: str) -> None:
+        first: dict[str, str] = {}
+        for path, term, explicit in entries:
+            if term.name in first:
+                msg = f"duplicate term name {term.name!r} (also {first[term.name]}); term names must be unique"
+                if not explicit:
+                    msg += f" ({default_hint})"
+                self.problems.append((path, msg))
+            else:
+                first[term.name] = path.rsplit(".", 1)[0]
+
+
+_TYPES = {"reg": float, "tau_src": float, "tau_tgt": float, "heuristic": bool, "solver": str, "time_reduce": str,
+          "cost_normalization": str, "on_collapse": str}
+
+
+def _why_nothing(options: Any) -> str | None:
+    contributes = getattr(options, "contributes", None)
+    if options is None or not callable(contributes):
+        return None
+    try:
+        if contributes():
+            return None
+    except Exception as exc:  # noqa: BLE001
+        return f"cannot tell whether it contributes: contributes() raised {type(exc).__name__}: {exc}"
+    parts = []
+    if attrs.has(type(options)):
+        for a in attrs.fields(type(options)):
+            value = getattr(options, a.name)
+            if "weight" in a.name or a.name.startswith("use_"):
+                parts.append(f"{a.name} = {_fmt(value)}")
+    detail = f" ({', '.join(parts)})" if parts else ""
+    return f"contributes nothing to the cost{detail}; give it a weight > 0 or remove the term"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    if isinstance(value, str):
+        return value
+    return repr(value)
+
+
+# -- dump -------------------------------------------------------------------------------------------------
+def dump_config(cfg: OTConfig) -> dict[str, Any]:
+    """The native, JSON-able form of ``cfg``; ``load_config(dump_config(cfg)) == cfg``.
+
+    Every setting is written (defaults included), so a checkpoint keeps the exact meaning even if a
+    default changes later.
+    """
+    out: dict[str, Any] = {
+        "reg": cfg.reg,
+        "tau_src": cfg.tau_src,
+        "tau_tgt": cfg.tau_tgt,
+        "heuristic": cfg.heuristic,
+        "solver": cfg.solver,
+    }
+    if cfg.solver_options is not None:
+        out["solver_options"] = unstructure(cfg.solver_options)
+    out["time_reduce"] = cfg.time_reduce
+    out["cost_normalization"] = cfg.cost_normalization
+    out["on_collapse"] = cfg.on_collapse
+    terms = []
+    for term in cfg.terms:
+        entry: dict[str, Any] = {"type": term.type, "name": term.name, "weight": term.weight}
+        if term.time_reduce is not None:
+            entry["time_reduce"] = term.time_reduce
+        if term.options is not None:
+            entry.update(unstructure(term.options))
+        terms.append(entry)
+    out["terms"] = terms
+    return out
+
+
+# -- describe ---------------------------------------------------------------------------------------------
+def describe_config(cfg: OTConfig) -> str:
+    """A readable summary: terms (name, type, keys, slice, weights, time reduce), OT settings and solver."""
+    lines = []
+    lines.append(f"OT config{f' ({cfg.source})' if cfg.source else ''}: "
+                 f"{len(cfg.terms)} term{'s' if len(cfg.terms) != 1 else ''}, M = sum_k weight_k * M_k")
+    width = max(len(t.name) for t in cfg.terms)
+    for term in cfg.terms:
+        reduce = cfg.time_reduce_for(term)
+        lines.append(f"  {term.name:<{width}}  type={term.type}  weight={_fmt(term.weight)}  time_reduce={reduce}"
+                     f"{'' if term.time_reduce is not None else ' (default)'}")
+        opts = _describe_options(term.options)
+        if opts:
+            lines.append(f"  {'':<{width}}    {opts}")
+    lines.append(f"  metrics: {', '.join('ot_cost/' + t.name for t in cfg.terms)}")
+    lines.append(f"reg (entropic epsilon): {_fmt(cfg.reg)}")
+    lines.append(f"tau_src / tau_tgt (KL marginal relaxation): {_fmt(cfg.tau_src)} / {_fmt(cfg.tau_tgt)}")
+    if cfg.heuristic:
+        lines.append("heuristic: true -- diagonal prior c = eye(n)/n: the plan is forced onto the given pairing "
+                     "(row i <-> row i, every off-diagonal entry exactly 0); square batches only")
+    else:
+        lines.append("heuristic: false -- uniform reference measure; the solver finds the pairing")
+    opts = _describe_options(cfg.solver_options)
+    lines.append(f"solver: {cfg.solver}{f' ({opts})' if opts else ''}")
+    lines.append(f"time_reduce: {cfg.time_reduce}   cost_normalization: {cfg.cost_normalization}   "
+                 f"on_collapse: {cfg.on_collapse}")
+    return "\n".join(lines)
+
+
+def _describe_options(options: Any) -> str:
+    if options is None:
+        return ""
+    if not attrs.has(type(options)):
+        return repr(options)
+    parts = []
+    fields = {a.name: getattr(options, a.name) for a in attrs.fields(type(options)) if a.init}
+    if "src_key" in fields:
+        src = fields.pop("src_key")
+        tgt = fields.pop("tgt_key", None)
+        parts.append(f"{src} -> {tgt if tgt is not None else '(same key)'}")
+    for name, value in fields.items():
+        if value is None:
+            continue
+        parts.append(f"{name}={_fmt(value)}")
+    return "  ".join(parts)

@@ -1,0 +1,155 @@
+"""The resolved config: :class:`OTConfig` and its :class:`TermSpec` entries (frozen attrs classes).
+
+These classes validate values on construction (so a config built in Python is checked too); names of
+registered components (term types, solver, reducers) are checked against the registry by
+:func:`otplug.config.load_config`, which also collects every problem instead of stopping at the first.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import attrs
+
+__all__ = [
+    "COST_NORMALIZATIONS",
+    "DEFAULT_REG",
+    "DEFAULT_TAU",
+    "ON_COLLAPSE",
+    "RESERVED_TERM_KEYS",
+    "OTConfig",
+    "TermSpec",
+]
+
+DEFAULT_REG = 0.01
+DEFAULT_TAU = 0.01
+COST_NORMALIZATIONS = ("none", "mean", "max")
+ON_COLLAPSE = ("warn", "raise", "uniform")
+# keys of a native term table that belong to TermSpec, not to the term's own config class
+RESERVED_TERM_KEYS = ("type", "name", "weight", "time_reduce")
+
+
+def _number(value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"expected a number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"must be a finite number, got {value!r}")
+
+
+def positive(_instance: Any, _attribute: Any, value: Any) -> None:
+    _number(value)
+    if value <= 0:
+        raise ValueError(f"must be > 0, got {value!r}")
+
+
+def _positive_tau(_instance: Any, _attribute: Any, value: Any) -> None:
+    _number(value)
+    if value <= 0:
+        raise ValueError(
+            f"must be > 0, got {value!r} (the marginal relaxation of unbalanced OT; balanced OT is not supported, "
+            "use a large value such as 10 to keep the marginals nearly fixed)"
+        )
+
+
+def _term_weight(_instance: Any, _attribute: Any, value: Any) -> None:
+    _number(value)
+    if value == 0:
+        raise ValueError("is 0, so the term contributes nothing to the cost; remove the term or give it a weight > 0")
+    if value < 0:
+        raise ValueError(f"must be > 0, got {value!r}")
+
+
+def _bool(_instance: Any, _attribute: Any, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected true or false, got {type(value).__name__} {value!r}")
+
+
+def _name(_instance: Any, _attribute: Any, value: Any) -> None:
+    if not isinstance(value, str) or not value or value != value.strip() or any(c.isspace() for c in value):
+        raise ValueError(f"must be a non-empty name without spaces, got {value!r}")
+
+
+def _term_name(_instance: Any, _attribute: Any, value: Any) -> None:
+    if not isinstance(value, str) or not value.strip() or value != value.strip() or "\n" in value:
+        raise ValueError(f"must be a non-empty name without leading or trailing spaces, got {value!r}")
+
+
+def _optional_name(instance: Any, attribute: Any, value: Any) -> None:
+    if value is not None:
+        _name(instance, attribute, value)
+
+
+def _one_of(options: tuple[str, ...]):
+    def check(_instance: Any, _attribute: Any, value: Any) -> None:
+        if value not in options:
+            raise ValueError(f"must be one of {', '.join(repr(o) for o in options)}, got {value!r}")
+
+    check.__name__ = f"one_of{options}"
+    return check
+
+
+def _terms(_instance: Any, _attribute: Any, value: Any) -> None:
+    if not isinstance(value, tuple):
+        raise TypeError(f"expected a tuple of TermSpec, got {type(value).__name__}")
+    if not value:
+        raise ValueError("no terms: a config needs at least one cost term")
+    seen: dict[str, int] = {}
+    for i, term in enumerate(value):
+        if not isinstance(term, TermSpec):
+            raise TypeError(f"terms[{i}] is a {type(term).__name__}, expected a TermSpec")
+        if term.name in seen:
+            raise ValueError(f"duplicate term name {term.name!r} (terms[{seen[term.name]}] and terms[{i}])")
+        seen[term.name] = i
+
+
+def _to_float(value: Any) -> Any:
+    # ints are fine for floats; keep everything else as is for the validator to report
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _to_tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+@attrs.frozen(kw_only=True)
+class TermSpec:
+    """One cost term: ``M += weight * M_term`` where ``M_term`` comes from the registered term ``type``.
+
+    ``options`` is an instance of the term's registered config class (e.g. ``LabelConfig``).
+    """
+
+    type: str = attrs.field(validator=_name)
+    name: str = attrs.field(validator=_term_name)
+    weight: float = attrs.field(default=1.0, converter=_to_float, validator=_term_weight)
+    options: Any = None
+    time_reduce: str | None = attrs.field(default=None, validator=_optional_name)
+
+
+@attrs.frozen(kw_only=True)
+class OTConfig:
+    """The OT loss configuration. See ``docs/config.md`` for every field."""
+
+    terms: tuple[TermSpec, ...] = attrs.field(converter=_to_tuple, validator=_terms)
+    reg: float = attrs.field(default=DEFAULT_REG, converter=_to_float, validator=positive)
+    tau_src: float = attrs.field(default=DEFAULT_TAU, converter=_to_float, validator=_positive_tau)
+    tau_tgt: float = attrs.field(default=DEFAULT_TAU, converter=_to_float, validator=_positive_tau)
+    heuristic: bool = attrs.field(default=False, validator=_bool)
+    solver: str = attrs.field(default="sinkhorn", validator=_name)
+    solver_options: Any = None
+    time_reduce: str = attrs.field(default="flatten", validator=_name)
+    cost_normalization: str = attrs.field(default="none", validator=_one_of(COST_NORMALIZATIONS))
+    on_collapse: str = attrs.field(default="warn", validator=_one_of(ON_COLLAPSE))
+    source: str | None = attrs.field(default=None, eq=False)
+
+    def term(self, name: str) -> TermSpec:
+        for t in self.terms:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    def time_reduce_for(self, term: TermSpec) -> str:
+        """The time reducer of ``term``: its own ``time_reduce`` or the config's default."""
+        return term.time_reduce if term.time_reduce is not None else self.time_reduce
