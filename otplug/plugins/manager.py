@@ -77,6 +77,23 @@ class Provided:
     dist: str | None
     version: str | None
 
+    def load(self) -> Any:
+        """The component's factory, imported now; import errors name the component and its plugin."""
+        return self._resolve("factory", self.record.load_factory)
+
+    def load_config_cls(self) -> Any:
+        return self._resolve("config_cls", self.record.load_config_cls)
+
+    def _resolve(self, what: str, fn: Any) -> Any:
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 -- a plugin's lazy import failing
+            target = getattr(self.record, what)
+            raise PluginLoadError(
+                f"{self.record.kind} {self.record.name!r} from {self.provider}: cannot load its {what} "
+                f"{target!r}: {type(exc).__name__}: {exc}"
+            ) from exc
+
     @property
     def provider(self) -> str:
         if self.dist:

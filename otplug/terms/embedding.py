@@ -1,0 +1,45 @@
+"""``embedding``: ``M = weight_embed * cdist(enc(src), enc(tgt))**2 + weight_label * cdist(src, tgt)**2``.
+
+The embedding part carries gradients into the policy's encoder; ``dim_slice`` applies to the raw (label)
+values only, because the encoder needs its native input.
+"""
+
+from __future__ import annotations
+
+from otplug.terms.base import TermContext, TermCost
+from otplug.terms.configs import EmbeddingConfig
+
+
+class EmbeddingTerm:
+    uses_encoder = True
+
+    def __init__(self, config: EmbeddingConfig) -> None:
+        self.config = config
+
+    def required_keys(self, side: str) -> set[str]:
+        return {self.config.src_key if side == "src" else self.config.target_key}
+
+    def embedding_keys(self) -> set[str]:
+        return {self.config.src_key, self.config.target_key} if self._learned() else set()
+
+    def _learned(self) -> bool:
+        return self.config.weight_embed > 0
+
+    def cost(self, src, tgt, ctx: TermContext) -> TermCost:
+        c = self.config
+        parts = {}
+        total = None
+        if self._learned():
+            x = ctx.embed(src, c.src_key, "src", embed_name=c.embed_name)
+            y = ctx.embed(tgt, c.target_key, "tgt", embed_name=c.embed_name)
+            m_embed = ctx.sq_dist(x, y, what=f"embedding {c.src_key!r}/{c.target_key!r}")
+            parts["embed"] = m_embed
+            total = c.weight_embed * m_embed
+        if c.weight_label > 0:
+            x = ctx.label(src, c.src_key, "src", dim_slice=c.dim_slice)
+            y = ctx.label(tgt, c.target_key, "tgt", dim_slice=c.dim_slice)
+            m_label = ctx.sq_dist(x, y, what=f"label {c.src_key!r}/{c.target_key!r}")
+            parts["label"] = m_label
+            weighted = c.weight_label * m_label
+            total = weighted if total is None else total + weighted.to(total.dtype)
+        return TermCost(total, parts)

@@ -1,0 +1,21 @@
+"""``label``: ``M = weight_label * cdist(src, tgt)**2`` on raw (detached) batch values."""
+
+from __future__ import annotations
+
+from otplug.terms.base import TermContext, TermCost
+from otplug.terms.configs import LabelConfig
+
+
+class LabelTerm:
+    def __init__(self, config: LabelConfig) -> None:
+        self.config = config
+
+    def required_keys(self, side: str) -> set[str]:
+        return {self.config.src_key if side == "src" else self.config.target_key}
+
+    def cost(self, src, tgt, ctx: TermContext) -> TermCost:
+        c = self.config
+        x = ctx.label(src, c.src_key, "src", dim_slice=c.dim_slice)
+        y = ctx.label(tgt, c.target_key, "tgt", dim_slice=c.dim_slice)
+        m = ctx.sq_dist(x, y, what=f"label {c.src_key!r}/{c.target_key!r}")
+        return TermCost(c.weight_label * m, {"label": m})
