@@ -1,0 +1,303 @@
+"""The OT pair dataset: a fixed target (real) frame and a DTW-paired source (sim) frame.
+
+Index ``i`` of :class:`OTPairDataset` is one target frame that has a pairing (so a shuffled sampler draws every
+paired target frame equally often, however many source frames it is aligned to). For that frame the source side
+is drawn as follows (:class:`PairSampling`):
+
+1. **Source episode.** Candidates are the pair_info entries of the target episode (sorted by distance; only the
+   ``top_k`` closest when set) whose aligned list for this frame is non-empty. Each candidate with DTW distance
+   ``d`` gets the weight
+
+   * ``"logistic"`` (ot-sim2real, default): ``1 / (1 + exp(sharpness * (d - cutoff)))``; ``cutoff`` defaults to
+     the median distance of the target episode's entries (after top-k), so episodes closer than the median are
+     preferred, and ``sharpness`` (in 1/distance units) sets how strongly;
+   * ``"exp"`` (the earlier implementation): ``exp(-sharpness * d)``;
+   * ``"uniform"``: equal weights.
+
+   Weights are computed in log space, so large distances never underflow to an all-zero distribution.
+2. **Source frame.** A frame drawn uniformly from the aligned list of the target frame in that entry.
+3. **Jitter.** A frame drawn uniformly from ``[f - window_size, f + window_size]`` intersected with **that source
+   episode** — the window never crosses into a neighbouring episode (the earlier implementation clipped to the
+   whole dataset). ``no_window=True`` instead draws a frame uniformly from the whole source episode.
+
+Draws are deterministic in ``(seed, epoch, index)``: data-loader workers and DDP ranks that share the seed agree,
+and :meth:`OTPairDataset.set_epoch` gives a fresh draw each epoch.
+
+All frame numbers are relative to their episode (0 = first frame of the episode), as in pair_info.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+import torch
+import torch.utils.data
+
+from otplug.errors import OtplugError
+from otplug.lerobot.pair import load_pair_info
+
+__all__ = [
+    "OTPairDataset",
+    "PairDatasetError",
+    "PairSampling",
+    "collate_pairs",
+    "episode_rows",
+    "make_source_dataset",
+]
+
+SAMPLING_MODES = ("logistic", "exp", "uniform")
+
+
+class PairDatasetError(OtplugError, ValueError):
+    """The pair dataset cannot be built (bad sampling options, mismatched datasets, missing features)."""
+
+
+def _check_mode(_inst, _attr, value):
+    if value not in SAMPLING_MODES:
+        raise PairDatasetError(f"sampling.mode must be one of {list(SAMPLING_MODES)}, got {value!r}")
+
+
+def _check_nonneg(inst, attr, value):
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise PairDatasetError(f"sampling.{attr.name} must be a finite number >= 0, got {value!r}")
+
+
+def _check_top_k(_inst, _attr, value):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise PairDatasetError(f"sampling.top_k must be an integer >= 1 or None, got {value!r}")
+
+
+def _check_window(_inst, _attr, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise PairDatasetError(f"sampling.window_size must be an integer >= 0, got {value!r}")
+
+
+def _check_cutoff(_inst, _attr, value):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                              or not math.isfinite(value)):
+        raise PairDatasetError(f"sampling.cutoff must be a finite number or None, got {value!r}")
+
+
+@attrs.frozen
+class PairSampling:
+    """How the source frame paired with a target frame is drawn (see the module docstring).
+
+    * ``mode``: ``"logistic"`` | ``"exp"`` | ``"uniform"`` — the source-episode weight.
+    * ``sharpness``: slope of the weight, in 1/distance units (``raw_dtw_dist`` is a sum over the warping path,
+      so it grows with episode length; 0 makes every candidate equally likely).
+    * ``cutoff``: the logistic midpoint; ``None`` = median distance of the target episode's (top-k) entries.
+    * ``top_k``: keep only the k lowest-distance source episodes per target episode.
+    * ``window_size``: jitter half-width in frames (0 = the aligned frame itself), clipped to the source episode.
+    * ``no_window``: draw the source frame uniformly from the chosen source episode instead.
+    """
+
+    mode: str = attrs.field(default="logistic", validator=_check_mode)
+    sharpness: float = attrs.field(default=1.0, validator=_check_nonneg)
+    cutoff: float | None = attrs.field(default=None, validator=_check_cutoff)
+    top_k: int | None = attrs.field(default=None, validator=_check_top_k)
+    window_size: int = attrs.field(default=2, validator=_check_window)
+    no_window: bool = False
+
+    def log_weights(self, distances: np.ndarray, cutoff: float) -> np.ndarray:
+        """Unnormalised log-weights of source episodes with the given DTW distances."""
+        d = np.asarray(distances, dtype=np.float64)
+        if self.mode == "uniform":
+            return np.zeros_like(d)
+        if self.mode == "exp":
+            return -self.sharpness * d
+        # log(1 / (1 + exp(z))) = -softplus(z), stable for any z
+        return -np.logaddexp(0.0, self.sharpness * (d - cutoff))
+
+
+def episode_rows(ds) -> dict[int, np.ndarray]:
+    """``{episode_index: row positions}`` of a LeRobot dataset, in frame order.
+
+    The row positions are what ``ds[row]`` takes (they account for an ``episodes=[...]`` selection);
+    ``rows[ep][f]`` is frame ``f`` (relative to the episode) of episode ``ep``.
+    """
+    table = ds.hf_dataset.data
+    ep = np.asarray(table.column("episode_index").to_numpy(), dtype=np.int64)
+    idx = np.asarray(table.column("index").to_numpy(), dtype=np.int64)
+    order = np.lexsort((idx, ep))
+    ep_sorted = ep[order]
+    bounds = np.flatnonzero(np.diff(ep_sorted)) + 1
+    return {int(e[0]): rows for e, rows in zip(np.split(ep_sorted, bounds), np.split(order, bounds), strict=True)
+            if len(e)}
+
+
+@attrs.frozen
+class _Entry:
+    src_episode: int
+    distance: float
+    pairing: dict[int, np.ndarray]  # target frame -> aligned source frames
+
+
+def _label(ds) -> str:
+    return f"{getattr(ds, 'repo_id', '?')} ({getattr(ds, 'root', '?')})"
+
+
+class OTPairDataset(torch.utils.data.Dataset):
+    """Pairs of ``{"src": source item, "tgt": target item}`` (lerobot's own item dicts).
+
+    ``len()`` is the number of target frames that have at least one aligned source frame; index ``i`` is
+    target frame ``target_frame(i)``. Build the source with :func:`make_source_dataset` so that its time windows
+    and image transforms match the target's.
+    """
+
+    def __init__(self, target, source, pair_info: str | Path | Mapping, sampling: PairSampling | None = None,
+                 seed: int = 0) -> None:
+        self.target = target
+        self.source = source
+        self.sampling = sampling if sampling is not None else PairSampling()
+        if not isinstance(self.sampling, PairSampling):
+            raise PairDatasetError(f"sampling must be a PairSampling, got {type(self.sampling).__name__}")
+        self.seed = int(seed)
+        self.epoch = 0
+        info = load_pair_info(pair_info, source=source, target=target)
+        self._tgt_rows = episode_rows(target)
+        self._src_rows = episode_rows(source)
+        self._src_len = {e: len(r) for e, r in self._src_rows.items()}
+
+        self._entries: dict[int, list[_Entry]] = {}
+        self._cutoff: dict[int, float] = {}
+        index: list[tuple[int, int]] = []
+        for t_name, raw_entries in info.items():
+            t_ep = int(t_name)
+            entries = [
+                _Entry(int(e["demo_name"]), float(e["raw_dtw_dist"]),
+                       {int(f): np.asarray(v, dtype=np.int64) for f, v in e["pairing"].items() if v})
+                for e in raw_entries  # sorted by distance by load_pair_info
+            ]
+            if self.sampling.top_k is not None:
+                entries = entries[: self.sampling.top_k]
+            self._entries[t_ep] = entries
+            dists = [e.distance for e in entries]
+            self._cutoff[t_ep] = float(self.sampling.cutoff if self.sampling.cutoff is not None
+                                       else np.median(dists))
+            frames = sorted(set().union(*(e.pairing.keys() for e in entries)))
+            index += [(t_ep, f) for f in frames]
+        if not index:
+            raise PairDatasetError("pair_info pairs no target frame with any source frame")
+        index.sort()
+        self._index = np.asarray(index, dtype=np.int64).reshape(-1, 2)
+        self._position = {(int(e), int(f)): i for i, (e, f) in enumerate(self._index)}
+
+    # -- indexing ------------------------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw fresh source frames for a new epoch (call it on every worker/rank copy alike)."""
+        self.epoch = int(epoch)
+
+    def target_frame(self, i: int) -> tuple[int, int]:
+        """``(target episode, frame in episode)`` of index ``i``."""
+        ep, f = self._index[i]
+        return int(ep), int(f)
+
+    def index_of(self, episode: int, frame: int) -> int:
+        """Index of target ``(episode, frame)``; :class:`PairDatasetError` when that frame has no pairing."""
+        try:
+            return self._position[(int(episode), int(frame))]
+        except KeyError:
+            raise PairDatasetError(f"target episode {episode} frame {frame} has no pairing in pair_info") from None
+
+    def target_row(self, i: int) -> int:
+        ep, f = self.target_frame(i)
+        return int(self._tgt_rows[ep][f])
+
+    def source_row(self, episode: int, frame: int) -> int:
+        return int(self._src_rows[episode][frame])
+
+    # -- sampling ------------------------------------------------------------------------------------------------
+
+    def candidates(self, i: int) -> list[tuple[int, float, float]]:
+        """``[(source episode, distance, probability)]`` for index ``i`` (the source-episode distribution)."""
+        t_ep, t_f = self.target_frame(i)
+        cands = [e for e in self._entries[t_ep] if t_f in e.pairing]
+        logw = self.sampling.log_weights(np.array([e.distance for e in cands]), self._cutoff[t_ep])
+        p = np.exp(logw - logw.max())
+        p /= p.sum()
+        return [(e.src_episode, e.distance, float(q)) for e, q in zip(cands, p, strict=True)]
+
+    def _rng(self, i: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed & 0xFFFFFFFF, self.epoch & 0xFFFFFFFF, int(i)])
+
+    def sample_source(self, i: int, rng: np.random.Generator | None = None) -> tuple[int, int]:
+        """``(source episode, source frame)`` drawn for index ``i`` — deterministic in (seed, epoch, i)."""
+        if not 0 <= i < len(self):
+            raise IndexError(f"index {i} out of range for OTPairDataset of length {len(self)}")
+        rng = rng if rng is not None else self._rng(i)
+        t_ep, t_f = self.target_frame(i)
+        cands = [e for e in self._entries[t_ep] if t_f in e.pairing]
+        logw = self.sampling.log_weights(np.array([e.distance for e in cands]), self._cutoff[t_ep])
+        p = np.exp(logw - logw.max())
+        entry = cands[int(rng.choice(len(cands), p=p / p.sum()))]
+        n = self._src_len[entry.src_episode]
+        if self.sampling.no_window:
+            return entry.src_episode, int(rng.integers(0, n))
+        aligned = entry.pairing[t_f]
+        f = int(aligned[rng.integers(0, len(aligned))])
+        w = self.sampling.window_size
+        lo, hi = max(0, f - w), min(n - 1, f + w)
+        return entry.src_episode, int(rng.integers(lo, hi + 1))
+
+    def __getitem__(self, i: int) -> dict[str, dict[str, Any]]:
+        i = int(i)
+        if i < 0:
+            i += len(self)
+        s_ep, s_f = self.sample_source(i)
+        return {"src": self.source[self.source_row(s_ep, s_f)], "tgt": self.target[self.target_row(i)]}
+
+
+def collate_pairs(items: Sequence[Mapping[str, Any]]) -> tuple[dict, dict]:
+    """Collate a list of ``{"src", "tgt"}`` items into ``(src_batch, tgt_batch)`` with torch's default collate."""
+    from torch.utils.data import default_collate
+
+    return default_collate([it["src"] for it in items]), default_collate([it["tgt"] for it in items])
+
+
+def make_source_dataset(repo_id: str, root: str | Path | None, *, like, **kwargs):
+    """Open the source dataset with the target's ``delta_timestamps`` and ``image_transforms``.
+
+    Then time windows and ``*_is_pad`` masks of source and target items agree (SPEC §5). ``like`` is the target
+    :class:`LeRobotDataset` (as built by lerobot's dataset factory for the policy); extra keyword arguments go to
+    ``LeRobotDataset`` (they may not override the two copied settings). Raises :class:`PairDatasetError` when
+    the source lacks a feature that the target's ``delta_timestamps`` reference.
+    """
+    from otplug.lerobot.demo_data import open_dataset
+
+    for k in ("delta_timestamps", "image_transforms"):
+        if k in kwargs:
+            raise PairDatasetError(f"make_source_dataset copies {k} from the target; do not pass it")
+    delta = getattr(like, "delta_timestamps", None)
+    transforms = getattr(like, "image_transforms", None)
+    kwargs.setdefault("video_backend", getattr(like, "_video_backend", None) or "pyav")
+    kwargs.setdefault("tolerance_s", getattr(like, "tolerance_s", 1e-4))
+    probe = open_dataset(repo_id, root, **kwargs)
+    if delta:
+        missing = sorted(set(delta) - set(probe.meta.features))
+        if missing:
+            raise PairDatasetError(
+                f"source dataset {_label(probe)} lacks feature(s) {missing} that the target's delta_timestamps "
+                f"reference; source features: {sorted(probe.meta.features)}")
+        if probe.fps != like.fps:
+            bad = [k for k, ts in delta.items() if any(abs(t * probe.fps - round(t * probe.fps)) > 1e-3 for t in ts)]
+            if bad:
+                raise PairDatasetError(
+                    f"source dataset {_label(probe)} runs at {probe.fps} fps but the target at {like.fps}; the "
+                    f"target's delta_timestamps for {bad} are not whole source frames")
+    elif transforms is None:
+        return probe
+    try:
+        return open_dataset(repo_id, root, delta_timestamps=delta, image_transforms=transforms, **kwargs)
+    except OtplugError as exc:
+        raise PairDatasetError(f"source dataset with the target's delta_timestamps: {exc}") from exc
