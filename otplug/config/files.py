@@ -147,6 +147,9 @@ def _parse_yaml(text: str, source: str | None) -> Any:
         if exc.context and exc.problem:
             what = f"{exc.context}, {exc.problem}"
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        ctx = exc.context_mark
+        if ctx is not None and mark is not None and exc.problem_mark is not None and ctx.line != mark.line:
+            where = f" (line {mark.line + 1}, column {mark.column + 1}; it started at line {ctx.line + 1}, column {ctx.column + 1})"
         raise ConfigError([("", f"not valid YAML: {what}{where}")], source) from None
     except yaml.YAMLError as exc:
         raise ConfigError([("", f"not valid YAML: {exc}")], source) from None

@@ -161,17 +161,19 @@ class _Loader:
         if not raw:
             self.problems.append(("terms", "is empty: a config needs at least one cost term"))
             return []
-        terms: list[tuple[str, TermSpec, bool]] = []
+        terms: list[TermSpec] = []
+        names: list[tuple[str, str, bool]] = []
         for i, entry in enumerate(raw):
             path = join_path("terms", i)
             built = self._native_term(entry, path)
             if built is not None:
-                terms.append((path, built, isinstance(entry, Mapping) and "name" in entry))
-        self._check_unique(
-            [(join_path(p, "name"), t, explicit) for p, t, explicit in terms],
-            "the name defaults to the term's type; give each term of the same type its own `name`",
-        )
-        return [t for _, t, _ in terms]
+                terms.append(built)
+            if isinstance(entry, Mapping):
+                name = entry.get("name", entry.get("type"))
+                if isinstance(name, str):
+                    names.append((join_path(path, "name"), name, "name" in entry))
+        self._check_unique(names, "the name defaults to the term's type; give each term of the same type its own `name`")
+        return terms
 
     def _native_term(self, entry: Any, path: str) -> TermSpec | None:
         if not isinstance(entry, Mapping):
@@ -236,9 +238,14 @@ class _Loader:
         if not raw:
             self.problems.append(("features", "is empty: a config needs at least one feature"))
             return []
-        terms: list[tuple[str, TermSpec, bool]] = []
+        terms: list[TermSpec] = []
+        names: list[tuple[str, str, bool]] = []
         for i, entry in enumerate(raw):
             path = join_path("features", i)
+            if isinstance(entry, Mapping):
+                name = entry.get("term_name", entry.get("src_key"))
+                if isinstance(name, str):
+                    names.append((join_path(path, "term_name"), name, "term_name" in entry))
             try:
                 feature = structure(entry, SeedFeature, path)
             except StructureProblems as exc:
@@ -264,23 +271,20 @@ class _Loader:
                 continue
             if spec.time_reduce is not None:
                 self._lookup("reducer", spec.time_reduce, join_path(path, "time_reduce"))
-            terms.append((path, spec, feature.term_name is not None))
-        self._check_unique(
-            [(join_path(p, "term_name"), t, explicit) for p, t, explicit in terms],
-            "term_name defaults to src_key; give features that share a src_key distinct term_names",
-        )
-        return [t for _, t, _ in terms]
+            terms.append(spec)
+        self._check_unique(names, "term_name defaults to src_key; give features that share a src_key distinct term_names")
+        return terms
 
-    def _check_unique(self, entries: list[tuple[str, TermSpec, bool]], default_hint: str) -> None:
+    def _check_unique(self, names: list[tuple[str, str, bool]], default_hint: str) -> None:
         first: dict[str, str] = {}
-        for path, term, explicit in entries:
-            if term.name in first:
-                msg = f"duplicate term name {term.name!r} (also {first[term.name]}); term names must be unique"
+        for path, name, explicit in names:
+            if name in first:
+                msg = f"duplicate term name {name!r} (also {first[name]}); term names must be unique"
                 if not explicit:
                     msg += f" ({default_hint})"
                 self.problems.append((path, msg))
             else:
-                first[term.name] = path.rsplit(".", 1)[0]
+                first[name] = path.rsplit(".", 1)[0]
 
 
 _TYPES = {"reg": float, "tau_src": float, "tau_tgt": float, "heuristic": bool, "solver": str, "time_reduce": str,
