@@ -457,3 +457,16 @@ def test_config_loading_imports_no_torch_or_pot():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_docs_examples_load_and_agree():
+    import re
+
+    text = (ROOT / "docs" / "config.md").read_text()
+    blocks = re.findall(r"```(toml|yaml|json)\n(.*?)```", text, flags=re.S)
+    from otplug.config.files import parse_text
+
+    loaded = [load_config(parse_text(body, fmt)) for fmt, body in blocks]
+    assert len(loaded) == 4  # native TOML, YAML, JSON and the seed example
+    assert loaded[0] == loaded[1] == loaded[2]
+    assert loaded[3] == load_config(EXAMPLES / "seed_three_cameras.json")
