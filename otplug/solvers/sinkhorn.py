@@ -1,0 +1,351 @@
+r"""``sinkhorn``: the default solver. Log-domain / absorbed-kernel KL-unbalanced Sinkhorn on the cost's device.
+
+Problem (POT's ``sinkhorn_knopp_unbalanced`` with ``reg_type="kl"``, :math:`\varepsilon` = ``reg``,
+:math:`(\tau_1, \tau_2)` = ``reg_m``, :math:`c = a b^\top`):
+
+.. math::
+    \min_{\pi \ge 0} \langle \pi, M \rangle + \varepsilon \mathrm{KL}(\pi|a b^\top)
+        + \tau_1 \mathrm{KL}(\pi \mathbf{1}|a) + \tau_2 \mathrm{KL}(\pi^\top \mathbf{1}|b).
+
+Its dual is :math:`\max_{f,g} -\tau_1 \langle a, e^{-f/\tau_1} - 1\rangle - \tau_2 \langle b, e^{-g/\tau_2} - 1\rangle
+- \varepsilon \langle a b^\top, e^{(f \oplus g - M)/\varepsilon} - 1 \rangle` and
+:math:`\pi = a b^\top e^{(f \oplus g - M)/\varepsilon}`. We iterate on log-scalings
+:math:`x = f/\varepsilon + \log a`, :math:`y = g/\varepsilon + \log b`, so :math:`\pi_{ij} = e^{x_i + y_j - M_{ij}/\varepsilon}`:
+
+.. math::
+    x_i \leftarrow \log a_i - \varphi_1 \operatorname{LSE}_j (y_j - M_{ij}/\varepsilon), \qquad
+    y_j \leftarrow \log b_j - \varphi_2 \operatorname{LSE}_i (x_i - M_{ij}/\varepsilon), \qquad
+    \varphi_k = \frac{\tau_k}{\tau_k + \varepsilon}.
+
+From :math:`x = \log a, y = \log b` this is exactly POT's iteration (:math:`u = (a/Kv)^{\varphi_1}` with
+:math:`u = e^{x - \log a}`), but it cannot underflow. Accelerations, none of which changes the fixed point:
+
+* **translation** (translation-invariant Sinkhorn, Séjourné et al. 2022): after each sweep, the dual is
+  maximised exactly along :math:`(f + \lambda, g - \lambda)`, with
+  :math:`\lambda = \frac{\tau_1 \tau_2}{\tau_1 + \tau_2} \log \frac{\langle a, e^{-f/\tau_1}\rangle}{\langle b, e^{-g/\tau_2}\rangle}`;
+  this removes the slow "total mass" mode when :math:`\varepsilon \ll \tau`.
+* **over-relaxation** (Thibault et al. 2021): :math:`x \leftarrow (1-\omega) x + \omega\, T(y)`, with
+  :math:`\omega \in [1, 1.95]` tuned from the measured rate at each check (Young's relation) and halved
+  towards 1 when the error grows; 5-20x fewer iterations when :math:`\varepsilon` is small.
+* **epsilon scaling** (optional) on a cold start: solve roughly for :math:`\varepsilon_0 \approx \max|M|`, halve, ...,
+  carrying :math:`(f, g)` across stages.
+* **warm start**: :math:`(f, g)` of the previous call (same shapes) start the next one.
+* **absorbed kernel** (Schmitzer 2019): once the potentials settle, build
+  :math:`\tilde K = e^{x^0 \oplus y^0 - M/\varepsilon}` once and iterate :math:`x = x^0 + s`, :math:`y = y^0 + t`
+  with matrix-vector products, :math:`s = \log a - (1-\varphi_1) x^0 - \varphi_1 \log(\tilde K e^{t})`; the
+  kernel is rebuilt (absorbed) whenever :math:`|s|` or :math:`|t|` grows, and any non-finite step falls back
+  to the log-domain iteration.
+
+Convergence is tested every ``check_every`` iterations (one host sync): with :math:`e_k` the largest change of
+:math:`(x, y)` over the last iteration (the relative change of every row and column scaling of the plan) and
+:math:`\hat\rho` the contraction rate measured between checks, a problem has converged when
+:math:`e_k / (1 - \hat\rho) \le` ``tol`` (estimated distance to the fixed point), or when :math:`e_k` is at the
+rounding floor of the working dtype. A batch (P, n, m) is solved jointly; converged problems leave the active
+set.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from otplug.solvers.base import Prepared, SolveResult, diagonal_prior_plan, plan_info, prepare
+from otplug.solvers.configs import SinkhornConfig
+
+__all__ = ["LogSinkhornSolver", "AUTO_FLOAT64_RATIO"]
+
+#: with dtype "auto", float32 costs with max|M|/reg above this are solved in float64 (float32 log-potentials
+#: of that size lose more than ~1e-4 relative accuracy in the plan).
+AUTO_FLOAT64_RATIO = 1024.0
+_EPS_STAGE_TOL = 1e-2  # per-iteration change (log units) that ends an epsilon-scaling stage
+_EPS_STAGE_CHUNKS = 3  # at most this many check intervals per intermediate stage
+_KERNEL_DRIFT = 4.0  # enter kernel mode when check_every * err is below this
+_OMEGA_MAX = 1.95  # largest over-relaxation factor
+_BACKOFF = 10.0  # back off omega when the error grew by this factor over one check interval
+_ABSORB = {torch.float32: 12.0, torch.float64: 40.0}  # rebuild the kernel once |s|, |t| exceed this
+
+
+class _Problem:
+    """Per-call constants for one epsilon stage (batched over the active problems)."""
+
+    def __init__(self, M: torch.Tensor, loga: torch.Tensor, logb: torch.Tensor, eps: float, tau: tuple[float, float]):
+        self.Me = M / eps
+        self.loga, self.logb = loga, logb
+        self.eps = eps
+        t1, t2 = tau
+        self.fi1 = t1 / (t1 + eps) if math.isfinite(t1) else 1.0
+        self.fi2 = t2 / (t2 + eps) if math.isfinite(t2) else 1.0
+        # translation: lambda/eps = kappa * (log A - log B), A = sum a exp(-r1 (x - log a)), r1 = eps / tau1
+        self.r1 = eps / t1 if math.isfinite(t1) else 0.0
+        self.r2 = eps / t2 if math.isfinite(t2) else 0.0
+        if math.isfinite(t1) and math.isfinite(t2):
+            self.kappa = (t1 * t2 / (t1 + t2)) / eps
+        elif math.isfinite(t1):
+            self.kappa = t1 / eps
+        elif math.isfinite(t2):
+            self.kappa = t2 / eps
+        else:
+            self.kappa = 0.0  # balanced: the translation changes nothing
+
+    def subset(self, idx: torch.Tensor) -> _Problem:
+        out = object.__new__(_Problem)
+        out.__dict__.update(self.__dict__)
+        out.Me, out.loga, out.logb = self.Me[idx], self.loga[idx], self.logb[idx]
+        return out
+
+    def translate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact dual ascent along (f + lambda, g - lambda); returns the shifted (x, y)."""
+        if self.kappa == 0.0:
+            return x, y
+        la = torch.logsumexp(self.loga - self.r1 * (x - self.loga), dim=-1, keepdim=True)
+        lb = torch.logsumexp(self.logb - self.r2 * (y - self.logb), dim=-1, keepdim=True)
+        lam = self.kappa * (la - lb)
+        return x + lam, y - lam
+
+    def log_sweep(
+        self, x: torch.Tensor, y: torch.Tensor, translation: bool, omega: float = 1.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        xn = self.loga - self.fi1 * torch.logsumexp(y.unsqueeze(-2) - self.Me, dim=-1)
+        x = xn if omega == 1.0 else torch.lerp(x, xn, omega)
+        yn = self.logb - self.fi2 * torch.logsumexp(x.unsqueeze(-1) - self.Me, dim=-2)
+        y = yn if omega == 1.0 else torch.lerp(y, yn, omega)
+        if translation:
+            x, y = self.translate(x, y)
+        return x, y
+
+
+class LogSinkhornSolver:
+    """The default solver ``sinkhorn`` (see the module docstring for the problem and the algorithm).
+
+    Keeps the last dual potentials for warm starts; ``reset()`` forgets them, and they are dropped
+    automatically when the cost's shape, device or the batch size changes.
+    """
+
+    def __init__(self, config: SinkhornConfig | None = None) -> None:
+        self.config = config if config is not None else SinkhornConfig()
+        self._warm: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
+
+    def reset(self) -> None:
+        """Forget the warm-start potentials."""
+        self._warm = None
+
+    # ------------------------------------------------------------------ helpers
+    def _work_dtype(self, M: torch.Tensor, reg: float) -> torch.dtype:
+        d = self.config.dtype
+        if d == "float64" or M.dtype == torch.float64:
+            return torch.float64 if d != "float32" else torch.float32
+        if d == "float32":
+            return torch.float32
+        big = float(M.detach().abs().max()) / reg if M.numel() else 0.0
+        return torch.float64 if big > AUTO_FLOAT64_RATIO else torch.float32
+
+    # ------------------------------------------------------------------ API
+    def solve(
+        self,
+        M: torch.Tensor,
+        *,
+        reg: float,
+        reg_m: tuple[float, float],
+        heuristic: bool = False,
+        a: torch.Tensor | None = None,
+        b: torch.Tensor | None = None,
+    ) -> SolveResult:
+        """Solve one (n, m) or P batched (P, n, m) problems; returns the plan in M's dtype and shape."""
+        out_dtype = M.dtype if M.dtype in (torch.float32, torch.float64) else torch.float32
+        work = self._work_dtype(M, float(reg)) if isinstance(M, torch.Tensor) and M.numel() else None
+        p = prepare(M, reg, reg_m, a, b, heuristic, dtype=work)
+        if heuristic:
+            plan = diagonal_prior_plan(p)
+            info = plan_info(plan, p)
+            info.update(closed_form=1.0, warm_started=0.0, eps_stages=0.0, float64=float(p.M.dtype == torch.float64))
+            plan = plan.to(out_dtype)
+            return SolveResult(plan=plan if p.batched else plan[0], iterations=0, converged=True, error=0.0, info=info)
+        with torch.no_grad():
+            plan, iters, conv, err, info = self._solve(p)
+        info.update(plan_info(plan, p))
+        plan = plan.to(out_dtype)
+        return SolveResult(plan=plan if p.batched else plan[0], iterations=iters, converged=conv, error=err, info=info)
+
+    # ------------------------------------------------------------------ core
+    def _solve(self, p: Prepared) -> tuple[torch.Tensor, int, bool, float, dict[str, float]]:
+        cfg = self.config
+        M, eps = p.M, p.reg
+        P, n, m = M.shape
+        dt = M.dtype
+        loga, logb = torch.log(p.a), torch.log(p.b)
+        key = (tuple(M.shape), M.device, dt)
+
+        # initial dual potentials (cost units): warm start or zero (= POT's u = v = 1)
+        warm = cfg.warm_start and self._warm is not None and self._warm[0] == key
+        if warm:
+            f, g = self._warm[1].clone(), self._warm[2].clone()
+        else:
+            f, g = torch.zeros(P, n, dtype=dt, device=M.device), torch.zeros(P, m, dtype=dt, device=M.device)
+
+        # epsilon schedule: only on a cold start
+        stages = [eps]
+        if cfg.eps_scaling and not warm:
+            e0 = float(M.amax() - M.amin()) if not p.batched else float((M.amax((1, 2)) - M.amin((1, 2))).max())
+            e = e0
+            sched = []
+            while e > eps * (1.0 / cfg.eps_scaling_factor):
+                sched.append(e)
+                e *= cfg.eps_scaling_factor
+            stages = sched + [eps]
+
+        iters = torch.zeros(P, dtype=torch.long)
+        total_iters = 0
+        k = cfg.check_every
+        finfo = torch.finfo(dt)
+        stats = {"absorptions": 0, "kernel_iterations": 0, "log_iterations": 0, "fallbacks": 0, "omega": 1.0}
+
+        for si, e in enumerate(stages):
+            final = si == len(stages) - 1
+            prob = _Problem(M, loga, logb, e, p.tau)
+            x, y = f / e + loga, g / e + logb
+            active = torch.arange(P, device=M.device)
+            sub = prob
+            prev_err = torch.full((P,), float("inf"), dtype=torch.float64)
+            conv = torch.zeros(P, dtype=torch.bool)
+            errs = torch.full((P,), float("inf"), dtype=torch.float64)
+            chunks = 0
+            kernel_ok = cfg.kernel_iterations
+            kern = None  # (K, x0, y0, ax, ay) for the active subset
+            xa, ya = x, y
+            last_step = float("inf")
+            omega = 1.0
+            while True:
+                budget = cfg.max_iter - total_iters
+                if budget <= 0:
+                    break
+                steps = min(k, budget)
+                use_kernel = kernel_ok and final and last_step * steps < _KERNEL_DRIFT
+                x_chk, y_chk = xa, ya
+                if use_kernel:
+                    if kern is None:
+                        kern = _build_kernel(sub, xa, ya)
+                        stats["absorptions"] += 1
+                    xa, ya, px, py, s_max = _kernel_chunk(sub, kern, xa, ya, steps, cfg.translation, omega)
+                    ok = bool(torch.isfinite(xa).all() & torch.isfinite(ya).all())
+                    if not ok:  # fall back to the log domain from the last check
+                        stats["fallbacks"] += 1
+                        kernel_ok, kern = False, None
+                        xa, ya = x_chk, y_chk
+                        continue
+                    stats["kernel_iterations"] += steps
+                    if s_max > _ABSORB[dt]:
+                        kern = None
+                else:
+                    kern = None
+                    px, py = xa, ya
+                    for it in range(steps):
+                        if it == steps - 1:
+                            px, py = xa, ya
+                        xa, ya = sub.log_sweep(xa, ya, cfg.translation, omega)
+                    stats["log_iterations"] += steps
+                total_iters += steps
+                chunks += 1
+                iters[active.cpu()] += steps
+                # per-problem error of the last iteration, and convergence test (the one host sync)
+                step = torch.maximum((xa - px).abs().amax(-1), (ya - py).abs().amax(-1)).to(torch.float64)
+                scale = torch.maximum(xa.abs().amax(-1), ya.abs().amax(-1)).to(torch.float64)
+                step, scale = step.cpu(), scale.cpu()
+                act = active.cpu()
+                pe = prev_err[act]
+                rho = torch.where(pe > 0, (step / pe).clamp(min=0.0) ** (1.0 / steps), torch.zeros_like(step))
+                rho = torch.where(torch.isfinite(rho), rho, torch.ones_like(rho)).clamp(max=1.0)
+                dist = torch.where(rho < 1.0, step / (1.0 - rho).clamp(min=1e-12), torch.full_like(step, float("inf")))
+                floor = 16.0 * finfo.eps * (1.0 + scale)
+                if final:
+                    done = (torch.isfinite(pe) & (dist <= cfg.tol)) | (step <= floor)
+                else:
+                    done = (step <= _EPS_STAGE_TOL) | (step <= floor) | torch.tensor(chunks >= _EPS_STAGE_CHUNKS)
+                    done = done.expand_as(step).clone()
+                if final and cfg.overrelaxation and chunks >= 2:
+                    # over-relaxation: infer the plain Sinkhorn rate rho from the measured rate r at the current
+                    # omega (Young's relation (r + omega - 1)^2 = r omega^2 rho) and move omega towards
+                    # 2 / (1 + sqrt(1 - rho)); back off when the error clearly grows.
+                    ok_r = rho[torch.isfinite(pe) & ~done & (rho > 0)]
+                    if ok_r.numel():
+                        r = float(ok_r.max())
+                        if omega > 1.0 and r > _BACKOFF ** (1.0 / steps):
+                            omega = 1.0 + 0.5 * (omega - 1.0)
+                        elif r < 1.0:
+                            rho_plain = min((r + omega - 1.0) ** 2 / (r * omega * omega), 1.0)
+                            cand = min(2.0 / (1.0 + math.sqrt(1.0 - rho_plain)), _OMEGA_MAX)
+                            if cand > omega:
+                                omega = cand
+                    stats["omega"] = omega
+                prev_err[act] = step
+                errs[act] = torch.where(torch.isfinite(dist), dist, step)
+                last_step = float(step.max())
+                x[active], y[active] = xa, ya
+                if bool(done.all()):
+                    conv[act] = True
+                    break
+                if bool(done.any()):
+                    conv[act[done]] = True
+                    keep = (~done).to(active.device)
+                    active = active[keep]
+                    sub = prob.subset(active)
+                    xa, ya = xa[keep], ya[keep]
+                    kern = _subset_kernel(kern, keep)
+                    last_step = float(step[~done].max())
+            f, g = (x - loga) * e, (y - logb) * e
+            if not final:
+                continue
+            plan = torch.exp(x.unsqueeze(-1) + y.unsqueeze(-2) - prob.Me)
+            break
+
+        if cfg.warm_start:
+            self._warm = (key, f.detach().clone(), g.detach().clone())
+        err = float(errs.max())
+        info = {
+            "warm_started": float(warm),
+            "eps_stages": float(len(stages) - 1),
+            "float64": float(dt == torch.float64),
+            "iterations_min": float(iters.min()),
+            "converged_fraction": float(conv.double().mean()),
+            **{k_: float(v) for k_, v in stats.items()},
+        }
+        return plan, int(iters.max()), bool(conv.all()), err, info
+
+
+def _build_kernel(prob: _Problem, x: torch.Tensor, y: torch.Tensor):
+    K = torch.exp(x.unsqueeze(-1) + y.unsqueeze(-2) - prob.Me)
+    ax = prob.loga - (1.0 - prob.fi1) * x
+    ay = prob.logb - (1.0 - prob.fi2) * y
+    return K, x, y, ax, ay
+
+
+def _subset_kernel(kern, keep: torch.Tensor):
+    if kern is None:
+        return None
+    return tuple(t[keep] for t in kern)
+
+
+def _kernel_chunk(
+    prob: _Problem, kern, x: torch.Tensor, y: torch.Tensor, steps: int, translation: bool, omega: float = 1.0
+):
+    """``steps`` sweeps with the absorbed kernel; returns new (x, y), the previous iterate and max |s|, |t|."""
+    K, x0, y0, ax, ay = kern
+    s, t = (x - x0).unsqueeze(-1), (y - y0).unsqueeze(-1)
+    ax, ay = ax.unsqueeze(-1), ay.unsqueeze(-1)
+    KT = K.transpose(-2, -1)
+    fi1, fi2 = prob.fi1, prob.fi2
+    ps, pt = s, t
+    for it in range(steps):
+        if it == steps - 1:
+            ps, pt = s, t
+        sn = torch.add(ax, torch.log(torch.bmm(K, torch.exp(t))), alpha=-fi1)
+        s = sn if omega == 1.0 else torch.lerp(s, sn, omega)
+        tn = torch.add(ay, torch.log(torch.bmm(KT, torch.exp(s))), alpha=-fi2)
+        t = tn if omega == 1.0 else torch.lerp(t, tn, omega)
+        if translation and prob.kappa != 0.0:
+            xs, ys = prob.translate((x0.unsqueeze(-1) + s).squeeze(-1), (y0.unsqueeze(-1) + t).squeeze(-1))
+            s, t = (xs - x0).unsqueeze(-1), (ys - y0).unsqueeze(-1)
+    x, y = x0 + s.squeeze(-1), y0 + t.squeeze(-1)
+    px, py = x0 + ps.squeeze(-1), y0 + pt.squeeze(-1)
+    s_max = float(torch.maximum(s.abs().max(), t.abs().max()))
+    return x, y, px, py, s_max
