@@ -227,14 +227,11 @@ def _structure_union(value: Any, tp: Any) -> Any:
     for member in members:
         if member in (str, bool, int, float) and type(value) is member:
             return converter.structure(value, member)
-    failures: list[str] = []
     for member in members:
         try:
             return converter.structure(value, member)
-        except StructureProblems as exc:
-            failures.append(exc.problems[0][1] if len(exc.problems) == 1 else str(exc))
-        except Exception as exc:  # noqa: BLE001
-            failures.append(exception_message(exc))
+        except Exception:  # noqa: BLE001,S112 -- try the next member
+            continue
     _fail(f"expected {' or '.join(_type_name(a) for a in args)}, got {describe_value(value)}")
 
 
@@ -322,6 +319,8 @@ def structure_attrs(
         problems += _validate_alone(cls, kwargs, provided)
         raise StructureProblems(problems)
     # Build without validators, then run every validator on its own so that all problems are reported.
+    # (attrs.validators.disabled() flips a process-wide switch for this short block; configs are loaded
+    # at start-up, not concurrently with other attrs construction that relies on validation.)
     try:
         with attrs.validators.disabled():
             draft = cls(**kwargs)

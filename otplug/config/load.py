@@ -71,18 +71,21 @@ class _Loader:
     def _lookup(self, kind: str, name: str, path: str) -> Any | None:
         """The registry record, or ``None`` after recording the problem (with suggestions)."""
         try:
-            return self.registry.get(kind, name).record
+            return self.registry.get(kind, name)
         except OtplugError as exc:
             self.problems.append((path, str(exc)))
             return None
 
-    def _config_cls(self, record: Any, what: str, path: str) -> tuple[bool, Any]:
+    def _config_cls(self, provided: Any, path: str) -> tuple[bool, Any]:
+        """``(ok, config class or None)``; a plugin whose config class does not import is a problem, not a crash."""
         try:
-            return True, record.load_config_cls()
-        except Exception as exc:  # noqa: BLE001 -- a broken plugin must not crash the loader
-            self.problems.append((path, f"cannot load the config class of {what} {record.name!r}: "
-                                        f"{type(exc).__name__}: {exc}"))
-            return False, None
+            return True, provided.load_config_cls()
+        except OtplugError as exc:  # names the component, its plugin and the import error
+            self.problems.append((path, str(exc)))
+        except Exception as exc:  # noqa: BLE001
+            self.problems.append((path, f"cannot load the config class of {provided.record.kind} "
+                                        f"{provided.record.name!r}: {type(exc).__name__}: {exc}"))
+        return False, None
 
     # -- top level -----------------------------------------------------------------------------------
     def load(self, data: Mapping[str, Any]) -> OTConfig:
@@ -135,7 +138,7 @@ class _Loader:
         record = self._lookup("solver", solver, "solver")
         if record is None:
             return None
-        ok, cls = self._config_cls(record, "solver", "solver" if "solver" in data else "solver_options")
+        ok, cls = self._config_cls(record, "solver" if "solver" in data else "solver_options")
         if not ok:
             return None
         given = data.get("solver_options")
@@ -195,7 +198,7 @@ class _Loader:
         options = None
         options_ok = False
         if record is not None:
-            ok, cls = self._config_cls(record, "term", join_path(path, "type"))
+            ok, cls = self._config_cls(record, join_path(path, "type"))
             if ok and cls is not None:
                 clash = sorted(set(RESERVED_TERM_KEYS) & {a.alias or a.name for a in attrs.fields(cls) if a.init})
                 if clash:
@@ -222,7 +225,7 @@ class _Loader:
         except StructureProblems as exc:
             self.problems += [(join_path(path, p), m) for p, m in exc.problems]
             spec = None
-        if isinstance(entry.get("time_reduce"), str):
+        if isinstance(entry.get("time_reduce"), str) and entry["time_reduce"].strip() == entry["time_reduce"] != "":
             self._lookup("reducer", entry["time_reduce"], join_path(path, "time_reduce"))
         if options_ok and spec is not None:
             why = _why_nothing(options)
@@ -257,7 +260,7 @@ class _Loader:
             record = self._lookup("term", feature.term_type, path)
             if record is None:
                 continue
-            ok, cls = self._config_cls(record, "term", path)
+            ok, cls = self._config_cls(record, path)
             if not ok:
                 continue
             try:
