@@ -283,17 +283,14 @@ def _rows(batch: Mapping[str, Any], keys: Sequence[str], sl: slice) -> dict[str,
 
 
 def gather_for_ot(ot_loss, src: Mapping[str, Any], tgt: Mapping[str, Any], encoder: Any, accelerator) -> Any:
-    """The one place where the OT scope is applied: ``rank`` solves this process's pairs;
-    ``global`` hands over to :func:`otplug.lerobot.distributed.global_ot` (a plan over the pairs of every
-    process, gradients to this process's rows)."""
+    """The one place where the OT scope is applied: ``rank`` solves this process's pairs; ``global`` solves one
+    plan over the pairs of every process (:func:`otplug.distributed.global_ot`: values gathered, features with
+    gradients for this process's rows only, loss scaled so DDP's gradient average equals the global gradient)."""
     if accelerator is None or accelerator.num_processes == 1 or _SCOPE["value"] == "rank":
         return ot_loss(src, tgt, encoder=encoder)
-    try:
-        from otplug.lerobot.distributed import global_ot
-    except ImportError as exc:
-        raise OtplugError("--ot-scope global is not available in this build (otplug.lerobot.distributed "
-                          "missing); use --ot-scope rank") from exc
-    return global_ot(ot_loss, src, tgt, encoder=encoder, accelerator=accelerator)
+    from otplug.distributed import scoped_ot
+
+    return scoped_ot(ot_loss, src, tgt, encoder=encoder, scope=_SCOPE["value"])
 
 
 _SCOPE = {"value": "rank"}
@@ -443,10 +440,19 @@ def _make_sampling(ot) -> Any:
 def _combined_stats(dataset, source):
     from lerobot.datasets import aggregate_stats
 
+    import numpy as np
+
+    def _np(stats):
+        return {k: {s: np.asarray(v.cpu() if hasattr(v, "cpu") else v) for s, v in ft.items()} for k, ft in stats.items()}
+
     keys = set(dataset.meta.stats) & set(source.meta.stats)
-    tgt = {k: v for k, v in dataset.meta.stats.items() if k in keys}
-    src = {k: v for k, v in source.meta.stats.items() if k in keys}
-    combined = aggregate_stats([tgt, src])
+    tgt = _np({k: v for k, v in dataset.meta.stats.items() if k in keys})
+    src = _np({k: v for k, v in source.meta.stats.items() if k in keys})
+    try:
+        combined = aggregate_stats([tgt, src])
+    except (ValueError, KeyError) as exc:
+        raise OtplugError(f"could not combine target and source statistics ({exc}); use --ot.combine_stats=false "
+                          "to normalise with the target's statistics only") from exc
     out = dict(dataset.meta.stats)
     out.update(combined)
     return out
