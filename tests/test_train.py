@@ -1,0 +1,159 @@
+"""`otplug train` end to end on tiny datasets: both layouts, resume, errors, OT off loads no OT batch."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("lerobot")
+pytest.importorskip("accelerate")
+
+from otplug.errors import OtplugError  # noqa: E402
+
+CAM = "observation.images.front"
+OT_CONFIG = {
+    "reg": 0.05, "tau_src": 1.0, "tau_tgt": 1.0, "cost_normalization": "mean",
+    "terms": [
+        {"type": "image", "name": "img", "src_key": CAM, "weight": 1.0},
+        {"type": "embedding", "name": "state", "src_key": "observation.state", "weight": 0.5},
+        {"type": "action-slice", "name": "act", "weight": 0.5},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    from otplug.lerobot.demo_data import make_dataset
+    from otplug.lerobot.pair import compute_pair_info, save_pair_info
+
+    root = tmp_path_factory.mktemp("pair")
+    real = make_dataset(root / "real", repo_id="test/real", episode_lengths=(12, 14, 10), image_size=32, seed=1)
+    sim = make_dataset(root / "sim", repo_id="test/sim", episode_lengths=(11, 13), image_size=32, seed=2)
+    save_pair_info(compute_pair_info(sim, real, key="observation.state"), root / "pair_info.json")
+    (root / "ot.json").write_text(json.dumps(OT_CONFIG))
+    return root
+
+
+def _args(pair, out, steps=3, extra=()):
+    return [
+        "--dataset.repo_id=test/real", f"--dataset.root={pair / 'real'}", "--dataset.video_backend=pyav",
+        "--policy.type=act", "--policy.device=cpu", "--policy.pretrained_backbone_weights=null",
+        "--policy.push_to_hub=false", "--policy.dim_model=32", "--policy.n_heads=2", "--policy.dim_feedforward=64",
+        "--policy.n_encoder_layers=1", "--policy.n_vae_encoder_layers=1", "--policy.chunk_size=5",
+        "--policy.n_action_steps=5", "--num_workers=0", "--batch_size=4", "--log_freq=1", "--save_freq=2",
+        "--seed=5", "--wandb.enable=false", f"--output_dir={out}", f"--steps={steps}",
+        "--ot.source_repo_id=test/sim", f"--ot.source_root={pair / 'sim'}", f"--ot.pair_info={pair / 'pair_info.json'}",
+        f"--ot.config={pair / 'ot.json'}", "--ot.batch_size=3", "--ot.plan_every=1", "--ot.sinks=[plan-heatmap]",
+        *extra,
+    ]
+
+
+def _rows(out):
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("layout", ["single-pass", "separate"])
+def test_train_with_ot(pair, tmp_path, layout):
+    from otplug.lerobot.train import main
+
+    out = tmp_path / "run"
+    assert main(_args(pair, out, extra=[f"--ot.layout={layout}"])) == 0
+    rows = _rows(out)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for r in rows:
+        assert r["ot_loss"] > 0 and r["ot_pi_sum"] > 0 and "ot_cost/img" in r and "bc_loss" in r
+        assert r["loss"] == pytest.approx(r["bc_loss"] + 0.1 * r["ot_loss"], rel=1e-4)
+    assert rows[0]["ot_capture_fallback" if layout == "single-pass" else "ot_loss"] == (0 if layout == "single-pass"
+                                                                                         else rows[0]["ot_loss"])
+    assert sorted(p.name for p in (out / "plans").glob("*.png")) == [f"plan_00000{i}.png" for i in (1, 2, 3)]
+    ckpt = out / "checkpoints" / "last" / "pretrained_model"
+    assert (ckpt / "model.safetensors").exists() and (ckpt / "train_config.json").exists()
+    assert json.loads((ckpt / "train_config.json").read_text())["ot"]["layout"] == layout
+
+
+def test_ot_disabled_loads_no_ot_batch(pair, tmp_path, monkeypatch):
+    import otplug.lerobot.pair_dataset as pd
+    from otplug.lerobot.train import main
+
+    def boom(*a, **k):
+        raise AssertionError("OT data touched with OT disabled")
+
+    monkeypatch.setattr(pd, "OTPairDataset", boom)
+    monkeypatch.setattr(pd, "make_source_dataset", boom)
+    out = tmp_path / "off"
+    assert main(_args(pair, out, steps=1, extra=["--ot.lambda_ot=0"])) == 0
+    assert "ot_loss" not in _rows(out)[0]
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly(pair, tmp_path):
+    """An interrupted run resumed from its checkpoint reproduces the uninterrupted run (OT off: exact BC data)."""
+    from otplug.lerobot.train import main
+
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert main(_args(pair, full, steps=4, extra=["--ot.enabled=false"])) == 0
+    assert main(_args(pair, cut, steps=2, extra=["--ot.enabled=false"])) == 0
+    assert main(["--resume", "--output-dir", str(cut), "--steps", "4"]) == 0
+    a, b = _rows(full), _rows(cut)
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    for ra, rb in zip(a, b, strict=True):
+        assert rb["bc_loss"] == pytest.approx(ra["bc_loss"], rel=1e-5)
+    assert (cut / "checkpoints" / "000004").is_dir() or (cut / "checkpoints" / "4").is_dir()
+
+
+def test_resume_with_ot(pair, tmp_path):
+    from otplug.lerobot.train import main
+
+    out = tmp_path / "r"
+    assert main(_args(pair, out, steps=2)) == 0
+    assert main(["--resume", "--output-dir", str(out), "--steps=3"]) == 0
+    rows = _rows(out)
+    assert [r["step"] for r in rows] == [1, 2, 3] and rows[-1]["ot_loss"] > 0
+
+
+def test_errors_are_one_clear_message(pair, tmp_path, capsys):
+    from otplug.cli import main as cli
+
+    out = tmp_path / "e"
+    cases = [
+        (["--ot.pair_info=/nope/pair.json"], "--ot.pair_info: no such file"),
+        (["--ot.layout=singlepass"], "--ot.layout must be one of"),
+        (["--ot.lamda_ot=0.1"], "invalid training options"),
+    ]
+    for extra, msg in cases:
+        rc = cli(["train", *_args(pair, out, steps=1, extra=extra)])
+        err = capsys.readouterr().err
+        assert rc == 2, extra
+        assert msg in err and "Traceback" not in err, err
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"terms": [{"type": "imgae", "src_key": CAM}]}))
+    rc = cli(["train", *_args(pair, out, steps=1, extra=[f"--ot.config={bad}"])])
+    err = capsys.readouterr().err
+    assert rc == 2 and "did you mean 'image'" in err and "Traceback" not in err
+    missing = tmp_path / "missing_key.json"
+    missing.write_text(json.dumps({"terms": [{"type": "label", "src_key": "observation.velocity"}]}))
+    rc = cli(["train", *_args(pair, tmp_path / "e2", steps=1, extra=[f"--ot.config={missing}"])])
+    err = capsys.readouterr().err
+    assert rc == 2 and "observation.velocity" in err and "Traceback" not in err
+    rc = cli(["train", "--resume", "--output-dir", str(tmp_path / "never")])
+    assert rc == 2 and "no checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from otplug.cli import main as cli
+
+    out = tmp_path / "demo"
+    assert cli(["train", "--demo", "--steps", "3", "--output-dir", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "BC loss" in text and "with OT" in text and "baseline (no OT)" in text
+    rows = _rows(out)
+    assert [r["step"] for r in rows] == [1, 2, 3] and all("ot_pi_sum" in r for r in rows)
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["embedding_alignment"]) == {"init", "baseline (no OT)", "with OT"}
+    assert list((out / "plans").glob("*.png"))
+    assert (out / "checkpoints" / "last" / "pretrained_model" / "model.safetensors").exists()
+    # a second demo run replaces the previous demo output
+    assert cli(["train", "--demo", "--steps", "1", "--no-baseline", "--output-dir", str(out)]) == 0
