@@ -228,9 +228,9 @@ class LogSinkhornSolver:
                         stats["absorptions"] += 1
                     xa, ya, px, py, s_max = _kernel_chunk(sub, kern, xa, ya, steps, cfg.translation, omega)
                     ok = bool(torch.isfinite(xa).all() & torch.isfinite(ya).all())
-                    if not ok:  # fall back to the log domain from the last check
+                    if not ok:  # fall back to the log domain from the last check, without over-relaxation
                         stats["fallbacks"] += 1
-                        kernel_ok, kern = False, None
+                        kernel_ok, kern, omega = False, None, 1.0
                         xa, ya = x_chk, y_chk
                         continue
                     stats["kernel_iterations"] += steps
@@ -243,6 +243,12 @@ class LogSinkhornSolver:
                         if it == steps - 1:
                             px, py = xa, ya
                         xa, ya = sub.log_sweep(xa, ya, cfg.translation, omega)
+                    if not bool(torch.isfinite(xa).all() & torch.isfinite(ya).all()):
+                        if omega == 1.0:
+                            raise FloatingPointError("log-domain Sinkhorn produced non-finite potentials")
+                        stats["fallbacks"] += 1  # an over-relaxed step went too far: redo without it
+                        omega, xa, ya = 1.0, x_chk, y_chk
+                        continue
                     stats["log_iterations"] += steps
                 total_iters += steps
                 chunks += 1
