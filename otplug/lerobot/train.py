@@ -23,6 +23,7 @@ Short flags (SPEC §7): ``--demo``, ``--steps N``, ``--output-dir DIR``, ``--ot-
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import math
@@ -668,6 +669,16 @@ def train(cfg, accelerator=None) -> dict[str, Any]:
             yield from dataloader
 
     dl_iter = _dl_cycle()
+    if cfg.resume and step > 0:
+        # Creating the data iterator draws a base seed from the global RNG. The uninterrupted run drew it before
+        # the checkpointed RNG state was taken, so draw it first and restore the RNG afterwards: the resumed run
+        # then continues exactly like the uninterrupted one (tested).
+        from lerobot.utils.constants import TRAINING_STATE_DIR
+        from lerobot.utils.random_utils import load_rng_state
+
+        primed = next(dl_iter)
+        load_rng_state(Path(cfg.checkpoint_path) / TRAINING_STATE_DIR)
+        dl_iter = itertools.chain([primed], dl_iter)
     policy.train()
     output_dir = Path(cfg.output_dir)
     log_every = ot_cfg.log_every or cfg.log_freq
