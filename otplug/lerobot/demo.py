@@ -105,11 +105,10 @@ def run_demo(user_args: Sequence[str], *, resume: bool = False, output_dir: str 
 
     base = demo_args(data, ot_config, out, n_steps)
     cfg = parse_config(base + user, resume=resume, output_dir=str(out))
+    ot_summary = train(cfg)  # creates the folder (after every process has parsed its config)
     if _rank() == 0:
-        out.mkdir(parents=True, exist_ok=True)
         (out / MARKER).write_text("made by otplug train --demo; a new demo run replaces this folder\n")
         _write_atomic(out / "ot_config.json", json.dumps(DEMO_OT_CONFIG, indent=2))
-    ot_summary = train(cfg)
 
     base_summary = None
     if baseline:

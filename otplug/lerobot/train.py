@@ -333,7 +333,8 @@ class OTSide:
         self.loss = None
         self.capture = None
         self.fallback_keys: list[str] = []
-        self.policy_inputs = sorted(set(policy.config.input_features) | set(policy.config.output_features))
+        pcfg = _unwrap(policy).config
+        self.policy_inputs = sorted(set(pcfg.input_features) | set(pcfg.output_features))
         if cfg.ot.cotrain_only:
             return
         import otplug
