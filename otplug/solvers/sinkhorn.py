@@ -62,7 +62,7 @@ _EPS_STAGE_TOL = 1e-2  # per-iteration change (log units) that ends an epsilon-s
 _EPS_STAGE_CHUNKS = 3  # at most this many check intervals per intermediate stage
 _KERNEL_DRIFT = 4.0  # enter kernel mode when check_every * err is below this
 _OMEGA_MAX = 1.95  # largest over-relaxation factor
-_BACKOFF = 10.0  # back off omega when the error grew by this factor over one check interval
+_BACKOFF = 2.0  # back off omega when the error grew by this factor over one check interval
 _ABSORB = {torch.float32: 12.0, torch.float64: 40.0}  # rebuild the kernel once |s|, |t| exceed this
 
 
@@ -259,8 +259,9 @@ class LogSinkhornSolver:
                 step, scale = step.cpu(), scale.cpu()
                 act = active.cpu()
                 pe = prev_err[act]
-                rho = torch.where(pe > 0, (step / pe).clamp(min=0.0) ** (1.0 / steps), torch.zeros_like(step))
-                rho = torch.where(torch.isfinite(rho), rho, torch.ones_like(rho)).clamp(max=1.0)
+                ratio = torch.where(pe > 0, (step / pe).clamp(min=0.0) ** (1.0 / steps), torch.zeros_like(step))
+                ratio = torch.where(torch.isnan(ratio), torch.ones_like(ratio), ratio)
+                rho = ratio.clamp(max=1.0)
                 dist = torch.where(rho < 1.0, step / (1.0 - rho).clamp(min=1e-12), torch.full_like(step, float("inf")))
                 floor = 16.0 * finfo.eps * (1.0 + scale)
                 if final:
@@ -272,11 +273,11 @@ class LogSinkhornSolver:
                     # over-relaxation: infer the plain Sinkhorn rate rho from the measured rate r at the current
                     # omega (Young's relation (r + omega - 1)^2 = r omega^2 rho) and move omega towards
                     # 2 / (1 + sqrt(1 - rho)); back off when the error clearly grows.
-                    ok_r = rho[torch.isfinite(pe) & ~done & (rho > 0)]
+                    ok_r = ratio[torch.isfinite(pe) & ~done & (ratio > 0)]
                     if ok_r.numel():
                         r = float(ok_r.max())
                         if omega > 1.0 and r > _BACKOFF ** (1.0 / steps):
-                            omega = 1.0 + 0.5 * (omega - 1.0)
+                            omega = 1.0 + 0.75 * (omega - 1.0)
                         elif r < 1.0:
                             rho_plain = min((r + omega - 1.0) ** 2 / (r * omega * omega), 1.0)
                             cand = min(2.0 / (1.0 + math.sqrt(1.0 - rho_plain)), _OMEGA_MAX)
