@@ -14,7 +14,7 @@ For a batch of ``b`` rows in the policy forward and ``n = b/2`` OT pairs:
 Policies use lerobot's default sizes (ACT ~ResNet18 + dim 512; Diffusion ResNet18 + U-Net) with no pretrained
 weights, 64x64 images, synthetic tensors that are already normalised (no data loading in the timing). The OT
 config is an image-embedding term plus an action label term. Reports the median step time over ``--repeat``
-steps after one warm-up step, and the overhead ratio against ``bc``.
+steps after one warm-up step (modes interleaved), and the overhead ratio against ``bc``.
 """
 
 from __future__ import annotations
@@ -122,20 +122,28 @@ def step_fn(policy, mode: str, b: int, ot, opt):
 
 
 def bench(kind: str, b: int, repeat: int) -> list[dict]:
+    """Steps of the three modes are interleaved (bc, separate, single-pass, bc, ...) so that load from other
+    processes on a shared machine hits all modes alike; medians over ``repeat`` rounds."""
     import otplug
 
-    out = []
-    for mode in ("bc", "separate", "single-pass"):
+    modes = ("bc", "separate", "single-pass")
+    runs = {}
+    for mode in modes:
         policy = make_policy(kind)
         opt = torch.optim.AdamW(policy.parameters(), lr=1e-5)
         ot = otplug.OTLoss(otplug.load_config(OT_CONFIG))
         one, timings = step_fn(policy, mode, b, ot, opt)
         one()  # warm-up
-        times, ot_times = [], []
-        for _ in range(repeat):
+        runs[mode] = (one, timings, [], [])
+    for _ in range(repeat):
+        for mode in modes:
+            one, timings, times, ot_times = runs[mode]
             times.append(one())
             if "ot" in timings:
                 ot_times.append(timings["ot"])
+    out = []
+    for mode in modes:
+        _, _, times, ot_times = runs[mode]
         row = {"policy": kind, "batch": b, "pairs": b // 2, "layout": mode, "step_s": statistics.median(times),
                "ot_call_s": statistics.median(ot_times) if ot_times else 0.0}
         out.append(row)
