@@ -173,7 +173,9 @@ def parse_config(cli_args: Sequence[str], *, resume: bool = False, output_dir: s
         except FileExistsError as exc:
             raise OtplugError(f"{exc} (add --resume to continue that run)") from exc
         except (ValueError, TypeError, KeyError, FileNotFoundError, draccus.utils.DecodingError) as exc:
-            raise OtplugError(f"invalid training options: {exc}") from exc
+            hint = " (give --dataset.repo_id and --dataset.root, or try `otplug train --demo`)" if "dataset" in str(
+                exc) and "Missing" in str(exc) else "; `otplug train --help` lists the options"
+            raise OtplugError(f"invalid training options: {exc}{hint}") from exc
     _check_ot_section(cfg)
     return cfg
 
