@@ -14,7 +14,6 @@ by the independent coupling a b^T and sets ``ot_fallback``).
 
 from __future__ import annotations
 
-import logging
 import math
 import warnings
 from collections.abc import Mapping
@@ -28,15 +27,18 @@ from otplug.encoders import resolve_encoder
 from otplug.errors import OtplugError
 from otplug.plugins import get_registry
 
-__all__ = ["OTCollapseWarning", "OTLoss", "OTResult"]
+__all__ = ["OTCollapseWarning", "OTLoss", "OTResult", "OTSolverWarning"]
 
-log = logging.getLogger("otplug.loss")
 
 COLLAPSE_MASS = 1e-6  # plan mass below this is treated as a collapse
 
 
 class OTCollapseWarning(RuntimeWarning):
     """The transport plan has (almost) no mass, so the OT loss trains nothing."""
+
+
+class OTSolverWarning(RuntimeWarning):
+    """The solver stopped at its iteration cap: the plan is approximate."""
 
 
 @attrs.frozen
@@ -85,6 +87,7 @@ class OTLoss:
             options = cls() if cls is not None else None
         self.solver = solver.load()(options)
         self._collapse_warn = _RateLimiter()
+        self._cap_warn = _RateLimiter()
         self._encoders: dict[int, Any] = {}
 
     # -- introspection -----------------------------------------------------------------------------------
@@ -173,9 +176,12 @@ class OTLoss:
             metrics["ot_pi_diag"] = float(torch.diagonal(plan).sum())
         for name, mt in (term_costs or {}).items():
             metrics[f"ot_cost/{name}"] = float(mt.detach().mean())
-        if not result.converged:
-            log.debug("solver %s stopped after %d iterations without converging (error %.3g)",
-                      cfg.solver, result.iterations, result.error)
+        if not result.converged and not collapsed and self._cap_warn():
+            warnings.warn(
+                f"OT solver {cfg.solver!r} stopped at its iteration cap ({result.iterations} iterations, marginal "
+                f"error {result.error:.3g}); the plan is approximate (ot_solver/converged = 0). Raise "
+                "solver_options.max_iter, or reg / tau_src / tau_tgt, or set cost_normalization.",
+                OTSolverWarning, stacklevel=3)
         return OTResult(loss=loss, plan=plan.detach(), cost=M, metrics=metrics, term_costs=dict(term_costs or {}))
 
     def _on_collapse(self, plan: torch.Tensor, M: torch.Tensor, mass: float) -> tuple[torch.Tensor, bool]:

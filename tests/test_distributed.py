@@ -27,7 +27,6 @@ def load_worker():
 
 @pytest.mark.parametrize("solver", ["sinkhorn", "pot"])
 def test_global_scope_matches_single_process(tmp_path, solver):
-    pytest.importorskip("otplug.solvers.sinkhorn") if solver == "sinkhorn" else None
     out = tmp_path / "out.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(

@@ -296,3 +296,13 @@ def test_inline_term_plugin_with_plain_tensor_cost(otplug_registry):
     res = otplug.OTLoss({"terms": [{"type": "const", "name": "c", "value": 2.0, "weight": 0.5}],
                          "solver": "pot"})(*example_batches())
     torch.testing.assert_close(res.cost, torch.ones(3, 3, dtype=torch.float64))
+
+
+def test_iteration_cap_is_warned_and_in_metrics():
+    from otplug.loss import OTSolverWarning
+
+    cfg = {"terms": [{"type": "label", "name": "l", "src_key": "emb"}], "solver": "pot", "reg": 0.01,
+           "tau_src": 10.0, "tau_tgt": 10.0, "solver_options": {"max_iter": 3}}
+    with pytest.warns(OTSolverWarning, match="iteration cap"):
+        res = otplug.OTLoss(cfg)(*example_batches())
+    assert res.metrics["ot_solver/converged"] == 0.0 and res.metrics["ot_solver/iterations"] <= 3
