@@ -13,6 +13,8 @@ import otplug
 from otplug.errors import BatchError, OtplugError
 from otplug.loss import OTCollapseWarning
 
+pytestmark = pytest.mark.filterwarnings("ignore::otplug.loss.OTCollapseWarning")
+
 SEED_EXAMPLE = {
     "features": [
         {"src_key": "emb", "weight_label": 1, "term_name": "emb"},
