@@ -219,7 +219,9 @@ class LogSinkhornSolver:
                 budget = cfg.max_iter - total_iters
                 if budget <= 0:
                     break
-                steps = min(k, budget)
+                # short first chunks (2, 4, 8, then check_every): fast-contracting problems (small tau) stop
+                # after a few iterations instead of two full chunks; a few extra host syncs at most
+                steps = min(k, budget, 2 << chunks)
                 use_kernel = kernel_ok and final and last_step * steps < _KERNEL_DRIFT
                 x_chk, y_chk = xa, ya
                 if use_kernel:
