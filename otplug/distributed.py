@@ -5,7 +5,9 @@ Two scopes:
 * ``rank`` (default): each process solves OT on its own pairs -- nothing to do here, call ``OTLoss``.
 * ``global``: every process gathers the OT batch values of all processes (raw values detached; encoder
   features with gradients for its **own** rows only), so the plan covers the global batch. Every process
-  builds the same global M and solves the same problem (deterministic, no broadcast needed).
+  builds the same global M and solves the same problem (deterministic, no broadcast needed). Raw values
+  are sent only for keys some term reads raw (label costs): an embedding-only camera sends its features,
+  not its pixels.
   The returned loss is multiplied by ``world_size``: DDP averages gradients over processes, so the
   averaged gradient equals the gradient of the global ``sum(pi * M)`` -- exactly what one process would
   compute on the concatenated batch (tested with 2 processes).
@@ -21,6 +23,7 @@ import torch
 
 from otplug.encoders import resolve_encoder
 from otplug.errors import BatchError, OtplugError
+from otplug.features.extract import read_value
 
 __all__ = ["all_gather_rows", "global_ot", "scoped_ot", "world"]
 
@@ -40,10 +43,7 @@ def all_gather_rows(x: torch.Tensor) -> list[torch.Tensor]:
 
     _, size = world()
     x = x.detach().contiguous()
-    n = torch.tensor([x.shape[0]], device=x.device, dtype=torch.long)
-    sizes = [torch.zeros_like(n) for _ in range(size)]
-    dist.all_gather(sizes, n)
-    counts = [int(s.item()) for s in sizes]
+    counts = _gather_counts(x)
     top = max(counts)
     if x.shape[0] < top:
         pad = torch.zeros((top - x.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device)
@@ -72,18 +72,38 @@ class _GlobalEncoder:
         return torch.cat(parts)
 
 
-def _gather_side(batch: Mapping[str, torch.Tensor], keys: set[str], side: str,
+def _gather_side(batch: Mapping[str, torch.Tensor], keys: set[str], raw: set[str], side: str,
                  local_of: dict[int, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Gather the values of ``keys`` (and their ``*_is_pad`` masks) from every process.
+
+    Keys only seen through the encoder (not in ``raw``) are not sent: the global batch holds a zero-stride
+    placeholder of the global shape, and the encoder wrapper encodes the local rows and gathers features.
+    """
     wanted = set(keys) | {f"{k}_is_pad" for k in keys}
     out: dict[str, torch.Tensor] = {}
     for key in sorted(k for k in batch if k in wanted):  # same order on every process
         value = batch[key]
         if not isinstance(value, torch.Tensor):
             raise BatchError(f"global OT scope: {side} batch[{key!r}] must be a tensor, got {type(value).__name__}")
-        gathered = torch.cat(all_gather_rows(value))
+        if key in keys and key not in raw:
+            read_value(batch, key, side)  # the checks the placeholder cannot get
+            n_global = sum(int(c) for c in _gather_counts(value))
+            gathered = value.new_zeros(()).expand(n_global, *value.shape[1:])
+        else:
+            gathered = torch.cat(all_gather_rows(value))
         out[key] = gathered
         local_of[id(gathered)] = value
     return out
+
+
+def _gather_counts(x: torch.Tensor) -> list[int]:
+    import torch.distributed as dist
+
+    _, size = world()
+    n = torch.tensor([x.shape[0]], device=x.device, dtype=torch.long)
+    sizes = [torch.zeros_like(n) for _ in range(size)]
+    dist.all_gather(sizes, n)
+    return [int(s.item()) for s in sizes]
 
 
 def global_ot(ot: Any, src: Mapping[str, torch.Tensor], tgt: Mapping[str, torch.Tensor], encoder: Any = None):
@@ -93,8 +113,8 @@ def global_ot(ot: Any, src: Mapping[str, torch.Tensor], tgt: Mapping[str, torch.
         return ot(src, tgt, encoder=encoder)
     local_of: dict[int, torch.Tensor] = {}
     # every process must gather the same keys in the same order: use the config's keys, not the batch's
-    gsrc = _gather_side(src, ot.required_keys("src"), "src", local_of)
-    gtgt = _gather_side(tgt, ot.required_keys("tgt"), "tgt", local_of)
+    gsrc = _gather_side(src, ot.required_keys("src"), ot.raw_keys("src"), "src", local_of)
+    gtgt = _gather_side(tgt, ot.required_keys("tgt"), ot.raw_keys("tgt"), "tgt", local_of)
     wrapped = None
     if encoder is not None and ot.embedding_keys:
         wrapped = _GlobalEncoder(resolve_encoder(encoder), local_of, rank)

@@ -97,15 +97,26 @@ class OTLoss:
             raise ValueError(f"side must be 'src' or 'tgt', got {side!r}")
         keys: set[str] = set()
         for term in self.terms:
-            fn = getattr(term.impl, "required_keys", None)
-            if fn is not None:
-                keys |= set(fn(side))
-            else:
-                opts = getattr(term.impl, "config", None)
-                key = getattr(opts, "src_key" if side == "src" else "target_key", None)
-                if key:
-                    keys.add(key)
+            keys |= self._term_keys(term, side)
         return keys
+
+    def raw_keys(self, side: str) -> set[str]:
+        """Keys whose raw values some term reads (label costs). Terms without a ``raw_keys`` method are
+        assumed to read all their keys."""
+        keys: set[str] = set()
+        for term in self.terms:
+            fn = getattr(term.impl, "raw_keys", None)
+            keys |= set(fn(side)) if fn is not None else self._term_keys(term, side)
+        return keys
+
+    @staticmethod
+    def _term_keys(term: BoundTerm, side: str) -> set[str]:
+        fn = getattr(term.impl, "required_keys", None)
+        if fn is not None:
+            return set(fn(side))
+        opts = getattr(term.impl, "config", None)
+        key = getattr(opts, "src_key" if side == "src" else "target_key", None)
+        return {key} if key else set()
 
     @property
     def embedding_keys(self) -> set[str]:

@@ -308,3 +308,12 @@ def test_iteration_cap_is_warned_and_in_metrics():
     with pytest.warns(OTSolverWarning, match="iteration cap"):
         res = otplug.OTLoss(cfg)(*example_batches())
     assert res.metrics["ot_solver/converged"] == 0.0 and res.metrics["ot_solver/iterations"] <= 3
+
+
+def test_raw_keys_exclude_embedding_only_terms():
+    cfg = {"terms": [{"type": "image", "name": "cam", "src_key": "observation.images.front"},
+                     {"type": "embedding", "name": "st", "src_key": "observation.state", "weight_label": 1.0},
+                     {"type": "action-slice", "name": "act"}]}
+    ot = otplug.OTLoss(cfg)
+    assert ot.required_keys("src") == {"observation.images.front", "observation.state", "action"}
+    assert ot.raw_keys("src") == {"observation.state", "action"}

@@ -19,6 +19,10 @@ class EmbeddingTerm:
     def required_keys(self, side: str) -> set[str]:
         return {self.config.src_key if side == "src" else self.config.target_key}
 
+    def raw_keys(self, side: str) -> set[str]:
+        """Keys whose raw values this term reads (the label part); embedding-only terms need none."""
+        return self.required_keys(side) if self.config.weight_label > 0 or not self._learned() else set()
+
     def embedding_keys(self) -> set[str]:
         return {self.config.src_key, self.config.target_key} if self._learned() else set()
 

@@ -10,6 +10,7 @@ import otplug
 from otplug.distributed import global_ot, world
 
 CFG = {"terms": [{"type": "embedding", "name": "e", "src_key": "obs", "weight_label": 0.5},
+                 {"type": "embedding", "name": "e2", "src_key": "obs2"},
                  {"type": "action-slice", "name": "a", "dim_slice": [0, 2]}],
        "reg": 0.5, "tau_src": 1.0, "tau_tgt": 1.0, "solver": sys.argv[2] if len(sys.argv) > 2 else "sinkhorn"}
 
@@ -18,9 +19,11 @@ def data():
     g = torch.Generator().manual_seed(0)
     src = {"obs": torch.randn(6, 3, generator=g, dtype=torch.float64),
            "action": torch.randn(6, 4, 3, generator=g, dtype=torch.float64),
-           "action_is_pad": torch.rand(6, 4, generator=g) > 0.7}
+           "action_is_pad": torch.rand(6, 4, generator=g) > 0.7,
+           "obs2": torch.randn(6, 3, generator=g, dtype=torch.float64)}
     tgt = {"obs": torch.randn(6, 3, generator=g, dtype=torch.float64) + 0.5,
-           "action": torch.randn(6, 4, 3, generator=g, dtype=torch.float64)}
+           "action": torch.randn(6, 4, 3, generator=g, dtype=torch.float64),
+           "obs2": torch.randn(6, 3, generator=g, dtype=torch.float64) - 0.5}
     return src, tgt
 
 
