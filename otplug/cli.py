@@ -125,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="otplug",
         description="Optimal-Transport alignment losses for co-training LeRobot policies on sim + real data.",
     )
+    from otplug import __version__
+
+    parser.add_argument("--version", action="version", version=f"otplug {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     for plural in LISTABLE:

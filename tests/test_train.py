@@ -157,3 +157,18 @@ def test_demo_end_to_end(tmp_path, monkeypatch, capsys):
     assert (out / "checkpoints" / "last" / "pretrained_model" / "model.safetensors").exists()
     # a second demo run replaces the previous demo output
     assert cli(["train", "--demo", "--steps", "1", "--no-baseline", "--output-dir", str(out)]) == 0
+
+
+def test_failed_download_is_one_clear_message(pair, tmp_path, capsys, monkeypatch):
+    import urllib.error
+
+    from otplug.cli import main as cli
+    from otplug.lerobot import train as train_mod
+
+    def offline(cfg):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(train_mod, "train", offline)
+    rc = cli(["train", *_args(pair, tmp_path / "net", steps=1)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "pretrained_backbone_weights=null" in err and "Traceback" not in err

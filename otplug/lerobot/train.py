@@ -152,6 +152,9 @@ def parse_config(cli_args: Sequence[str], *, resume: bool = False, output_dir: s
         ckpt = _last_checkpoint(Path(output_dir))
         args = [a for a in args if not a.startswith("--output_dir")]
         args += ["--resume=true", f"--config_path={ckpt / 'pretrained_model' / 'train_config.json'}"]
+    if not resume and not any(a.startswith("--policy.push_to_hub") for a in args) and any(
+            a.startswith(("--policy.type", "--policy.path")) for a in args):
+        args.append("--policy.push_to_hub=false")  # offline by default; lerobot would demand a hub repo_id
     with _argv(args):
         try:
             for plugin_arg, plugin_path in parser.parse_plugin_args(parser.PLUGIN_DISCOVERY_SUFFIX, args).items():
@@ -210,6 +213,8 @@ def _check_ot_section(cfg) -> None:
         raise OtplugError(f"--ot.source_root: no such directory {ot.source_root}")
     if ot.config and not Path(ot.config).is_file():
         raise OtplugError(f"--ot.config: no such file {ot.config}")
+    if ot.config and not ot.cotrain_only:
+        otplug_load_config(ot.config)  # fail fast, before datasets and the policy are built
     if cfg.dataset.root and not Path(cfg.dataset.root).is_dir():
         raise OtplugError(f"--dataset.root: no such directory {cfg.dataset.root}")
 
@@ -227,6 +232,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_scoped_help(OTTrainConfig, ["--help"])
         return 0
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from otplug.lerobot.demo_data import quiet_lerobot
+
+    quiet_lerobot()  # lerobot's torchcodec fallback notice is a traceback-looking block; we use pyav anyway
     args, opts = _expand_short_flags(argv)
     if opts["demo"]:
         from otplug.lerobot.demo import run_demo
@@ -234,8 +242,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_demo(args, resume=opts["resume"], output_dir=opts.get("output_dir"),
                         steps=opts.get("steps"), baseline=not opts["no_baseline"])
     cfg = parse_config(args, resume=opts["resume"], output_dir=opts.get("output_dir"))
-    train(cfg)
+    try:
+        train(cfg)
+    except OSError as exc:
+        if not _is_network_error(exc):
+            raise
+        raise OtplugError(
+            f"a download was attempted and failed ({exc}). otplug trains offline: pass "
+            "--policy.pretrained_backbone_weights=null (ImageNet backbone weights come from the torchvision URL), "
+            "give local datasets with --dataset.root / --ot.source_root, or pre-fill the torch/HF caches"
+        ) from exc
     return 0
+
+
+def _is_network_error(exc: BaseException) -> bool:
+    import urllib.error
+
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, (urllib.error.URLError, ConnectionError, TimeoutError)) or "offline" in str(seen).lower():
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def otplug_load_config(path):
+    from otplug.config import load_config
+
+    return load_config(path)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -366,7 +400,7 @@ class OTSide:
         if self.layout == "separate":
             from otplug.plugins import get_registry
 
-            factory = get_registry().get("alignment", cfg.ot.alignment, field="--ot.alignment").record.load_factory()
+            factory = get_registry().get("alignment", cfg.ot.alignment, field="--ot.alignment").load()
             self.alignment = factory()
 
     def _cycle(self):

@@ -29,7 +29,7 @@ def make_sinks(run_dir: Path, names: Iterable[str], options: Mapping[str, Mappin
         if name in seen:
             continue
         seen.add(name)
-        factory = registry.get("sink", name, field="sinks").record.load_factory()
+        factory = registry.get("sink", name, field="sinks").load()
         try:
             sinks.append(factory(Path(run_dir), **dict(options.get(name, {}))))
         except TypeError as exc:
