@@ -9,7 +9,9 @@ expert provides the actions. Each frame stores
 
 The *real* side differs from the *sim* side by a visual shift (background colour, brightness, pixel noise),
 a state shift (scale and offset, plus sensor noise), slower and noisier dynamics and random episode lengths
-(80–100 % of ``episode_len``). Both sides have the same number of episodes and the same task string.
+(80–100 % of ``episode_len``). Both sides have the same number of episodes and the same task string, and
+episode ``i`` of both sides starts from the same scene (agent start and goal), as when real demonstrations
+replay the sim task configurations: the DTW pairing then has a true partner to find.
 
 :func:`ensure_demo_datasets` generates the pair once and caches it (see its docstring);
 :func:`make_dataset` writes small datasets of arbitrary shape for tests.
@@ -45,7 +47,7 @@ __all__ = [
 ]
 
 #: Bump whenever the generator's output changes; a cache with another stamp is regenerated.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 DEMO_TASK = "move the agent to the goal"
 SIM_REPO_ID = "otplug/demo_sim"
 REAL_REPO_ID = "otplug/demo_real"
@@ -249,23 +251,25 @@ def _write_demo_side(root: Path, repo_id: str, *, real: bool, n_episodes: int, e
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     rng = np.random.default_rng(seed + (1 if real else 0) * 7919)
+    scene_rng = np.random.default_rng([seed, 17])  # the same scenes (start, goal) on both sides
     feats = _features(4, 2, [CAMERA], (image_size, image_size), STATE_NAMES, ACTION_NAMES)
     ds = LeRobotDataset.create(repo_id, fps, features=feats, root=root, use_videos=False, robot_type="point2d")
     try:
         with _no_progress_bars():
-            _record_demo_episodes(ds, rng, real=real, n_episodes=n_episodes, episode_len=episode_len,
+            _record_demo_episodes(ds, rng, scene_rng, real=real, n_episodes=n_episodes, episode_len=episode_len,
                                   image_size=image_size)
     finally:
         ds.finalize()
 
 
-def _record_demo_episodes(ds, rng, *, real: bool, n_episodes: int, episode_len: int, image_size: int) -> None:
+def _record_demo_episodes(ds, rng, scene_rng, *, real: bool, n_episodes: int, episode_len: int,
+                          image_size: int) -> None:
     style = _REAL_STYLE if real else _SIM_STYLE
     gain, max_speed, dyn_noise = (0.25, 0.18, 0.01) if real else (0.3, 0.2, 0.0)
     for _ in range(n_episodes):
         length = int(rng.integers(max(2, int(0.8 * episode_len)), episode_len + 1)) if real else episode_len
-        agent = rng.uniform(-0.8, 0.8, 2).astype(np.float32)
-        goal = rng.uniform(-0.8, 0.8, 2).astype(np.float32)
+        agent = scene_rng.uniform(-0.8, 0.8, 2).astype(np.float32)
+        goal = scene_rng.uniform(-0.8, 0.8, 2).astype(np.float32)
         for _t in range(length):
             action = gain * (goal - agent)
             speed = float(np.linalg.norm(action))
