@@ -317,3 +317,20 @@ def test_raw_keys_exclude_embedding_only_terms():
     ot = otplug.OTLoss(cfg)
     assert ot.required_keys("src") == {"observation.images.front", "observation.state", "action"}
     assert ot.raw_keys("src") == {"observation.state", "action"}
+
+
+def test_embed_norm_l2_is_scale_free():
+    cfg = {"terms": [{"type": "embedding", "name": "e", "src_key": "emb", "embed_norm": "l2"}], "solver": "pot",
+           "reg": 0.5}
+    enc = ToyEncoder()
+    src, tgt = example_batches()
+    small = ToyEncoder()
+    with torch.no_grad():
+        small.lin.weight.copy_(enc.lin.weight * 1e-3)
+        small.lin.bias.copy_(enc.lin.bias * 1e-3)
+    a = otplug.OTLoss(cfg)(src, tgt, encoder=enc).cost
+    b = otplug.OTLoss(cfg)(src, tgt, encoder=small).cost
+    torch.testing.assert_close(a, b)
+    assert float(a.max()) <= 4.0
+    with pytest.raises(otplug.ConfigError, match=r"terms\[0\]\.embed_norm"):
+        otplug.load_config({"terms": [{"type": "embedding", "src_key": "emb", "embed_norm": "L2"}]})

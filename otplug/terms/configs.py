@@ -88,11 +88,14 @@ class EmbeddingConfig(FeatureConfig):
     """``embedding``: ``M = weight_embed * cdist(enc(src), enc(tgt))**2 + weight_label * label cost``.
 
     ``embed_name`` is passed to the encoder instead of the batch key when set (the seed's field).
+    ``embed_norm = "l2"`` compares unit-length embeddings (``|f/|f| - g/|g||^2 = 2 - 2 cos``): the encoder
+    can no longer lower the cost by shrinking all features (OT alone rewards that scale collapse).
     """
 
     embed_name: str | None = attrs.field(default=None, validator=non_empty_key)
     weight_embed: float = attrs.field(default=1.0, validator=non_negative)
     weight_label: float = attrs.field(default=0.0, validator=non_negative)
+    embed_norm: str = attrs.field(default="none", validator=attrs.validators.in_(("none", "l2")))
 
     def contributes(self) -> bool:
         return self.weight_embed > 0 or self.weight_label > 0

@@ -6,6 +6,8 @@ values only, because the encoder needs its native input.
 
 from __future__ import annotations
 
+import torch
+
 from otplug.terms.base import TermContext, TermCost
 from otplug.terms.configs import EmbeddingConfig
 
@@ -36,6 +38,9 @@ class EmbeddingTerm:
         if self._learned():
             x = ctx.embed(src, c.src_key, "src", embed_name=c.embed_name)
             y = ctx.embed(tgt, c.target_key, "tgt", embed_name=c.embed_name)
+            if c.embed_norm == "l2":
+                x = torch.nn.functional.normalize(x, dim=-1)
+                y = torch.nn.functional.normalize(y, dim=-1)
             m_embed = ctx.sq_dist(x, y, what=f"embedding {c.src_key!r}/{c.target_key!r}")
             parts["embed"] = m_embed
             total = c.weight_embed * m_embed
