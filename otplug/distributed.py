@@ -81,6 +81,9 @@ def _gather_side(batch: Mapping[str, torch.Tensor], keys: set[str], raw: set[str
     """
     wanted = set(keys) | {f"{k}_is_pad" for k in keys}
     out: dict[str, torch.Tensor] = {}
+    for key in sorted(keys):
+        if key not in batch:  # raise before any collective, so no process waits on a gather that never comes
+            read_value(batch, key, side)
     for key in sorted(k for k in batch if k in wanted):  # same order on every process
         value = batch[key]
         if not isinstance(value, torch.Tensor):
