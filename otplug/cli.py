@@ -120,6 +120,17 @@ def cmd_check_config(path: str, quiet: bool) -> int:
     return 0
 
 
+def _require_lerobot(command: str) -> None:
+    import importlib.util
+
+    missing = [m for m in ("lerobot", "accelerate") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise OtplugError(
+            f"`otplug {command}` needs {' and '.join(missing)}: pip install 'otplug[lerobot]' "
+            "(lerobot 0.6 needs Python 3.12)"
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="otplug",
@@ -154,11 +165,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         # train / pair own their argument parsing (they are heavy: torch + lerobot)
-        if argv and argv[0] == "train":
-            from otplug.lerobot.train import main as train_main
+        if argv and argv[0] in ("train", "pair"):
+            _require_lerobot(argv[0])
+            if argv[0] == "train":
+                from otplug.lerobot.train import main as train_main
 
-            return int(train_main(argv[1:]) or 0)
-        if argv and argv[0] == "pair":
+                return int(train_main(argv[1:]) or 0)
             from otplug.lerobot.pair import main as pair_main
 
             return int(pair_main(argv[1:]) or 0)

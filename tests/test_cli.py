@@ -79,3 +79,12 @@ def test_python_dash_m_and_broken_plugin_line(tmp_path):
 def test_unknown_command_exits_nonzero():
     proc = run_cli("list-termz")
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+def test_train_without_lerobot_is_one_clear_message(monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "lerobot" else real(name, *a))
+    assert main(["train", "--policy.type=act"]) == 2
+    assert "otplug[lerobot]" in capsys.readouterr().err
