@@ -27,6 +27,7 @@ __all__ = [
     "ConfigError",
     "CostTerm",
     "MetricSink",
+    "OTConfig",
     "OTLoss",
     "OTResult",
     "OtplugError",
