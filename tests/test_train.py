@@ -172,3 +172,23 @@ def test_failed_download_is_one_clear_message(pair, tmp_path, capsys, monkeypatc
     rc = cli(["train", *_args(pair, tmp_path / "net", steps=1)])
     err = capsys.readouterr().err
     assert rc == 2 and "pretrained_backbone_weights=null" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("layout", ["single-pass", "separate"])
+def test_ot_rows_carry_pad_masks(pair, tmp_path, monkeypatch, layout):
+    """The action-slice term excludes padded steps, so the OT rows must keep ``action_is_pad`` in both layouts
+    (single-pass once dropped it: padded action steps silently counted in the cost)."""
+    from otplug.lerobot import train as train_mod
+
+    seen = []
+    real = train_mod.gather_for_ot
+
+    def spy(ot_loss, src, tgt, encoder, accelerator):
+        seen.append((set(src), set(tgt)))
+        return real(ot_loss, src, tgt, encoder, accelerator)
+
+    monkeypatch.setattr(train_mod, "gather_for_ot", spy)
+    assert train_mod.main(_args(pair, tmp_path / "pad", steps=2, extra=[f"--ot.layout={layout}"])) == 0
+    assert seen
+    for src_keys, tgt_keys in seen:
+        assert "action_is_pad" in src_keys and "action_is_pad" in tgt_keys

@@ -316,7 +316,9 @@ def concat_batches(parts: Sequence[Mapping[str, Any]], required: Sequence[str] =
 
 
 def _rows(batch: Mapping[str, Any], keys: Sequence[str], sl: slice) -> dict[str, Any]:
-    return {k: batch[k][sl] for k in keys if k in batch}
+    """Rows ``sl`` of ``keys`` and of their ``*_is_pad`` masks (terms read the masks to skip padded steps)."""
+    wanted = [*keys, *(f"{k}_is_pad" for k in keys)]
+    return {k: batch[k][sl] for k in wanted if k in batch}
 
 
 def gather_for_ot(ot_loss, src: Mapping[str, Any], tgt: Mapping[str, Any], encoder: Any, accelerator) -> Any:
