@@ -251,7 +251,10 @@ def test_top_level_errors(top, path, fragment):
         ({"type": "label", "src_key": "a", "time_reduce": "lats"}, "time_reduce", "did you mean 'last'"),
         ({"type": "label", "src_key": "a", "embed_name": "x"}, "embed_name", "unknown key 'embed_name'"),
         ({"type": "embedding", "src_key": "a", "weight_embed": 0}, "", "contributes nothing"),
-        ({"type": "image", "src_key": "a", "use_learned_embed": False}, "", "use_learned_embed = false"),
+        ({"type": "image", "src_key": "observation.images.a", "use_learned_embed": False}, "",
+         "use_learned_embed = false"),
+        ({"type": "image", "src_key": "observation.state"}, "src_key", "must be a camera key"),
+        ({"type": "image", "src_key": "observation.images.a", "tgt_key": "a"}, "tgt_key", "must be a camera key"),
     ],
 )
 def test_term_errors(term, path, fragment):

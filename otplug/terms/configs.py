@@ -37,6 +37,13 @@ def non_empty_key(instance, attribute, value) -> None:
         raise ValueError(f"must be a non-empty batch key such as 'observation.state', got {value!r}")
 
 
+def camera_key(instance, attribute, value) -> None:
+    # the prefix of otplug.features.extract.is_image_key (this module stays torch-free)
+    if value is not None and isinstance(value, str) and not value.startswith("observation.image"):
+        raise ValueError(f"must be a camera key such as 'observation.images.front', got {value!r} (use the "
+                         "'embedding' or 'label' term for other features)")
+
+
 def check_dim_slice(instance, attribute, value) -> None:
     if value is None:
         return
@@ -108,6 +115,8 @@ class ImageConfig(EmbeddingConfig):
     ``use_learned_embed = false`` with ``weight_label > 0`` compares raw pixels instead.
     """
 
+    src_key: str = attrs.field(validator=[non_empty_key, camera_key])
+    tgt_key: str | None = attrs.field(default=None, validator=[non_empty_key, camera_key])
     use_learned_embed: bool = True
 
     def contributes(self) -> bool:
