@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from otplug.errors import BatchError
+from otplug.features.extract import is_image_key
 
 __all__ = ["VECTOR_KEYS", "AlignmentError", "RankAlignment", "StrictAlignment"]
 
@@ -54,10 +55,6 @@ class AlignmentError(BatchError):
 
 def _shape(t: torch.Tensor) -> tuple[int, ...]:
     return tuple(t.shape)
-
-
-def _is_image_key(key: str) -> bool:
-    return key.startswith("observation.images") or key.startswith("observation.image")
 
 
 def _move(value: Any, device: torch.device | str | None) -> Any:
@@ -114,7 +111,7 @@ class RankAlignment(_Base):
 
     def _whitelisted(self, key: str) -> bool:
         base = key[: -len("_is_pad")] if key.endswith("_is_pad") else key
-        return base in self.vector_keys and not _is_image_key(base)
+        return base in self.vector_keys and not is_image_key(base)
 
     def __call__(self, ot_batch: Mapping[str, Any], reference: Mapping[str, Any],
                  device: torch.device | str | None = None) -> dict[str, Any]:
@@ -136,7 +133,7 @@ class RankAlignment(_Base):
     def _align(self, key: str, value: torch.Tensor, ref: torch.Tensor, notes: list[str]) -> torch.Tensor:
         vs, rs = _shape(value), _shape(ref)
         if not self._whitelisted(key):
-            what = "an image" if _is_image_key(key) else "not a whitelisted vector key"
+            what = "an image" if is_image_key(key) else "not a whitelisted vector key"
             raise AlignmentError(
                 f"OT batch key {key!r} has shape {vs} but the BC batch has {rs}; {key!r} is {what} and is never "
                 f"reshaped or repeated implicitly (rank alignment applies only to {list(self.vector_keys)})")
