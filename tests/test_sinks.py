@@ -56,6 +56,14 @@ def test_bad_sink_option_is_a_clear_error(tmp_path):
         make_sinks(tmp_path, ["plan-heatmap"], {"plan-heatmap": {"evrey": 3}})
 
 
+def test_failed_sink_closes_the_ones_built_before(tmp_path, monkeypatch):
+    closed = []
+    monkeypatch.setattr(JsonlSink, "close", lambda self: closed.append(self._fh.close()))
+    with pytest.raises(OtplugError):
+        make_sinks(tmp_path, ["jsnol"])
+    assert len(closed) == 1  # the always-on metrics.jsonl file is not left open
+
+
 def test_wandb_absent_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb -> ImportError
     with pytest.raises(OtplugError, match="pip install wandb"):

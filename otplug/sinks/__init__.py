@@ -25,13 +25,17 @@ def make_sinks(run_dir: Path, names: Iterable[str], options: Mapping[str, Mappin
     wanted = ["jsonl"] + [n for n in names if n != "jsonl"]
     sinks = []
     seen = set()
-    for name in wanted:
-        if name in seen:
-            continue
-        seen.add(name)
-        factory = registry.get("sink", name, field="sinks").load()
-        try:
-            sinks.append(factory(Path(run_dir), **dict(options.get(name, {}))))
-        except TypeError as exc:
-            raise OtplugError(f"sink {name!r}: bad options {dict(options.get(name, {}))}: {exc}") from exc
+    try:
+        for name in wanted:
+            if name in seen:
+                continue
+            seen.add(name)
+            factory = registry.get("sink", name, field="sinks").load()
+            try:
+                sinks.append(factory(Path(run_dir), **dict(options.get(name, {}))))
+            except TypeError as exc:
+                raise OtplugError(f"sink {name!r}: bad options {dict(options.get(name, {}))}: {exc}") from exc
+    except BaseException:
+        SinkGroup(sinks).close()  # the sinks built so far hold open files / writers
+        raise
     return SinkGroup(sinks)
