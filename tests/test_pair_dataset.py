@@ -212,6 +212,32 @@ def test_deterministic_by_seed_and_epoch(fakes):
     assert draws_a != [c.sample_source(i) for i in range(len(c))]
 
 
+class _Draws(OTPairDataset):
+    """Items are the drawn (source episode, frame) next to the index: no real datasets needed."""
+
+    def __getitem__(self, i):
+        return {"src": torch.tensor(self.sample_source(int(i))), "tgt": torch.tensor(int(i))}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_training_loader_draws_afresh_every_epoch(fakes, workers):
+    """The training loop's OT loader reaches set_epoch in its workers too (persistent workers kept epoch 0's
+    copy of the dataset, so every epoch repeated the first epoch's source draws)."""
+    pytest.importorskip("lerobot")
+    from otplug.lerobot.train import cycle_epochs, make_pair_loader
+
+    tgt, src = fakes
+    ds = _Draws(tgt, src, make_info(), sampling=PairSampling(window_size=3), seed=3)
+    loader = make_pair_loader(ds, len(ds), workers, torch.Generator().manual_seed(0))
+    batches = cycle_epochs(ds, loader)
+    for epoch in range(3):
+        srcs, idx = next(batches)
+        got = {int(i): tuple(map(int, s)) for s, i in zip(srcs, idx, strict=True)}
+        ref = _Draws(tgt, src, make_info(), sampling=PairSampling(window_size=3), seed=3)
+        ref.set_epoch(epoch)
+        assert got == {i: ref.sample_source(i) for i in range(len(ref))}, epoch
+
+
 def test_sampling_validation():
     with pytest.raises(OtplugError, match="mode"):
         PairSampling(mode="softmax")

@@ -344,8 +344,7 @@ class OTSide:
     def __init__(self, cfg, dataset, source, policy, preprocessor, accelerator, start_step: int) -> None:
         import torch
 
-        from otplug.lerobot.pair import load_pair_info
-        from otplug.lerobot.pair_dataset import OTPairDataset, collate_pairs
+        from otplug.lerobot.pair_dataset import OTPairDataset
 
         self.cfg = cfg
         self.ot_cfg = cfg.ot
@@ -354,20 +353,15 @@ class OTSide:
         self.preprocessor = preprocessor
         self.layout = cfg.ot.layout
         _SCOPE["value"] = cfg.ot.scope
-        pair_info = load_pair_info(cfg.ot.pair_info, source=source, target=dataset)
-        self.pair_dataset = OTPairDataset(dataset, source, pair_info, _make_sampling(cfg.ot),
+        self.pair_dataset = OTPairDataset(dataset, source, cfg.ot.pair_info, _make_sampling(cfg.ot),
                                           seed=(cfg.seed or 0) + 7919 * accelerator.process_index)
         gen = torch.Generator()
         gen.manual_seed((cfg.seed or 0) * 1_000_003 + start_step + 104_729 * accelerator.process_index)
-        self.loader = torch.utils.data.DataLoader(
-            self.pair_dataset, batch_size=cfg.ot.batch_size, shuffle=True, generator=gen, drop_last=True,
-            num_workers=cfg.num_workers, collate_fn=collate_pairs,
-            persistent_workers=cfg.num_workers > 0 and cfg.persistent_workers,
-        )
+        self.loader = make_pair_loader(self.pair_dataset, cfg.ot.batch_size, cfg.num_workers, gen)
         if len(self.loader) == 0:
             raise OtplugError(f"--ot.batch_size={cfg.ot.batch_size} is larger than the OT pair dataset "
                               f"({len(self.pair_dataset)} target frames)")
-        self._iter = self._cycle()
+        self._iter = cycle_epochs(self.pair_dataset, self.loader)
         self.loss = None
         self.capture = None
         self.fallback_keys: list[str] = []
@@ -404,13 +398,6 @@ class OTSide:
 
             factory = get_registry().get("alignment", cfg.ot.alignment, field="--ot.alignment").load()
             self.alignment = factory()
-
-    def _cycle(self):
-        epoch = 0
-        while True:
-            self.pair_dataset.set_epoch(epoch)
-            yield from self.loader
-            epoch += 1
 
     def next_pairs(self) -> tuple[dict, dict]:
         src, tgt = next(self._iter)
@@ -449,6 +436,28 @@ class OTSide:
             src = self.alignment(src, bc_batch, device)
             tgt = self.alignment(tgt, bc_batch, device)
         return gather_for_ot(self.loss, src, tgt, policy if self.encoder is not None else None, self.accelerator)
+
+
+def make_pair_loader(pair_dataset, batch_size: int, num_workers: int, generator):
+    """The OT pair loader. Its workers are never persistent: a persistent worker keeps its copy of the dataset
+    from epoch 0, so :meth:`OTPairDataset.set_epoch` would not reach it and every epoch would repeat epoch 0's
+    source draws. New workers per OT epoch see the current epoch."""
+    import torch
+
+    from otplug.lerobot.pair_dataset import collate_pairs
+
+    return torch.utils.data.DataLoader(pair_dataset, batch_size=batch_size, shuffle=True, generator=generator,
+                                       drop_last=True, num_workers=num_workers, collate_fn=collate_pairs,
+                                       persistent_workers=False)
+
+
+def cycle_epochs(pair_dataset, loader) -> Iterator[Any]:
+    """Batches of ``loader`` forever, with ``pair_dataset.set_epoch(e)`` before epoch ``e``."""
+    epoch = 0
+    while True:
+        pair_dataset.set_epoch(epoch)
+        yield from loader
+        epoch += 1
 
 
 def _unwrap(policy):
