@@ -72,14 +72,15 @@ class _GlobalEncoder:
         return torch.cat(parts)
 
 
-def _gather_side(batch: Mapping[str, torch.Tensor], keys: set[str], raw: set[str], side: str,
+def _gather_side(batch: Mapping[str, torch.Tensor], keys: set[str], optional: set[str], raw: set[str], side: str,
                  local_of: dict[int, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Gather the values of ``keys`` (and their ``*_is_pad`` masks) from every process.
+    """Gather the values of ``keys`` (and of the ``optional`` keys present, e.g. ``*_is_pad`` masks) from every
+    process.
 
     Keys only seen through the encoder (not in ``raw``) are not sent: the global batch holds a zero-stride
     placeholder of the global shape, and the encoder wrapper encodes the local rows and gathers features.
     """
-    wanted = set(keys) | {f"{k}_is_pad" for k in keys}
+    wanted = set(keys) | set(optional)
     out: dict[str, torch.Tensor] = {}
     for key in sorted(keys):
         if key not in batch:  # raise before any collective, so no process waits on a gather that never comes
@@ -116,8 +117,8 @@ def global_ot(ot: Any, src: Mapping[str, torch.Tensor], tgt: Mapping[str, torch.
         return ot(src, tgt, encoder=encoder)
     local_of: dict[int, torch.Tensor] = {}
     # every process must gather the same keys in the same order: use the config's keys, not the batch's
-    gsrc = _gather_side(src, ot.required_keys("src"), ot.raw_keys("src"), "src", local_of)
-    gtgt = _gather_side(tgt, ot.required_keys("tgt"), ot.raw_keys("tgt"), "tgt", local_of)
+    gsrc = _gather_side(src, ot.required_keys("src"), ot.optional_keys("src"), ot.raw_keys("src"), "src", local_of)
+    gtgt = _gather_side(tgt, ot.required_keys("tgt"), ot.optional_keys("tgt"), ot.raw_keys("tgt"), "tgt", local_of)
     wrapped = None
     if encoder is not None and ot.embedding_keys:
         wrapped = _GlobalEncoder(resolve_encoder(encoder), local_of, rank)

@@ -100,6 +100,16 @@ class OTLoss:
             keys |= self._term_keys(term, side)
         return keys
 
+    def optional_keys(self, side: str) -> set[str]:
+        """Keys a side may carry and terms then use: ``<key>_is_pad`` masks of the required keys and any
+        term-declared ``optional_keys(side)`` (e.g. a custom ``pad_key``)."""
+        keys = {f"{k}_is_pad" for k in self.required_keys(side)}
+        for term in self.terms:
+            fn = getattr(term.impl, "optional_keys", None)
+            if fn is not None:
+                keys |= set(fn(side))
+        return keys
+
     def raw_keys(self, side: str) -> set[str]:
         """Keys whose raw values some term reads (label costs). Terms without a ``raw_keys`` method are
         assumed to read all their keys."""
@@ -115,8 +125,10 @@ class OTLoss:
         if fn is not None:
             return set(fn(side))
         opts = getattr(term.impl, "config", None)
-        key = getattr(opts, "src_key" if side == "src" else "target_key", None)
-        return {key} if key else set()
+        key = getattr(opts, "src_key", None)
+        if side == "tgt":
+            key = getattr(opts, "target_key", None) or getattr(opts, "tgt_key", None) or key
+        return {key} if isinstance(key, str) and key else set()
 
     @property
     def embedding_keys(self) -> set[str]:

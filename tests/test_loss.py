@@ -333,3 +333,10 @@ def test_embed_norm_l2_is_scale_free():
     assert float(a.max()) <= 4.0
     with pytest.raises(otplug.ConfigError, match=r"terms\[0\]\.embed_norm"):
         otplug.load_config({"terms": [{"type": "embedding", "src_key": "emb", "embed_norm": "L2"}]})
+
+
+def test_optional_keys_include_pad_masks_and_custom_pad_key():
+    cfg = {"terms": [{"type": "action-slice", "name": "a", "src_key": "action.ee", "pad_key": "action_is_pad"},
+                     {"type": "label", "name": "s", "src_key": "observation.state"}]}
+    ot = otplug.OTLoss(cfg)
+    assert ot.optional_keys("src") == {"action.ee_is_pad", "observation.state_is_pad", "action_is_pad"}

@@ -271,7 +271,10 @@ class CapturedEncoder:
     def encode_feature_for_ot(self, key: str, x: Tensor) -> Tensor:
         if key not in self.capture.supported:
             if self.fallback is None:
-                raise OtplugError(f"single-pass capture has no features for {key!r}: {self.capture.unsupported.get(key)}")
+                why = self.capture.unsupported.get(key) or (
+                    f"not a key the policy's encoder modules produce (captured: {', '.join(sorted(self.capture.supported)) or 'none'}); "
+                    "a term's embed_name must name such a batch key in the single-pass layout")
+                raise OtplugError(f"single-pass capture has no features for {key!r}: {why}")
             return self.fallback.encode_feature_for_ot(key, x)
         rows = None
         for tensor, sl in self.sides.get(key, []):

@@ -316,9 +316,9 @@ def concat_batches(parts: Sequence[Mapping[str, Any]], required: Sequence[str] =
 
 
 def _rows(batch: Mapping[str, Any], keys: Sequence[str], sl: slice) -> dict[str, Any]:
-    """Rows ``sl`` of ``keys`` and of their ``*_is_pad`` masks (terms read the masks to skip padded steps)."""
-    wanted = [*keys, *(f"{k}_is_pad" for k in keys)]
-    return {k: batch[k][sl] for k in wanted if k in batch}
+    """Rows ``sl`` of the ``keys`` present in ``batch`` (the loss's required and optional keys, so the
+    ``*_is_pad`` masks and custom ``pad_key``s travel with the values)."""
+    return {k: batch[k][sl] for k in keys if k in batch}
 
 
 def gather_for_ot(ot_loss, src: Mapping[str, Any], tgt: Mapping[str, Any], encoder: Any, accelerator) -> Any:
@@ -374,8 +374,8 @@ class OTSide:
         from otplug.lerobot.encoders import FeatureCapture
 
         self.loss = otplug.OTLoss(otplug.load_config(cfg.ot.config))
-        self.src_keys = sorted(self.loss.required_keys("src"))
-        self.tgt_keys = sorted(self.loss.required_keys("tgt"))
+        self.src_keys = sorted(self.loss.required_keys("src") | self.loss.optional_keys("src"))
+        self.tgt_keys = sorted(self.loss.required_keys("tgt") | self.loss.optional_keys("tgt"))
         self.embed_keys = sorted(self.loss.embedding_keys)
         self.encoder = resolve_encoder(policy) if self.embed_keys else None
         if self.layout == "single-pass" and self.embed_keys:

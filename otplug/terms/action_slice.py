@@ -34,6 +34,10 @@ class ActionSliceTerm:
         c = self.config
         return {c.src_key if side == "src" else c.target_key}
 
+    def optional_keys(self, side: str) -> set[str]:
+        src_pad, tgt_pad = self.config.pad_keys
+        return {src_pad if side == "src" else tgt_pad}
+
     def cost(self, src, tgt, ctx: TermContext) -> TermCost:
         c = self.config
         src_pad, tgt_pad = c.pad_keys
