@@ -9,7 +9,6 @@ import pytest
 pytest.importorskip("lerobot")
 pytest.importorskip("accelerate")
 
-from otplug.errors import OtplugError  # noqa: E402
 
 CAM = "observation.images.front"
 OT_CONFIG = {

@@ -172,7 +172,7 @@ def parse_config(cli_args: Sequence[str], *, resume: bool = False, output_dir: s
         except OtplugError:
             raise
         except SystemExit as exc:  # argparse inside draccus already printed the problem
-            raise OtplugError(f"invalid training options (see above); `otplug train --help` lists them") from exc
+            raise OtplugError("invalid training options (see above); `otplug train --help` lists them") from exc
         except FileExistsError as exc:
             raise OtplugError(f"{exc} (add --resume to continue that run)") from exc
         except (ValueError, TypeError, KeyError, FileNotFoundError, draccus.utils.DecodingError) as exc:
