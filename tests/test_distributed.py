@@ -58,3 +58,17 @@ def test_scope_rank_is_plain_call_and_bad_scope_errors():
         ot(src, tgt, encoder=worker.encoder()).metrics["ot_loss"])
     with pytest.raises(otplug.OtplugError, match="rank' or 'global"):
         scoped_ot(ot, src, tgt, scope="world")
+
+
+def test_divergence_on_one_process_is_seen_by_all(tmp_path):
+    pytest.importorskip("lerobot")
+    out = tmp_path / "flag"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(Path(__file__).parent / "dist" / "finite_worker.py"), str(out)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in (0, 1):
+        res = json.loads(Path(f"{out}.{rank}").read_text())
+        assert res == {"ok_all": True, "diverged": False}

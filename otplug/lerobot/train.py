@@ -321,6 +321,18 @@ def _rows(batch: Mapping[str, Any], keys: Sequence[str], sl: slice) -> dict[str,
     return {k: batch[k][sl] for k in keys if k in batch}
 
 
+def _finite_everywhere(value: float, accelerator) -> bool:
+    """``value`` is finite on every process. All processes take part, so a divergence on one of them stops
+    every one of them at the same step instead of leaving the others waiting in the next collective."""
+    finite = math.isfinite(value)
+    if accelerator is None or accelerator.num_processes == 1:
+        return finite
+    import torch
+
+    bad = torch.tensor([0.0 if finite else 1.0], device=accelerator.device)
+    return float(accelerator.reduce(bad, reduction="sum").item()) == 0.0
+
+
 def gather_for_ot(ot_loss, src: Mapping[str, Any], tgt: Mapping[str, Any], encoder: Any, accelerator) -> Any:
     """The one place where the OT scope is applied: ``rank`` solves this process's pairs; ``global`` solves one
     plan over the pairs of every process (:func:`otplug.distributed.global_ot`: values gathered, features with
@@ -801,8 +813,8 @@ def train(cfg, accelerator=None) -> dict[str, Any]:
             if res is not None:
                 metrics.update(res.metrics)
                 metrics["lambda_ot"] = ot_cfg.lambda_ot
-            if not math.isfinite(metrics["loss"]):
-                raise OtplugError(f"training diverged at step {step}: loss = {metrics['loss']} "
+            if not _finite_everywhere(metrics["loss"], accelerator):
+                raise OtplugError(f"training diverged at step {step}: loss = {metrics['loss']} on this process "
                                   f"(bc_loss {metrics['bc_loss']}, ot_loss {metrics.get('ot_loss')})")
             window.add(metrics)
             if not first:
