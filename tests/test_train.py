@@ -182,9 +182,9 @@ def test_ot_rows_carry_pad_masks(pair, tmp_path, monkeypatch, layout):
     seen = []
     real = train_mod.gather_for_ot
 
-    def spy(ot_loss, src, tgt, encoder, accelerator):
+    def spy(ot_loss, src, tgt, encoder, accelerator, scope="rank"):
         seen.append((set(src), set(tgt)))
-        return real(ot_loss, src, tgt, encoder, accelerator)
+        return real(ot_loss, src, tgt, encoder, accelerator, scope)
 
     monkeypatch.setattr(train_mod, "gather_for_ot", spy)
     assert train_mod.main(_args(pair, tmp_path / "pad", steps=2, extra=[f"--ot.layout={layout}"])) == 0

@@ -333,18 +333,16 @@ def _finite_everywhere(value: float, accelerator) -> bool:
     return float(accelerator.reduce(bad, reduction="sum").item()) == 0.0
 
 
-def gather_for_ot(ot_loss, src: Mapping[str, Any], tgt: Mapping[str, Any], encoder: Any, accelerator) -> Any:
+def gather_for_ot(ot_loss, src: Mapping[str, Any], tgt: Mapping[str, Any], encoder: Any, accelerator,
+                  scope: str = "rank") -> Any:
     """The one place where the OT scope is applied: ``rank`` solves this process's pairs; ``global`` solves one
     plan over the pairs of every process (:func:`otplug.distributed.global_ot`: values gathered, features with
     gradients for this process's rows only, loss scaled so DDP's gradient average equals the global gradient)."""
-    if accelerator is None or accelerator.num_processes == 1 or _SCOPE["value"] == "rank":
+    if accelerator is None or accelerator.num_processes == 1 or scope == "rank":
         return ot_loss(src, tgt, encoder=encoder)
     from otplug.distributed import scoped_ot
 
-    return scoped_ot(ot_loss, src, tgt, encoder=encoder, scope=_SCOPE["value"])
-
-
-_SCOPE = {"value": "rank"}
+    return scoped_ot(ot_loss, src, tgt, encoder=encoder, scope=scope)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -364,7 +362,7 @@ class OTSide:
         self.camera_keys = list(dataset.meta.camera_keys)
         self.preprocessor = preprocessor
         self.layout = cfg.ot.layout
-        _SCOPE["value"] = cfg.ot.scope
+        self.scope = cfg.ot.scope
         self.pair_dataset = OTPairDataset(dataset, source, cfg.ot.pair_info, _make_sampling(cfg.ot),
                                           seed=(cfg.seed or 0) + 7919 * accelerator.process_index)
         gen = torch.Generator()
@@ -435,7 +433,7 @@ class OTSide:
                 if k in tgt:
                     sides[k].append((tgt[k], tgt_sl))
             encoder = CapturedEncoder(self.capture, sides, fallback=self.encoder if self.fallback_keys else None)
-        res = gather_for_ot(self.loss, src, tgt, encoder, self.accelerator)
+        res = gather_for_ot(self.loss, src, tgt, encoder, self.accelerator, self.scope)
         res.metrics["ot_capture_fallback"] = float(len(self.fallback_keys))
         return res
 
@@ -447,7 +445,8 @@ class OTSide:
         if self.alignment is not None:
             src = self.alignment(src, bc_batch, device)
             tgt = self.alignment(tgt, bc_batch, device)
-        return gather_for_ot(self.loss, src, tgt, policy if self.encoder is not None else None, self.accelerator)
+        return gather_for_ot(self.loss, src, tgt, policy if self.encoder is not None else None, self.accelerator,
+                             self.scope)
 
 
 def make_pair_loader(pair_dataset, batch_size: int, num_workers: int, generator):
