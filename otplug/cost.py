@@ -31,6 +31,7 @@ class BoundTerm:
 class CostBreakdown:
     matrix: torch.Tensor
     terms: dict[str, torch.Tensor]  # M_term (before term_weight) per term name
+    stats: dict[str, float] = attrs.field(factory=dict)  # metric name -> value, from the terms' stats
 
 
 def compose_cost(terms: list[BoundTerm], src: Mapping[str, torch.Tensor], tgt: Mapping[str, torch.Tensor],
@@ -38,10 +39,13 @@ def compose_cost(terms: list[BoundTerm], src: Mapping[str, torch.Tensor], tgt: M
     cache: dict = {}
     total: torch.Tensor | None = None
     per_term: dict[str, torch.Tensor] = {}
+    stats: dict[str, float] = {}
     for term in terms:
         ctx = TermContext(reducer=term.reducer, reducer_name=term.reducer_name, encoder=encoder, cache=cache)
         out = term.impl.cost(src, tgt, ctx)
         m = out.matrix if isinstance(out, TermCost) else out
+        if isinstance(out, TermCost):
+            stats.update({f"ot_{k}/{term.name}": float(v) for k, v in out.stats.items()})
         if not isinstance(m, torch.Tensor) or m.ndim != 2:
             got = tuple(m.shape) if isinstance(m, torch.Tensor) else type(m).__name__
             raise OtplugError(f"term {term.name!r} ({term.type}) must return an (n_src, n_tgt) tensor, got {got}")
@@ -59,4 +63,4 @@ def compose_cost(terms: list[BoundTerm], src: Mapping[str, torch.Tensor], tgt: M
             total = total.to(dtype) + weighted.to(dtype)
     if total is None:
         raise OtplugError("the OT config has no terms")
-    return CostBreakdown(total, per_term)
+    return CostBreakdown(total, per_term, stats)

@@ -159,7 +159,7 @@ class OTLoss:
         cfg = self.config
         breakdown = compose_cost(self.terms, src, tgt, self._encoder(encoder) if self.embedding_keys else encoder)
         M = breakdown.matrix
-        metrics: dict[str, float] = {}
+        metrics: dict[str, float] = dict(breakdown.stats)
         if cfg.cost_normalization != "none":
             with torch.no_grad():
                 scale = M.detach().mean() if cfg.cost_normalization == "mean" else M.detach().max()

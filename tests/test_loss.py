@@ -340,3 +340,13 @@ def test_optional_keys_include_pad_masks_and_custom_pad_key():
                      {"type": "label", "name": "s", "src_key": "observation.state"}]}
     ot = otplug.OTLoss(cfg)
     assert ot.optional_keys("src") == {"action.ee_is_pad", "observation.state_is_pad", "action_is_pad"}
+
+
+def test_embedding_scale_is_reported():
+    cfg = {"terms": [{"type": "embedding", "name": "e", "src_key": "emb"}], "solver": "pot", "reg": 0.5}
+    enc = ToyEncoder()
+    src, tgt = example_batches()
+    res = otplug.OTLoss(cfg)(src, tgt, encoder=enc)
+    with torch.no_grad():
+        feats = torch.cat([enc.lin(src["emb"]), enc.lin(tgt["emb"])])
+    assert res.metrics["ot_embed_scale/e"] == pytest.approx(float(feats.pow(2).sum(-1).mean()))

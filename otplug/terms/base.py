@@ -39,10 +39,12 @@ def sq_dist(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 @attrs.frozen
 class TermCost:
-    """A term's cost with optional named parts (e.g. ``embed`` and ``label``) for metrics."""
+    """A term's cost with optional named parts (e.g. ``embed`` and ``label``) and scalar ``stats`` that the
+    core reports as ``ot_<stat>/<term name>`` metrics."""
 
     matrix: torch.Tensor
     parts: Mapping[str, torch.Tensor] = attrs.field(factory=dict)
+    stats: Mapping[str, float] = attrs.field(factory=dict)
 
 
 @runtime_checkable

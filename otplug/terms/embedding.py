@@ -34,10 +34,13 @@ class EmbeddingTerm:
     def cost(self, src, tgt, ctx: TermContext) -> TermCost:
         c = self.config
         parts = {}
+        stats: dict[str, float] = {}
         total = None
         if self._learned():
             x = ctx.embed(src, c.src_key, "src", embed_name=c.embed_name)
             y = ctx.embed(tgt, c.target_key, "tgt", embed_name=c.embed_name)
+            with torch.no_grad():  # watch for scale collapse: OT alone rewards shrinking every feature
+                stats["embed_scale"] = float(torch.cat([x, y.to(x.dtype)]).pow(2).sum(-1).mean())
             if c.embed_norm == "l2":
                 x = torch.nn.functional.normalize(x, dim=-1)
                 y = torch.nn.functional.normalize(y, dim=-1)
@@ -51,4 +54,4 @@ class EmbeddingTerm:
             parts["label"] = m_label
             weighted = c.weight_label * m_label
             total = weighted if total is None else total + weighted.to(total.dtype)
-        return TermCost(total, parts)
+        return TermCost(total, parts, stats)
