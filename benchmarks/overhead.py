@@ -78,8 +78,8 @@ OT_CONFIG = {
 
 
 def step_fn(policy, mode: str, b: int, ot, opt):
-    from otplug.lerobot.encoders import CapturedEncoder, FeatureCapture, unwrap_policy
-    from otplug.encoders import resolve_encoder
+    from otplug.lerobot.capture import CapturedEncoder, FeatureCapture
+    from otplug.policy_encoder import resolve_encoder, unwrap_policy
 
     n = b // 2
     batch = make_batch(policy, b)
@@ -97,7 +97,7 @@ def step_fn(policy, mode: str, b: int, ot, opt):
                 loss, _ = policy.forward(batch)
             src = {k: batch[k][:n] for k in keys_src}
             tgt = {k: batch[k][n:2 * n] for k in keys_tgt}
-            sides = {k: [(src[k], slice(0, n)), (tgt[k], slice(n, 2 * n))] for k in ot.embedding_keys}
+            sides = {"src": slice(0, n), "tgt": slice(n, 2 * n)}
             t1 = time.perf_counter()
             res = ot(src, tgt, encoder=CapturedEncoder(capture, sides))
             timings["ot"] = time.perf_counter() - t1

@@ -167,11 +167,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         # train / pair own their argument parsing (they are heavy: torch + lerobot)
         if argv and argv[0] in ("train", "pair"):
             _require_lerobot(argv[0])
+            if argv[0] == "train" and "--demo" in argv[1:] and not {"-h", "--help", "--help-all"} & set(argv[1:]):
+                from otplug.lerobot.demo.run import main as demo_main
+
+                return int(demo_main(argv[1:]) or 0)
             if argv[0] == "train":
                 from otplug.lerobot.train import main as train_main
 
                 return int(train_main(argv[1:]) or 0)
-            from otplug.lerobot.pair import main as pair_main
+            from otplug.lerobot.pair_cli import main as pair_main
 
             return int(pair_main(argv[1:]) or 0)
         args = parser.parse_args(argv)

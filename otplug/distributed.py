@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 import torch
 
-from otplug.encoders import resolve_encoder
+from otplug.policy_encoder import encode, resolve_encoder
 from otplug.errors import BatchError, OtplugError
 from otplug.features.extract import read_value
 
@@ -54,26 +54,27 @@ def all_gather_rows(x: torch.Tensor) -> list[torch.Tensor]:
 
 
 class _GlobalEncoder:
-    """Encodes the local rows with the real encoder and gathers the others' features (no gradient)."""
+    """Encodes this process's rows of ``(side, key)`` with the real encoder and gathers the other processes'
+    features (no gradient)."""
 
-    def __init__(self, inner: Any, local_of: dict[int, torch.Tensor], rank: int) -> None:
+    def __init__(self, inner: Any, local: dict[tuple[str, str], torch.Tensor], rank: int) -> None:
         self.inner = inner
-        self.local_of = local_of
+        self.local = local
         self.rank = rank
 
-    def encode_feature_for_ot(self, key: str, x: torch.Tensor) -> torch.Tensor:
-        local = self.local_of.get(id(x))
+    def encode_side_for_ot(self, side: str, key: str, x: torch.Tensor, *, name: str) -> torch.Tensor:
+        local = self.local.get((side, key))
         if local is None:
-            raise OtplugError(f"global OT scope: the encoder was asked for {key!r} on a tensor that is not a "
-                              "gathered batch value; terms must encode values read from the batch")
-        feats = self.inner.encode_feature_for_ot(key, local)
+            raise OtplugError(f"global OT scope: the encoder was asked for {side} {key!r}, which was not gathered; "
+                              "terms must encode values read from the batch")
+        feats = encode(self.inner, side, key, local, name)
         parts = all_gather_rows(feats)
         parts[self.rank] = feats
         return torch.cat(parts)
 
 
 def _gather_side(batch: Mapping[str, torch.Tensor], keys: set[str], optional: set[str], raw: set[str], side: str,
-                 local_of: dict[int, torch.Tensor]) -> dict[str, torch.Tensor]:
+                 local: dict[tuple[str, str], torch.Tensor]) -> dict[str, torch.Tensor]:
     """Gather the values of ``keys`` (and of the ``optional`` keys present, e.g. ``*_is_pad`` masks) from every
     process.
 
@@ -96,7 +97,7 @@ def _gather_side(batch: Mapping[str, torch.Tensor], keys: set[str], optional: se
         else:
             gathered = torch.cat(all_gather_rows(value))
         out[key] = gathered
-        local_of[id(gathered)] = value
+        local[(side, key)] = value
     return out
 
 
@@ -115,13 +116,13 @@ def global_ot(ot: Any, src: Mapping[str, torch.Tensor], tgt: Mapping[str, torch.
     rank, size = world()
     if size == 1:
         return ot(src, tgt, encoder=encoder)
-    local_of: dict[int, torch.Tensor] = {}
+    local: dict[tuple[str, str], torch.Tensor] = {}
     # every process must gather the same keys in the same order: use the config's keys, not the batch's
-    gsrc = _gather_side(src, ot.required_keys("src"), ot.optional_keys("src"), ot.raw_keys("src"), "src", local_of)
-    gtgt = _gather_side(tgt, ot.required_keys("tgt"), ot.optional_keys("tgt"), ot.raw_keys("tgt"), "tgt", local_of)
+    gsrc = _gather_side(src, ot.required_keys("src"), ot.optional_keys("src"), ot.raw_keys("src"), "src", local)
+    gtgt = _gather_side(tgt, ot.required_keys("tgt"), ot.optional_keys("tgt"), ot.raw_keys("tgt"), "tgt", local)
     wrapped = None
     if encoder is not None and ot.embedding_keys:
-        wrapped = _GlobalEncoder(resolve_encoder(encoder), local_of, rank)
+        wrapped = _GlobalEncoder(resolve_encoder(encoder), local, rank)
     res = ot(gsrc, gtgt, encoder=wrapped if wrapped is not None else encoder)
     metrics = dict(res.metrics)
     metrics["ot_global_n_src"] = float(res.cost.shape[0])

@@ -23,7 +23,7 @@ import attrs
 import torch
 
 from otplug.cost import BoundTerm, compose_cost
-from otplug.encoders import resolve_encoder
+from otplug.policy_encoder import resolve_encoder
 from otplug.errors import OtplugError
 from otplug.plugins import get_registry
 

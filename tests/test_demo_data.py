@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from otplug.errors import OtplugError
-from otplug.lerobot import demo_data
-from otplug.lerobot.demo_data import DemoData, ensure_demo_datasets, make_dataset, open_dataset
-from otplug.lerobot.pair import load_pair_info
+from otplug.lerobot.demo import data as demo_data
+from otplug.lerobot.demo.data import DemoData, ensure_demo_datasets, make_dataset, open_dataset
+from otplug.lerobot.pair_info import load_pair_info
 
 SMALL = dict(n_episodes=3, episode_len=10, image_size=16)
 

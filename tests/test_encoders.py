@@ -10,13 +10,9 @@ pytest.importorskip("lerobot")
 from lerobot.configs.types import FeatureType, PolicyFeature  # noqa: E402
 
 from otplug.errors import OtplugError  # noqa: E402
-from otplug.lerobot.encoders import (  # noqa: E402
-    ACTEncoder,
-    CapturedEncoder,
-    DiffusionEncoder,
-    FeatureCapture,
-    unwrap_policy,
-)
+from otplug.lerobot.adapters import ACTEncoder, DiffusionEncoder  # noqa: E402
+from otplug.lerobot.capture import CapturedEncoder, FeatureCapture  # noqa: E402
+from otplug.policy_encoder import encode, unwrap_policy  # noqa: E402
 
 CAM = "observation.images.front"
 CAM2 = "observation.images.wrist"
@@ -158,9 +154,14 @@ def test_capture_matches_direct_encoding_act(act_policy):
         direct = enc.encode_feature_for_ot(key, batch[key])
         torch.testing.assert_close(cap.features(key), direct, rtol=1e-5, atol=1e-5)
     src, tgt = {CAM2: batch[CAM2][:2]}, {CAM2: batch[CAM2][2:4]}
-    ce = CapturedEncoder(cap, {CAM2: [(src[CAM2], slice(0, 2)), (tgt[CAM2], slice(2, 4))]})
-    got = ce.encode_feature_for_ot(CAM2, tgt[CAM2])
+    ce = CapturedEncoder(cap, {"src": slice(0, 2), "tgt": slice(2, 4)})
+    # served by side and row range: a copy of the values (not the same tensor) gets the same rows
+    got = encode(ce, "tgt", CAM2, tgt[CAM2].clone())
     torch.testing.assert_close(got, enc.encode_feature_for_ot(CAM2, batch[CAM2][2:4]), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(encode(ce, "src", CAM2, src[CAM2]), enc.encode_feature_for_ot(CAM2, batch[CAM2][:2]),
+                               rtol=1e-5, atol=1e-5)
+    with pytest.raises(OtplugError, match="no features for 'observation.environment_state'"):
+        encode(ce, "src", "observation.environment_state", src[CAM2])
     act_policy.zero_grad(set_to_none=True)
     (loss + got.pow(2).mean()).backward()
     assert act_policy.model.encoder_img_feat_input_proj.weight.grad is not None

@@ -14,8 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from otplug.cli import main as cli_main
-from otplug.lerobot.demo_data import ensure_demo_datasets, make_dataset, open_dataset
-from otplug.lerobot.pair import PairInfoError, compute_pair_info, dtw, load_pair_info
+from otplug.lerobot.demo.data import ensure_demo_datasets, make_dataset, open_dataset
+from otplug.lerobot.dtw import compute_pair_info, dtw
+from otplug.lerobot.pair_info import PairInfoError, load_pair_info
 
 
 def brute_dtw(a: np.ndarray, b: np.ndarray) -> float:
@@ -194,7 +195,7 @@ def test_cli_errors_without_traceback(tmp_path, capsys):
 
 def test_dtw_speed_on_demo_sizes():
     rng = np.random.default_rng(0)
-    from otplug.lerobot.pair import _cost_matrices, dtw_batch
+    from otplug.lerobot.dtw import _cost_matrices, dtw_batch
 
     srcs = [rng.standard_normal((50, 4)) for _ in range(20)]
     t0 = time.perf_counter()

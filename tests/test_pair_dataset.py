@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from otplug.errors import OtplugError
-from otplug.lerobot.demo_data import make_dataset, open_dataset
+from otplug.lerobot.demo.data import make_dataset, open_dataset
 from otplug.lerobot.pair_dataset import (
     OTPairDataset,
     PairDatasetError,
@@ -224,7 +224,7 @@ def test_training_loader_draws_afresh_every_epoch(fakes, workers):
     """The training loop's OT loader reaches set_epoch in its workers too (persistent workers kept epoch 0's
     copy of the dataset, so every epoch repeated the first epoch's source draws)."""
     pytest.importorskip("lerobot")
-    from otplug.lerobot.train import cycle_epochs, make_pair_loader
+    from otplug.lerobot.pair_dataset import cycle_epochs, make_pair_loader
 
     tgt, src = fakes
     ds = _Draws(tgt, src, make_info(), sampling=PairSampling(window_size=3), seed=3)

@@ -23,8 +23,9 @@ OT_CONFIG = {
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    from otplug.lerobot.demo_data import make_dataset
-    from otplug.lerobot.pair import compute_pair_info, save_pair_info
+    from otplug.lerobot.demo.data import make_dataset
+    from otplug.lerobot.dtw import compute_pair_info
+    from otplug.lerobot.pair_info import save_pair_info
 
     root = tmp_path_factory.mktemp("pair")
     real = make_dataset(root / "real", repo_id="test/real", episode_lengths=(12, 14, 10), image_size=32, seed=1)
@@ -162,12 +163,12 @@ def test_failed_download_is_one_clear_message(pair, tmp_path, capsys, monkeypatc
     import urllib.error
 
     from otplug.cli import main as cli
-    from otplug.lerobot import train as train_mod
+    from otplug.lerobot.train import cli as train_cli
 
     def offline(cfg):
         raise urllib.error.URLError("Name or service not known")
 
-    monkeypatch.setattr(train_mod, "train", offline)
+    monkeypatch.setattr(train_cli, "train", offline)
     rc = cli(["train", *_args(pair, tmp_path / "net", steps=1)])
     err = capsys.readouterr().err
     assert rc == 2 and "pretrained_backbone_weights=null" in err and "Traceback" not in err
@@ -177,17 +178,17 @@ def test_failed_download_is_one_clear_message(pair, tmp_path, capsys, monkeypatc
 def test_ot_rows_carry_pad_masks(pair, tmp_path, monkeypatch, layout):
     """The action-slice term excludes padded steps, so the OT rows must keep ``action_is_pad`` in both layouts
     (single-pass once dropped it: padded action steps silently counted in the cost)."""
-    from otplug.lerobot import train as train_mod
+    from otplug.lerobot.train import main, ot_step
 
     seen = []
-    real = train_mod.gather_for_ot
+    real = ot_step.scoped_ot
 
-    def spy(ot_loss, src, tgt, encoder, accelerator, scope="rank"):
+    def spy(ot_loss, src, tgt, encoder=None, *, scope="rank"):
         seen.append((set(src), set(tgt)))
-        return real(ot_loss, src, tgt, encoder, accelerator, scope)
+        return real(ot_loss, src, tgt, encoder=encoder, scope=scope)
 
-    monkeypatch.setattr(train_mod, "gather_for_ot", spy)
-    assert train_mod.main(_args(pair, tmp_path / "pad", steps=2, extra=[f"--ot.layout={layout}"])) == 0
+    monkeypatch.setattr(ot_step, "scoped_ot", spy)
+    assert main(_args(pair, tmp_path / "pad", steps=2, extra=[f"--ot.layout={layout}"])) == 0
     assert seen
     for src_keys, tgt_keys in seen:
         assert "action_is_pad" in src_keys and "action_is_pad" in tgt_keys

@@ -29,7 +29,7 @@ All frame numbers are relative to their episode (0 = first frame of the episode)
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +39,16 @@ import torch
 import torch.utils.data
 
 from otplug.errors import OtplugError
-from otplug.lerobot.pair import load_pair_info
+from otplug.lerobot.datasets import dataset_label, episode_rows, open_dataset
+from otplug.lerobot.pair_info import load_pair_info
 
 __all__ = [
     "OTPairDataset",
     "PairDatasetError",
     "PairSampling",
     "collate_pairs",
-    "episode_rows",
+    "cycle_epochs",
+    "make_pair_loader",
     "make_source_dataset",
 ]
 
@@ -116,31 +118,11 @@ class PairSampling:
         return -np.logaddexp(0.0, self.sharpness * (d - cutoff))
 
 
-def episode_rows(ds) -> dict[int, np.ndarray]:
-    """``{episode_index: row positions}`` of a LeRobot dataset, in frame order.
-
-    The row positions are what ``ds[row]`` takes (they account for an ``episodes=[...]`` selection);
-    ``rows[ep][f]`` is frame ``f`` (relative to the episode) of episode ``ep``.
-    """
-    table = ds.hf_dataset.data
-    ep = np.asarray(table.column("episode_index").to_numpy(), dtype=np.int64)
-    idx = np.asarray(table.column("index").to_numpy(), dtype=np.int64)
-    order = np.lexsort((idx, ep))
-    ep_sorted = ep[order]
-    bounds = np.flatnonzero(np.diff(ep_sorted)) + 1
-    return {int(e[0]): rows for e, rows in zip(np.split(ep_sorted, bounds), np.split(order, bounds), strict=True)
-            if len(e)}
-
-
 @attrs.frozen
 class _Entry:
     src_episode: int
     distance: float
     pairing: dict[int, np.ndarray]  # target frame -> aligned source frames
-
-
-def _label(ds) -> str:
-    return f"{getattr(ds, 'repo_id', '?')} ({getattr(ds, 'root', '?')})"
 
 
 class OTPairDataset(torch.utils.data.Dataset):
@@ -219,13 +201,17 @@ class OTPairDataset(torch.utils.data.Dataset):
 
     # -- sampling ------------------------------------------------------------------------------------------------
 
-    def candidates(self, i: int) -> list[tuple[int, float, float]]:
-        """``[(source episode, distance, probability)]`` for index ``i`` (the source-episode distribution)."""
+    def _distribution(self, i: int) -> tuple[list[_Entry], np.ndarray]:
+        """The candidate entries of index ``i`` and their probabilities (normalised in log space)."""
         t_ep, t_f = self.target_frame(i)
         cands = [e for e in self._entries[t_ep] if t_f in e.pairing]
         logw = self.sampling.log_weights(np.array([e.distance for e in cands]), self._cutoff[t_ep])
         p = np.exp(logw - logw.max())
-        p /= p.sum()
+        return cands, p / p.sum()
+
+    def candidates(self, i: int) -> list[tuple[int, float, float]]:
+        """``[(source episode, distance, probability)]`` for index ``i`` (the source-episode distribution)."""
+        cands, p = self._distribution(i)
         return [(e.src_episode, e.distance, float(q)) for e, q in zip(cands, p, strict=True)]
 
     def _rng(self, i: int) -> np.random.Generator:
@@ -236,11 +222,9 @@ class OTPairDataset(torch.utils.data.Dataset):
         if not 0 <= i < len(self):
             raise IndexError(f"index {i} out of range for OTPairDataset of length {len(self)}")
         rng = rng if rng is not None else self._rng(i)
-        t_ep, t_f = self.target_frame(i)
-        cands = [e for e in self._entries[t_ep] if t_f in e.pairing]
-        logw = self.sampling.log_weights(np.array([e.distance for e in cands]), self._cutoff[t_ep])
-        p = np.exp(logw - logw.max())
-        entry = cands[int(rng.choice(len(cands), p=p / p.sum()))]
+        _t_ep, t_f = self.target_frame(i)
+        cands, p = self._distribution(i)
+        entry = cands[int(rng.choice(len(cands), p=p))]
         n = self._src_len[entry.src_episode]
         if self.sampling.no_window:
             return entry.src_episode, int(rng.integers(0, n))
@@ -273,8 +257,6 @@ def make_source_dataset(repo_id: str, root: str | Path | None, *, like, **kwargs
     ``LeRobotDataset`` (they may not override the two copied settings). Raises :class:`PairDatasetError` when
     the source lacks a feature that the target's ``delta_timestamps`` reference.
     """
-    from otplug.lerobot.demo_data import open_dataset
-
     for k in ("delta_timestamps", "image_transforms"):
         if k in kwargs:
             raise PairDatasetError(f"make_source_dataset copies {k} from the target; do not pass it")
@@ -287,13 +269,13 @@ def make_source_dataset(repo_id: str, root: str | Path | None, *, like, **kwargs
         missing = sorted(set(delta) - set(probe.meta.features))
         if missing:
             raise PairDatasetError(
-                f"source dataset {_label(probe)} lacks feature(s) {missing} that the target's delta_timestamps "
+                f"source dataset {dataset_label(probe)} lacks feature(s) {missing} that the target's delta_timestamps "
                 f"reference; source features: {sorted(probe.meta.features)}")
         if probe.fps != like.fps:
             bad = [k for k, ts in delta.items() if any(abs(t * probe.fps - round(t * probe.fps)) > 1e-3 for t in ts)]
             if bad:
                 raise PairDatasetError(
-                    f"source dataset {_label(probe)} runs at {probe.fps} fps but the target at {like.fps}; the "
+                    f"source dataset {dataset_label(probe)} runs at {probe.fps} fps but the target at {like.fps}; the "
                     f"target's delta_timestamps for {bad} are not whole source frames")
     elif transforms is None:
         return probe
@@ -301,3 +283,22 @@ def make_source_dataset(repo_id: str, root: str | Path | None, *, like, **kwargs
         return open_dataset(repo_id, root, delta_timestamps=delta, image_transforms=transforms, **kwargs)
     except OtplugError as exc:
         raise PairDatasetError(f"source dataset with the target's delta_timestamps: {exc}") from exc
+
+
+def make_pair_loader(pair_dataset: OTPairDataset, batch_size: int, num_workers: int,
+                     generator: torch.Generator) -> torch.utils.data.DataLoader:
+    """The OT pair loader. Its workers are never persistent: a persistent worker keeps its copy of the dataset
+    from epoch 0, so :meth:`OTPairDataset.set_epoch` would not reach it and every epoch would repeat epoch 0's
+    source draws. New workers per OT epoch see the current epoch."""
+    return torch.utils.data.DataLoader(pair_dataset, batch_size=batch_size, shuffle=True, generator=generator,
+                                       drop_last=True, num_workers=num_workers, collate_fn=collate_pairs,
+                                       persistent_workers=False)
+
+
+def cycle_epochs(pair_dataset: OTPairDataset, loader: Any) -> Iterator[Any]:
+    """Batches of ``loader`` forever, with ``pair_dataset.set_epoch(e)`` before epoch ``e``."""
+    epoch = 0
+    while True:
+        pair_dataset.set_epoch(epoch)
+        yield from loader
+        epoch += 1

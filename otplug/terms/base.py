@@ -21,6 +21,7 @@ import torch
 from otplug.errors import BatchError, OtplugError
 from otplug.features.extract import has_time_axis, pad_mask, read_value, slice_last
 from otplug.features.reduce import Reducer, reduce_time
+from otplug.policy_encoder import encode
 
 __all__ = ["Term", "TermContext", "TermCost", "sq_dist"]
 
@@ -87,7 +88,7 @@ class TermContext:
         cache_key = (side, key, name, self.reducer_name)
         if cache_key in self._cache:
             return self._cache[cache_key]
-        feats = self.encoder.encode_feature_for_ot(name, x)
+        feats = encode(self.encoder, side, key, x, name)
         if not isinstance(feats, torch.Tensor) or feats.ndim < 1 or feats.shape[0] != x.shape[0]:
             got = tuple(feats.shape) if isinstance(feats, torch.Tensor) else type(feats).__name__
             raise OtplugError(

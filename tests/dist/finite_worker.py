@@ -6,7 +6,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from otplug.lerobot.train import _finite_everywhere
+from otplug.lerobot.train.metrics import finite_everywhere as _finite_everywhere
 
 
 class Accel:  # the two members of accelerate.Accelerator that _finite_everywhere uses

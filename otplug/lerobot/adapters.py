@@ -20,48 +20,25 @@ A time axis (B, S, ...) is folded into the batch for the encoder and unfolded ag
 (image features flattened per step). Camera keys must match ``policy.config.image_features`` exactly (no
 prefix matching). Errors propagate; there is never a silent fallback to raw inputs.
 
-The module also holds :class:`FeatureCapture`, the forward hooks the single-pass training layout uses to
-read the same features out of the BC forward pass instead of encoding the OT rows a second time.
+:meth:`PolicyEncoderBase.capture_spec` names, for each key, the module whose output holds those features in the
+policy's own forward pass; :mod:`otplug.lerobot.capture` hooks it in the single-pass training layout.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from otplug.errors import OtplugError
+from otplug.policy_encoder import unwrap_policy
 
-__all__ = [
-    "ACTEncoder",
-    "CapturedEncoder",
-    "DiffusionEncoder",
-    "FeatureCapture",
-    "PolicyEncoderBase",
-    "unwrap_policy",
-]
+__all__ = ["ACTEncoder", "DiffusionEncoder", "PolicyEncoderBase"]
 
 STATE = "observation.state"
 ENV_STATE = "observation.environment_state"
-
-
-def unwrap_policy(policy: Any) -> Any:
-    """Strip DDP / accelerate / torch.compile wrappers (``.module``, ``._orig_mod``)."""
-    for _ in range(10):
-        inner = None
-        if isinstance(policy, nn.Module):
-            for name in ("module", "_orig_mod"):
-                if name in policy._modules:
-                    inner = policy._modules[name]
-                    break
-        elif hasattr(policy, "module"):
-            inner = policy.module
-        if inner is None:
-            return policy
-        policy = inner
-    return policy
 
 
 def _fold(x: Tensor, base_ndim: int) -> tuple[Tensor, tuple[int, ...] | None]:
@@ -199,95 +176,3 @@ class DiffusionEncoder(PolicyEncoderBase):
         n, idx = len(self.camera_keys), self.camera_keys.index(key)
         # shared encoder called once on "(b s n) c h w"
         return enc, lambda outs: outs[0].reshape(-1, s, n, outs[0].shape[-1])[:, :, idx]
-
-
-class FeatureCapture:
-    """Forward hooks recording the encoder outputs of one BC forward pass, for the single-pass layout.
-
-    ``FeatureCapture(encoder, keys)`` splits ``keys`` into ``supported`` (a hook exists) and
-    ``unsupported`` (key -> reason); use it as a context manager around the policy's forward, then
-    ``features(key)`` gives (B_total, ...) features of every row of that batch, with gradients.
-    """
-
-    def __init__(self, encoder: PolicyEncoderBase | None, keys: Iterable[str]) -> None:
-        self.encoder = encoder
-        self.specs: dict[str, tuple[nn.Module, Callable[[list[Tensor]], Tensor]]] = {}
-        self.unsupported: dict[str, str] = {}
-        for key in sorted(set(keys)):
-            if encoder is None or not hasattr(encoder, "capture_spec"):
-                self.unsupported[key] = "the policy's encoder offers no capture hooks"
-                continue
-            try:
-                self.specs[key] = encoder.capture_spec(key)
-            except OtplugError as exc:
-                self.unsupported[key] = str(exc)
-        self._outputs: dict[int, list[Tensor]] = {}
-        self._handles: list[Any] = []
-
-    @property
-    def supported(self) -> set[str]:
-        return set(self.specs)
-
-    def __enter__(self) -> FeatureCapture:
-        self._outputs = {}
-        modules = {id(m): m for m, _ in self.specs.values()}
-        for mid, module in modules.items():
-            def hook(_mod, _inp, out, mid=mid):
-                self._outputs.setdefault(mid, []).append(out)
-            self._handles.append(module.register_forward_hook(hook))
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-
-    def features(self, key: str) -> Tensor:
-        module, extract = self.specs[key]
-        outs = self._outputs.get(id(module))
-        if not outs:
-            raise OtplugError(f"single-pass capture: the forward pass did not call the encoder of {key!r}")
-        return extract(outs)
-
-    def clear(self) -> None:
-        self._outputs = {}
-
-
-class CapturedEncoder:
-    """An ``encode_feature_for_ot`` that serves features captured from the BC forward.
-
-    ``sides`` maps each OT input tensor (the exact objects handed to ``OTLoss`` as ``src[key]`` /
-    ``tgt[key]``) to the rows of the BC batch it came from. Keys that were not captured go to ``fallback``
-    (a real encoder, which then runs a second forward on those rows) -- only if the caller allowed it.
-    """
-
-    def __init__(self, capture: FeatureCapture, sides: Mapping[str, list[tuple[Tensor, slice]]],
-                 fallback: Any = None) -> None:
-        self.capture = capture
-        self.sides = sides
-        self.fallback = fallback
-        self._cache: dict[str, Tensor] = {}
-
-    def encode_feature_for_ot(self, key: str, x: Tensor) -> Tensor:
-        if key not in self.capture.supported:
-            if self.fallback is None:
-                why = self.capture.unsupported.get(key) or (
-                    f"not a key the policy's encoder modules produce (captured: {', '.join(sorted(self.capture.supported)) or 'none'}); "
-                    "a term's embed_name must name such a batch key in the single-pass layout")
-                raise OtplugError(f"single-pass capture has no features for {key!r}: {why}")
-            return self.fallback.encode_feature_for_ot(key, x)
-        rows = None
-        for tensor, sl in self.sides.get(key, []):
-            if tensor is x:
-                rows = sl
-                break
-        if rows is None:  # the loss may hand over a view or a copy: match by value
-            for tensor, sl in self.sides.get(key, []):
-                if tensor.shape == x.shape and torch.equal(tensor, x):
-                    rows = sl
-                    break
-        if rows is None:
-            raise OtplugError(f"single-pass capture: could not tell which rows of the batch {key!r} came from")
-        if key not in self._cache:
-            self._cache[key] = self.capture.features(key)
-        return self._cache[key][rows]

@@ -19,9 +19,7 @@ replay the sim task configurations: the DTW pairing then has a true partner to f
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import os
 import shutil
 import tempfile
@@ -33,6 +31,9 @@ import attrs
 import numpy as np
 
 from otplug.errors import OtplugError
+from otplug.lerobot.datasets import DatasetError, no_progress_bars, open_dataset, quiet_lerobot
+from otplug.lerobot.dtw import compute_pair_info
+from otplug.lerobot.pair_info import save_pair_info
 
 __all__ = [
     "DEMO_TASK",
@@ -57,7 +58,7 @@ CAMERA = "observation.images.front"
 _STAMP = "otplug-demo.json"
 
 
-class DemoDataError(OtplugError):
+class DemoDataError(DatasetError):
     """The demo/test datasets could not be generated or opened."""
 
 
@@ -95,53 +96,6 @@ def _features(state_dim: int, action_dim: int, cameras: Sequence[str], image_hw:
         feats[key] = {"dtype": "image", "shape": (image_hw[0], image_hw[1], 3),
                       "names": ["height", "width", "channels"]}
     return feats
-
-
-def quiet_lerobot() -> None:
-    """Silence lerobot's one-off torchcodec warning (it falls back to pyav, which we use anyway)."""
-    logging.getLogger("lerobot.utils.import_utils").setLevel(logging.ERROR)
-
-
-@contextlib.contextmanager
-def _no_progress_bars():
-    import datasets
-
-    was = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    try:
-        yield
-    finally:
-        if was:
-            datasets.enable_progress_bars()
-
-
-def open_dataset(repo_id: str, root: str | Path | None = None, **kwargs):
-    """Open a local LeRobot dataset read-only, with an :class:`OtplugError` instead of a download attempt.
-
-    ``repo_id`` may also be a path to a dataset folder (one with ``meta/info.json``); then ``root`` may be
-    omitted and the repo id is taken from the folder name. Extra keyword arguments go to ``LeRobotDataset``.
-    """
-    quiet_lerobot()
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset
-
-    if root is None:
-        candidate = Path(repo_id).expanduser()
-        if (candidate / "meta" / "info.json").is_file():
-            root, repo_id = candidate, f"local/{candidate.name}"
-    if root is None:
-        raise DemoDataError(
-            f"dataset {repo_id!r}: no local root given (pass the dataset folder; otplug never downloads datasets)"
-        )
-    root = Path(root).expanduser()
-    if not (root / "meta" / "info.json").is_file():
-        raise DemoDataError(f"dataset {repo_id!r}: {root} is not a LeRobot dataset (no meta/info.json)")
-    kwargs.setdefault("video_backend", "pyav")
-    try:
-        return LeRobotDataset(repo_id, root=root, **kwargs)
-    except OtplugError:
-        raise
-    except Exception as exc:  # lerobot raises a zoo of types; name the dataset
-        raise DemoDataError(f"dataset {repo_id!r} at {root} could not be opened: {type(exc).__name__}: {exc}") from exc
 
 
 def make_dataset(
@@ -192,7 +146,7 @@ def make_dataset(
 
     ds = LeRobotDataset.create(repo_id, fps, features=feats, root=root, use_videos=False)
     try:
-        with _no_progress_bars():
+        with no_progress_bars():
             for ep, length in enumerate(episode_lengths):
                 if length < 1:
                     raise DemoDataError(f"make_dataset: episode {ep} has length {length}; lengths must be >= 1")
@@ -255,7 +209,7 @@ def _write_demo_side(root: Path, repo_id: str, *, real: bool, n_episodes: int, e
     feats = _features(4, 2, [CAMERA], (image_size, image_size), STATE_NAMES, ACTION_NAMES)
     ds = LeRobotDataset.create(repo_id, fps, features=feats, root=root, use_videos=False, robot_type="point2d")
     try:
-        with _no_progress_bars():
+        with no_progress_bars():
             _record_demo_episodes(ds, rng, scene_rng, real=real, n_episodes=n_episodes, episode_len=episode_len,
                                   image_size=image_size)
     finally:
@@ -296,7 +250,7 @@ def generate_demo_datasets(out_dir: str | Path, *, n_episodes: int = 20, episode
 
     With ``pair_info=True`` also writes ``out_dir/pair_info.json`` (DTW on ``observation.state`` with per-dataset
     normalisation — ``normalize="global"`` removes the real side's state offset/scale while keeping the goal
-    positions that tell episodes apart; see :func:`otplug.lerobot.pair.compute_pair_info`).
+    positions that tell episodes apart; see :func:`otplug.lerobot.dtw.compute_pair_info`).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -305,8 +259,6 @@ def generate_demo_datasets(out_dir: str | Path, *, n_episodes: int = 20, episode
     _write_demo_side(out / "real", REAL_REPO_ID, real=True, **kw)
     pair_path = None
     if pair_info:
-        from otplug.lerobot.pair import compute_pair_info, save_pair_info
-
         sim = open_dataset(SIM_REPO_ID, out / "sim")
         real = open_dataset(REAL_REPO_ID, out / "real")
         pair_path = out / "pair_info.json"

@@ -1,0 +1,132 @@
+"""Opening LeRobot datasets and reading their episode structure (a leaf: imports nothing else of otplug.lerobot).
+
+* :func:`open_dataset` — a local dataset, read-only, never a download attempt; one error naming the dataset.
+* :func:`episode_rows`, :func:`episode_lengths`, :func:`episode_arrays` — the one reader of ``episode_index``:
+  which rows (``ds[row]`` positions) belong to which episode, in frame order.
+* :func:`dataset_label` — how every message names a dataset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from otplug.errors import OtplugError
+
+__all__ = [
+    "DatasetError",
+    "dataset_label",
+    "episode_arrays",
+    "episode_lengths",
+    "episode_rows",
+    "no_progress_bars",
+    "open_dataset",
+    "quiet_lerobot",
+]
+
+
+class DatasetError(OtplugError, ValueError):
+    """A dataset could not be opened, or lacks what was asked of it."""
+
+
+def quiet_lerobot() -> None:
+    """Silence lerobot's one-off torchcodec warning (it falls back to pyav, which we use anyway)."""
+    logging.getLogger("lerobot.utils.import_utils").setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def no_progress_bars() -> Iterator[None]:
+    """Hide the ``datasets`` library's progress bars while writing small datasets."""
+    import datasets
+
+    was = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was:
+            datasets.enable_progress_bars()
+
+
+def dataset_label(ds: Any) -> str:
+    """``repo_id (root)`` of a dataset, for messages."""
+    return f"{getattr(ds, 'repo_id', '?')} ({getattr(ds, 'root', '?')})"
+
+
+def open_dataset(repo_id: str, root: str | Path | None = None, **kwargs: Any):
+    """Open a local LeRobot dataset read-only, with a :class:`DatasetError` instead of a download attempt.
+
+    ``repo_id`` may also be a path to a dataset folder (one with ``meta/info.json``); then ``root`` may be
+    omitted and the repo id is taken from the folder name. Extra keyword arguments go to ``LeRobotDataset``
+    (``video_backend`` defaults to ``"pyav"``: torchcodec needs a system FFmpeg).
+    """
+    quiet_lerobot()
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    if root is None:
+        candidate = Path(repo_id).expanduser()
+        if (candidate / "meta" / "info.json").is_file():
+            root, repo_id = candidate, f"local/{candidate.name}"
+    if root is None:
+        raise DatasetError(
+            f"dataset {repo_id!r}: no local root given (pass the dataset folder; otplug never downloads datasets)"
+        )
+    root = Path(root).expanduser()
+    if not (root / "meta" / "info.json").is_file():
+        raise DatasetError(f"dataset {repo_id!r}: {root} is not a LeRobot dataset (no meta/info.json)")
+    kwargs.setdefault("video_backend", "pyav")
+    try:
+        return LeRobotDataset(repo_id, root=root, **kwargs)
+    except OtplugError:
+        raise
+    except Exception as exc:  # lerobot raises a zoo of types; name the dataset
+        raise DatasetError(f"dataset {repo_id!r} at {root} could not be opened: {type(exc).__name__}: {exc}") from exc
+
+
+def _episode_order(ds: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(episode index per row, row order)`` with rows sorted by (episode, frame index)."""
+    table = ds.hf_dataset.data  # the arrow table (no torch transform)
+    ep = np.asarray(table.column("episode_index").to_numpy(), dtype=np.int64)
+    idx = np.asarray(table.column("index").to_numpy(), dtype=np.int64)
+    return ep, np.lexsort((idx, ep))
+
+
+def _split_by_episode(ep_sorted: np.ndarray, values: np.ndarray) -> dict[int, np.ndarray]:
+    bounds = np.flatnonzero(np.diff(ep_sorted)) + 1
+    return {int(e[0]): v for e, v in zip(np.split(ep_sorted, bounds), np.split(values, bounds), strict=True)
+            if len(e)}
+
+
+def episode_rows(ds: Any) -> dict[int, np.ndarray]:
+    """``{episode_index: row positions}`` of a LeRobot dataset, in frame order.
+
+    The row positions are what ``ds[row]`` takes (they account for an ``episodes=[...]`` selection);
+    ``rows[ep][f]`` is frame ``f`` (relative to the episode) of episode ``ep``.
+    """
+    ep, order = _episode_order(ds)
+    return _split_by_episode(ep[order], order)
+
+
+def episode_lengths(ds: Any) -> dict[int, int]:
+    """``{episode_index: number of frames}``."""
+    return {e: len(rows) for e, rows in episode_rows(ds).items()}
+
+
+def episode_arrays(ds: Any, key: str) -> dict[int, np.ndarray]:
+    """``{episode_index: (length, d) float64}`` of the vector feature ``key``, frames in episode order."""
+    features = ds.meta.features
+    if key not in features:
+        vector = sorted(k for k, f in features.items() if f.get("dtype") not in ("image", "video", "string"))
+        raise DatasetError(f"dataset {dataset_label(ds)} has no feature {key!r}; vector features: {vector}")
+    if features[key].get("dtype") in ("image", "video"):
+        raise DatasetError(f"feature {key!r} of dataset {dataset_label(ds)} is an image; a vector feature such as "
+                           "observation.state or action is needed here")
+    ep, order = _episode_order(ds)
+    col = ds.hf_dataset.data.column(key).to_pylist()
+    values = np.asarray(col, dtype=np.float64).reshape(len(col), -1)
+    return _split_by_episode(ep[order], values[order])

@@ -1,0 +1,163 @@
+"""The ``otplug train`` config: lerobot's :class:`TrainPipelineConfig` plus an ``ot`` section.
+
+Every ``lerobot-train`` option works unchanged (``--dataset.repo_id``, ``--policy.type``, ``--batch_size``,
+``--steps``, ...). The OT options live under ``--ot.*``; see :class:`OTSection`. The section validates itself
+(:meth:`OTSection.validate`, every message naming ``--ot.<field>``) and parses the OT config file once: the parsed
+:class:`otplug.OTConfig` travels as ``cfg.ot.loss_config`` to everything that needs it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lerobot.configs.train import TrainPipelineConfig
+
+from otplug.errors import OtplugError
+
+__all__ = ["LAYOUTS", "SCOPES", "OTSection", "OTTrainConfig"]
+
+LAYOUTS = ("single-pass", "separate")
+SCOPES = ("rank", "global")
+
+
+@dataclass
+class OTSection:
+    # Turn the OT loss on/off. Off (or lambda_ot = 0) means plain lerobot-train: no OT batch is loaded.
+    enabled: bool = True
+    # OT config file (TOML / YAML / JSON, native or seed format; `otplug check-config FILE`).
+    config: str | None = None
+    # total = bc_loss + lambda_ot * ot_loss
+    lambda_ot: float = 0.1
+    # The source (sim) LeRobot dataset; the BC dataset (--dataset.*) is the target (real) side.
+    source_repo_id: str | None = None
+    source_root: str | None = None
+    # DTW pairings between target and source episodes (`otplug pair ... --out pair_info.json`).
+    pair_info: str | None = None
+    # single-pass: the BC batch is [src | tgt | bc] rows and OT embeddings are captured from the BC forward
+    # (recommended); separate: an OT dataloader beside the BC dataloader, encoded in extra forward passes.
+    layout: str = "single-pass"
+    # OT pairs (src/tgt rows) per step and process.
+    batch_size: int = 8
+    # rank: each process solves OT on its own pairs; global: the plan covers the pairs of all processes.
+    scope: str = "rank"
+    # Cross-dataloader alignment policy (separate layout): `otplug list-alignments`.
+    alignment: str = "rank"
+    # Pair sampling (see otplug.lerobot.pair_dataset.PairSampling).
+    # source-episode weight: logistic (ot-sim2real) | exp (earlier implementation) | uniform
+    weighting: str = "logistic"
+    sharpness: float | None = None
+    cutoff: float | None = None
+    top_k: int | None = None
+    window_size: int | None = None
+    no_window: bool = False
+    # Normalise with statistics aggregated over target + source (lerobot's aggregate_stats).
+    combine_stats: bool = True
+    # single-pass keys whose embedding cannot be captured: "encode" (extra forward on those rows, with a
+    # warning and the metric ot_capture_fallback) or "error".
+    capture_fallback: str = "encode"
+    # Ablation: load the pairs as BC rows (single-pass layout) but add no OT loss.
+    cotrain_only: bool = False
+    # Metric sinks besides metrics.jsonl (always on): console, tensorboard, wandb, plan-heatmap, ...
+    sinks: list[str] = field(default_factory=lambda: ["console", "plan-heatmap"])
+    # Transport-plan pictures every N steps (plan-heatmap sink).
+    plan_every: int = 50
+    # Log metrics every N steps (defaults to --log_freq).
+    log_every: int | None = None
+    # A step whose loss or gradient is not finite: "stop" (default; nothing from it is applied or saved) or "skip"
+    # (its gradients are dropped; the metric skipped_steps counts it).
+    on_nonfinite: str = "stop"
+
+    @property
+    def active(self) -> bool:
+        """Pairs are loaded (OT loss on, or the co-training ablation)."""
+        return bool(self.enabled) and (self.lambda_ot > 0 or self.cotrain_only)
+
+    @property
+    def has_loss(self) -> bool:
+        """An OT loss is added to the BC loss."""
+        return self.active and not self.cotrain_only
+
+    @property
+    def loss_config(self) -> Any:
+        """The parsed OT config (:class:`otplug.OTConfig`), or None without an OT loss; set by :meth:`validate`."""
+        return self.__dict__.get("_loss_config")
+
+    def validate(self, dataset_root: str | Path | None = None) -> None:
+        """Check every rule of the section and parse the OT config file (once); :class:`OtplugError` names the
+        option at fault."""
+        _choice("layout", self.layout, LAYOUTS)
+        _choice("scope", self.scope, SCOPES, alias="--ot-scope")
+        _choice("capture_fallback", self.capture_fallback, CAPTURE_FALLBACKS)
+        _choice("weighting", self.weighting, WEIGHTINGS)
+        _choice("on_nonfinite", self.on_nonfinite, ON_NONFINITE)
+        _number("lambda_ot", self.lambda_ot, minimum=0.0)
+        _integer("batch_size", self.batch_size, minimum=1)
+        _integer("plan_every", self.plan_every, minimum=1)
+        if self.log_every is not None:
+            _integer("log_every", self.log_every, minimum=1)
+        for name in ("sharpness", "cutoff"):
+            if getattr(self, name) is not None:
+                _number(name, getattr(self, name), minimum=0.0 if name == "sharpness" else None)
+        if self.top_k is not None:
+            _integer("top_k", self.top_k, minimum=1)
+        if self.window_size is not None:
+            _integer("window_size", self.window_size, minimum=0)
+        if not isinstance(self.sinks, list) or not all(isinstance(n, str) and n for n in self.sinks):
+            raise OtplugError(f"--ot.sinks must be a list of sink names like '[console,plan-heatmap]', got {self.sinks!r}")
+        self.__dict__["_loss_config"] = None
+        if not self.active:
+            return
+        if self.cotrain_only and self.layout != "single-pass":
+            raise OtplugError("--ot.cotrain_only needs --ot.layout=single-pass (the pairs become BC rows)")
+        missing = [f"--ot.{n}" for n in ("source_repo_id", "pair_info") if not getattr(self, n)]
+        if self.has_loss and not self.config:
+            missing.append("--ot.config")
+        if missing:
+            raise OtplugError(f"OT is enabled but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set "
+                              "(or disable it with --ot.enabled=false)")
+        if not Path(self.pair_info).expanduser().is_file():
+            raise OtplugError(f"--ot.pair_info: no such file {self.pair_info}")
+        if self.source_root and not Path(self.source_root).expanduser().is_dir():
+            raise OtplugError(f"--ot.source_root: no such directory {self.source_root}")
+        if dataset_root and not Path(dataset_root).expanduser().is_dir():
+            raise OtplugError(f"--dataset.root: no such directory {dataset_root}")
+        if self.has_loss:
+            from otplug.config import load_config
+
+            # parsed once, before datasets and the policy are built; everything downstream takes this object
+            self.__dict__["_loss_config"] = load_config(self.config)
+
+
+CAPTURE_FALLBACKS = ("encode", "error")
+ON_NONFINITE = ("stop", "skip")
+WEIGHTINGS = ("logistic", "exp", "uniform")
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...], alias: str | None = None) -> None:
+    if value not in choices:
+        flag = f"--ot.{name}" + (f" / {alias}" if alias else "")
+        raise OtplugError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _number(name: str, value: Any, *, minimum: float | None = None) -> None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (minimum is not None and value < minimum):
+        bound = f" >= {minimum:g}" if minimum is not None else ""
+        raise OtplugError(f"--ot.{name} must be a finite number{bound}, got {value!r}")
+
+
+def _integer(name: str, value: Any, *, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise OtplugError(f"--ot.{name} must be an integer >= {minimum}, got {value!r}")
+
+
+@dataclass
+class OTTrainConfig(TrainPipelineConfig):
+    ot: OTSection = field(default_factory=OTSection)
+
+    def validate(self) -> None:
+        super().validate()
+        self.ot.validate(dataset_root=self.dataset.root if self.dataset is not None else None)

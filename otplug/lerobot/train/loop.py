@@ -1,0 +1,157 @@
+"""The training loop of ``otplug train``: ``lerobot-train`` plus an OT section.
+
+Built from lerobot 0.6's own pieces (:mod:`~otplug.lerobot.train.setup`), following
+``lerobot/scripts/lerobot_train.py`` step by step so that with OT off the run is ``lerobot-train`` (same RNG use,
+same losses and gradient norms; tested bit for bit). Per step with OT on::
+
+    total = bc_loss + lambda_ot * ot_loss
+
+The data path, one room each: BC batch (:func:`~otplug.lerobot.train.setup.make_bc_dataloader`) -> pairs and
+``[src | tgt | bc]`` rows (:class:`~otplug.lerobot.train.ot_step.OTSide`) -> preprocessor -> policy forward, OT
+loss, backward, update (:func:`~otplug.lerobot.train.step.update_policy`) -> log window and reduction
+(:mod:`~otplug.lerobot.train.metrics`) -> sinks (:mod:`otplug.sinks`) -> checkpoints (lerobot's).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from lerobot.common.train_utils import (
+    get_step_checkpoint_dir,
+    load_training_state,
+    save_checkpoint,
+    should_save_checkpoint,
+    update_last_checkpoint,
+)
+from lerobot.optim.factory import make_optimizer_and_scheduler
+from lerobot.policies import make_policy
+from lerobot.utils.constants import TRAINING_STATE_DIR
+from lerobot.utils.random_utils import load_rng_state, set_seed
+from tqdm import tqdm
+
+from otplug.lerobot.train import setup
+from otplug.lerobot.train.batches import images_to_float
+from otplug.lerobot.train.metrics import Window, reduce_metrics
+from otplug.lerobot.train.ot_step import OTSide
+from otplug.lerobot.train.step import update_policy
+
+__all__ = ["train"]
+
+LOGGED_IN_BAR = ("bc_loss", "ot_loss", "ot_pi_sum")
+
+
+def _seed_and_backends(cfg: Any, accelerator: Any) -> None:
+    if cfg.seed is not None:
+        set_seed(cfg.seed, accelerator=accelerator)
+    torch.backends.cudnn.deterministic = bool(cfg.cudnn_deterministic)
+    torch.backends.cudnn.benchmark = not cfg.cudnn_deterministic
+    torch.backends.cuda.matmul.allow_tf32 = True
+
+
+def _batches(dataloader: Any, cfg: Any, step: int) -> Iterator[dict]:
+    """BC batches forever. On resume, creating the iterator draws a base seed from the global RNG; the
+    uninterrupted run drew it before the checkpointed RNG state was taken, so draw it first and restore the RNG
+    afterwards: the resumed run then continues exactly like the uninterrupted one (tested)."""
+    def _cycle() -> Iterator[dict]:
+        while True:
+            yield from dataloader
+
+    it = _cycle()
+    if cfg.resume and step > 0:
+        primed = next(it)
+        load_rng_state(Path(cfg.checkpoint_path) / TRAINING_STATE_DIR)
+        it = itertools.chain([primed], it)
+    return it
+
+
+def train(cfg: Any, accelerator: Any = None) -> dict[str, Any]:
+    """Run training for a validated :class:`~otplug.lerobot.train.config.OTTrainConfig`. Returns a small summary
+    (steps, seconds, first and last metrics, world size, output dir)."""
+    setup.check_supported(cfg)
+    accelerator = accelerator if accelerator is not None else setup.make_accelerator(cfg)
+    is_main, device, ot = accelerator.is_main_process, accelerator.device, cfg.ot
+    _seed_and_backends(cfg, accelerator)
+
+    dataset, source = setup.open_datasets(cfg, accelerator)
+    policy = make_policy(cfg=cfg.policy, ds_meta=dataset.meta, rename_map=cfg.rename_map)
+    accelerator.wait_for_everyone()
+    preprocessor, postprocessor = setup.make_processors(cfg, policy, dataset, source, device)
+    optimizer, lr_scheduler = make_optimizer_and_scheduler(cfg, policy)
+    step = 0
+    if cfg.resume:
+        step, optimizer, lr_scheduler = load_training_state(cfg.checkpoint_path, optimizer, lr_scheduler)
+    dataloader = setup.make_bc_dataloader(cfg, dataset, device, step, accelerator)
+    accelerator.wait_for_everyone()
+    policy, optimizer, dataloader, lr_scheduler = accelerator.prepare(policy, optimizer, dataloader, lr_scheduler)
+    ot_side = OTSide(cfg, dataset, source, policy, preprocessor, accelerator, step) if ot.active else None
+    batches = _batches(dataloader, cfg, step)
+
+    output_dir = Path(cfg.output_dir)
+    sinks = None
+    if is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        sinks = setup.make_run_sinks(output_dir, ot)
+        setup.write_run_info(output_dir, cfg, accelerator, dataset, source)
+    log_every = ot.log_every or cfg.log_freq
+    window, first, last = Window(), {}, {}
+    progbar = tqdm(total=cfg.steps - step, desc="otplug train", unit="step", disable=not is_main, leave=True,
+                   dynamic_ncols=True)
+    t_start = time.perf_counter()
+    policy.train()
+    try:
+        for _ in range(step, cfg.steps):
+            t0 = time.perf_counter()
+            batch = next(batches)
+            if ot_side is not None:
+                batch, n_pairs = ot_side.build_batch(batch)
+            else:
+                batch, n_pairs = images_to_float(batch, dataset.meta.camera_keys), 0
+            batch = preprocessor(batch)
+            data_s = time.perf_counter() - t0
+            result = update_policy(policy, batch, n_pairs, optimizer=optimizer, lr_scheduler=lr_scheduler,
+                                   accelerator=accelerator, grad_clip_norm=cfg.optimizer.grad_clip_norm,
+                                   ot_side=ot_side, lambda_ot=ot.lambda_ot, on_nonfinite=ot.on_nonfinite,
+                                   step=step + 1)
+            step += 1
+            metrics = {**result.metrics, "dataloading_s": data_s}
+            window.add(metrics)
+            first = first or dict(metrics)
+            last = dict(metrics)
+
+            if log_every > 0 and (step % log_every == 0 or step == cfg.steps):
+                reduced = reduce_metrics(window.means(), accelerator)
+                if is_main:
+                    sinks.log(step, reduced)
+                    progbar.set_postfix({k: f"{reduced[k]:.3g}" for k in LOGGED_IN_BAR if k in reduced}, refresh=False)
+                window.reset()
+            if is_main and result.ot is not None and sinks.wants_plan(step):
+                sinks.log_plan(step, result.ot.plan.float().cpu().numpy(), {"step": step})
+            progbar.update(1)
+
+            if cfg.save_checkpoint and should_save_checkpoint(step, cfg.save_freq, cfg.steps):
+                if is_main:
+                    ckpt = get_step_checkpoint_dir(output_dir, cfg.steps, step)
+                    save_checkpoint(checkpoint_dir=ckpt, step=step, cfg=cfg, policy=accelerator.unwrap_model(policy),
+                                    optimizer=optimizer, scheduler=lr_scheduler, preprocessor=preprocessor,
+                                    postprocessor=postprocessor, num_processes=accelerator.num_processes,
+                                    batch_size=cfg.batch_size)
+                    update_last_checkpoint(ckpt)
+                accelerator.wait_for_everyone()
+    finally:
+        progbar.close()
+        if sinks is not None:
+            sinks.close()
+
+    accelerator.wait_for_everyone()
+    summary = {"steps": step, "seconds": time.perf_counter() - t_start, "first": first, "last": last,
+               "world_size": accelerator.num_processes, "output_dir": str(output_dir)}
+    if is_main:
+        (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    accelerator.end_training()
+    return summary

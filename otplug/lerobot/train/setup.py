@@ -1,0 +1,195 @@
+"""Setting up a run from its config, with lerobot's own factories: accelerator, datasets, policy, processors,
+optimizer, BC dataloader, sinks and ``run_info.json``. Each function is one step of ``lerobot-train``'s set-up
+(same calls, same order, same RNG use), plus the source dataset and the combined statistics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from otplug.errors import OtplugError
+from otplug.lerobot.pair_dataset import make_source_dataset
+
+__all__ = [
+    "check_supported",
+    "combined_stats",
+    "make_accelerator",
+    "make_bc_dataloader",
+    "make_processors",
+    "make_run_sinks",
+    "open_datasets",
+    "write_run_info",
+]
+
+
+def check_supported(cfg: Any) -> None:
+    """Reject the lerobot-train modes otplug train does not implement, before anything is loaded."""
+    if cfg.is_reward_model_training:
+        raise OtplugError("otplug train trains policies; use lerobot-train for reward models")
+    if cfg.peft is not None:
+        raise OtplugError("otplug train does not support --peft yet; use lerobot-train")
+    if cfg.env is not None and cfg.env_eval_freq > 0:
+        raise OtplugError("otplug train does not run simulation evaluation; set --env_eval_freq=0 and evaluate "
+                          "checkpoints with `otplug eval` or lerobot-eval")
+    if cfg.dataset.streaming:
+        raise OtplugError("otplug train does not support streaming datasets yet")
+
+
+def make_accelerator(cfg: Any) -> Any:
+    """The accelerator ``lerobot-train`` would build for this config."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    ddp_kwargs = DistributedDataParallelKwargs(find_unused_parameters=True)
+    force_cpu = cfg.trainable_config.device == "cpu"
+    policy_dtype = getattr(cfg.trainable_config, "dtype", None)
+    mixed_precision = {"bfloat16": "bf16", "float16": "fp16", "float32": "no"}.get(policy_dtype)
+    if not hasattr(cfg.trainable_config, "dtype") and getattr(cfg.trainable_config, "use_amp", False):
+        autocast_dtype = torch.get_autocast_dtype(torch.device(cfg.trainable_config.device).type)
+        mixed_precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}[autocast_dtype]
+    return Accelerator(step_scheduler_with_optimizer=False, mixed_precision=mixed_precision,
+                       kwargs_handlers=[ddp_kwargs], cpu=force_cpu)
+
+
+def open_datasets(cfg: Any, accelerator: Any) -> tuple[Any, Any]:
+    """The target (BC) dataset, built by lerobot's factory (main process first), and the source dataset when
+    pairs are loaded (with the target's time windows and transforms)."""
+    from lerobot.datasets.factory import make_train_eval_datasets
+
+    try:
+        if accelerator.is_main_process:
+            dataset, _eval = make_train_eval_datasets(cfg)
+        accelerator.wait_for_everyone()
+        if not accelerator.is_main_process:
+            dataset, _eval = make_train_eval_datasets(cfg)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        raise OtplugError(f"could not open the dataset {cfg.dataset.repo_id!r} (root {cfg.dataset.root}): {exc}") from exc
+    source = None
+    if cfg.ot.active:
+        try:
+            source = make_source_dataset(cfg.ot.source_repo_id, cfg.ot.source_root, like=dataset)
+        except OtplugError:
+            raise
+        except (FileNotFoundError, ValueError, KeyError) as exc:
+            raise OtplugError(f"could not open the source dataset {cfg.ot.source_repo_id!r} "
+                              f"(root {cfg.ot.source_root}): {exc}") from exc
+    return dataset, source
+
+
+def combined_stats(dataset: Any, source: Any) -> dict:
+    """Normalisation statistics aggregated over target + source (lerobot's ``aggregate_stats``) for the features
+    both have; the target's own for the rest."""
+    from lerobot.datasets import aggregate_stats
+
+    def _np(stats: dict) -> dict:
+        return {k: {s: np.asarray(v.cpu() if hasattr(v, "cpu") else v) for s, v in ft.items()}
+                for k, ft in stats.items()}
+
+    keys = set(dataset.meta.stats) & set(source.meta.stats)
+    tgt = _np({k: v for k, v in dataset.meta.stats.items() if k in keys})
+    src = _np({k: v for k, v in source.meta.stats.items() if k in keys})
+    for k in sorted(keys):
+        shapes = {s: (np.shape(tgt[k].get(s)), np.shape(src[k].get(s))) for s in ("mean", "min") if s in tgt[k]}
+        bad = {s: sh for s, sh in shapes.items() if sh[0] != sh[1]}
+        if bad:
+            s, (a, b) = next(iter(bad.items()))
+            raise OtplugError(f"feature {k!r} has statistics of shape {a} in the target but {b} in the source "
+                              "(different dimensions); the source must have the target's features "
+                              "(or use --ot.combine_stats=false)")
+    try:
+        combined = aggregate_stats([tgt, src])
+    except (ValueError, KeyError) as exc:
+        raise OtplugError(f"could not combine target and source statistics ({exc}); use --ot.combine_stats=false "
+                          "to normalise with the target's statistics only") from exc
+    out = dict(dataset.meta.stats)
+    out.update(combined)
+    return out
+
+
+def make_processors(cfg: Any, policy: Any, dataset: Any, source: Any, device: torch.device) -> tuple[Any, Any]:
+    """lerobot-train's pre/post processors; with a source dataset and ``--ot.combine_stats`` (default) they
+    normalise with target+source statistics."""
+    from lerobot.policies import make_pre_post_processors
+
+    pretrained = cfg.policy.pretrained_path
+    stats = dataset.meta.stats
+    if source is not None and cfg.ot.combine_stats:
+        stats = combined_stats(dataset, source)
+    kwargs: dict[str, Any] = {}
+    if (pretrained and not cfg.resume) or not pretrained:
+        kwargs["dataset_stats"] = stats
+    if pretrained is not None:
+        features = {**policy.config.input_features, **policy.config.output_features}
+        pre_over = {
+            "device_processor": {"device": device.type},
+            "normalizer_processor": {"features": features, "norm_map": policy.config.normalization_mapping},
+            "rename_observations_processor": {"rename_map": cfg.rename_map},
+        }
+        post_over = {"unnormalizer_processor": {"features": policy.config.output_features,
+                                                "norm_map": policy.config.normalization_mapping}}
+        if not cfg.resume:
+            pre_over["normalizer_processor"]["stats"] = stats
+            post_over["unnormalizer_processor"]["stats"] = stats
+        kwargs["preprocessor_overrides"] = pre_over
+        kwargs["postprocessor_overrides"] = post_over
+    return make_pre_post_processors(policy_cfg=cfg.policy, pretrained_path=pretrained,
+                                    pretrained_revision=getattr(cfg.policy, "pretrained_revision", None), **kwargs)
+
+
+def make_bc_dataloader(cfg: Any, dataset: Any, device: torch.device, step: int, accelerator: Any) -> Any:
+    """lerobot-train's episode-aware BC dataloader, fast-forwarded to ``step`` on resume."""
+    from lerobot.common.train_utils import load_training_batch_size, load_training_num_processes
+    from lerobot.datasets import EpisodeAwareSampler, compute_sampler_state
+    from lerobot.utils.collate import lerobot_collate_fn
+
+    sampler = EpisodeAwareSampler(
+        dataset.meta.episodes["dataset_from_index"], dataset.meta.episodes["dataset_to_index"],
+        episode_indices_to_use=dataset.episodes, drop_n_last_frames=getattr(cfg.policy, "drop_n_last_frames", 0),
+        shuffle=True, seed=cfg.seed if cfg.seed is not None else 0,
+        absolute_to_relative_idx=dataset.absolute_to_relative_idx)
+    if cfg.resume and step > 0:
+        n_proc = load_training_num_processes(cfg.checkpoint_path) or accelerator.num_processes
+        bs = load_training_batch_size(cfg.checkpoint_path) or cfg.batch_size
+        sampler.load_state_dict(compute_sampler_state(step, len(sampler), bs, n_proc))
+    workers = cfg.num_workers > 0
+    return torch.utils.data.DataLoader(
+        dataset, num_workers=cfg.num_workers, batch_size=cfg.batch_size, shuffle=False, sampler=sampler,
+        pin_memory=device.type == "cuda", drop_last=False,
+        collate_fn=lerobot_collate_fn if dataset.meta.has_language_columns else None,
+        prefetch_factor=cfg.prefetch_factor if workers else None,
+        persistent_workers=cfg.persistent_workers and workers,
+        multiprocessing_context=cfg.dataloader_multiprocessing_context if workers else None)
+
+
+def make_run_sinks(output_dir: Path, ot: Any) -> Any:
+    """The run's metric sinks (``metrics.jsonl`` always; ``--ot.sinks`` besides). The plan picture sink only
+    when there is a plan."""
+    from otplug.sinks import make_sinks
+
+    options = {"plan-heatmap": {"every": ot.plan_every}, "tensorboard": {"plan_every": ot.plan_every}}
+    names = [n for n in ot.sinks if ot.has_loss or n != "plan-heatmap"]
+    return make_sinks(output_dir, names, options)
+
+
+def write_run_info(output_dir: Path, cfg: Any, accelerator: Any, dataset: Any, source: Any) -> None:
+    """``run_info.json``: what was trained on (datasets with fps and size), with which OT options."""
+    def _ds(ds: Any, repo_id: Any, root: Any) -> dict:
+        return {"repo_id": repo_id, "root": str(root), "frames": ds.num_frames, "episodes": ds.num_episodes,
+                "fps": ds.fps}
+
+    info: dict[str, Any] = {
+        "dataset": _ds(dataset, cfg.dataset.repo_id, cfg.dataset.root),
+        "policy": cfg.policy.type,
+        "world_size": accelerator.num_processes,
+        "ot": {k: getattr(cfg.ot, k) for k in ("enabled", "config", "lambda_ot", "layout", "batch_size", "scope",
+                                                "source_repo_id", "source_root", "pair_info", "cotrain_only")},
+    }
+    if source is not None:
+        info["source"] = _ds(source, cfg.ot.source_repo_id, cfg.ot.source_root)
+    if cfg.ot.config and Path(cfg.ot.config).is_file():
+        info["ot_config_text"] = Path(cfg.ot.config).read_text()
+    (output_dir / "run_info.json").write_text(json.dumps(info, indent=2, default=str))

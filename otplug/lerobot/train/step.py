@@ -1,0 +1,105 @@
+"""One optimizer step: forward, ``bc_loss + lambda_ot * ot_loss``, backward, clip, finiteness vote, update.
+
+Mirrors ``update_policy`` of lerobot's ``lerobot_train.py`` (same calls in the same order, so with OT off the run
+is ``lerobot-train`` bit for bit), with two additions: the OT loss, and a finiteness check of the loss **and** the
+gradient norm *before* ``optimizer.step()`` (one host sync per step, one all-reduce with several processes). A
+non-finite step never reaches the weights: with ``--ot.on_nonfinite=stop`` (default) training stops with a message
+naming the step and the losses, with ``skip`` the gradients are dropped and the metric ``skipped_steps`` counts it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import attrs
+import torch
+
+from otplug.errors import OtplugError
+from otplug.lerobot.train.metrics import finite_everywhere
+
+__all__ = ["NonFiniteStep", "StepResult", "update_policy"]
+
+
+class NonFiniteStep(OtplugError):
+    """A step produced a non-finite loss or gradient and ``--ot.on_nonfinite=stop``."""
+
+
+@attrs.define
+class StepResult:
+    metrics: dict[str, float]
+    ot: Any  # the OT result (plan, metrics) or None
+    skipped: bool
+
+
+def _grad_norm(policy: Any, accelerator: Any, clip: float) -> torch.Tensor:
+    if clip > 0:
+        return accelerator.clip_grad_norm_(policy.parameters(), clip)
+    return torch.nn.utils.clip_grad_norm_(policy.parameters(), float("inf"), error_if_nonfinite=False)
+
+
+def _describe(metrics: dict[str, float], ot_res: Any) -> str:
+    parts = [f"{k} {metrics[k]:.4g}" for k in ("bc_loss", "ot_loss", "grad_norm") if k in metrics]
+    if ot_res is not None:
+        bad = [k for k, v in ot_res.metrics.items() if k.startswith("ot_cost/") and not math.isfinite(v)]
+        if bad:
+            parts.append("non-finite term cost(s): " + ", ".join(b.split("/", 1)[1] for b in bad))
+    return ", ".join(parts)
+
+
+def update_policy(policy: Any, batch: dict, n_pairs: int, *, optimizer: Any, lr_scheduler: Any, accelerator: Any,
+                  grad_clip_norm: float, ot_side: Any, lambda_ot: float, on_nonfinite: str, step: int) -> StepResult:
+    """Run one training step on ``batch`` (already preprocessed). ``step`` is the step number being made (for
+    messages). Returns the step's metrics and OT result; ``skipped`` when a non-finite step was dropped."""
+    t0 = time.perf_counter()
+    policy.train()
+    ot_res = None
+    with accelerator.autocast():
+        with ot_side.capturing() if ot_side is not None else _null():
+            bc_loss, output_dict = policy.forward(batch)
+        loss = bc_loss
+        if ot_side is not None:
+            ot_res = ot_side.loss(batch, n_pairs, policy, accelerator.device)
+            if ot_res is not None:
+                loss = bc_loss + lambda_ot * ot_res.loss
+    accelerator.backward(loss)
+    if ot_side is not None:
+        ot_side.after_backward()
+    grad_norm = _grad_norm(policy, accelerator, grad_clip_norm)
+
+    metrics: dict[str, float] = {"bc_loss": bc_loss.item(), "loss": loss.item(), "grad_norm": float(grad_norm)}
+    if ot_res is not None:
+        metrics.update(ot_res.metrics)
+        metrics["lambda_ot"] = lambda_ot
+    here = math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])
+    if not finite_everywhere(0.0 if here else math.nan, accelerator):
+        optimizer.zero_grad()
+        if on_nonfinite == "stop":
+            where = "another process" if here else f"this process: {_describe(metrics, ot_res)}"
+            raise NonFiniteStep(f"training stopped at step {step}: non-finite loss or gradient ({where}); nothing from "
+                                "this step was applied or saved (--ot.on_nonfinite=skip drops such steps instead)")
+        metrics["skipped_steps"] = 1.0
+        metrics["update_s"] = time.perf_counter() - t0
+        return StepResult(metrics, ot_res, skipped=True)
+    optimizer.step()
+    optimizer.zero_grad()
+    if lr_scheduler is not None:
+        lr_scheduler.step()
+    unwrapped = accelerator.unwrap_model(policy, keep_fp32_wrapper=True)
+    if hasattr(unwrapped, "update") and callable(unwrapped.update):
+        unwrapped.update()
+    metrics["skipped_steps"] = 0.0
+    metrics["lr"] = optimizer.param_groups[0]["lr"]
+    metrics["update_s"] = time.perf_counter() - t0
+    if output_dict:
+        metrics.update({k: float(v) for k, v in output_dict.items() if isinstance(v, int | float)})
+    return StepResult(metrics, ot_res, skipped=False)
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None

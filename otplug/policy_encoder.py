@@ -1,0 +1,76 @@
+"""Finding the encoder that gives a policy's own features (``encode_feature_for_ot(key, x)``).
+
+Order: the object itself if it has ``encode_feature_for_ot``; the same after unwrapping DDP /
+accelerate / ``torch.compile`` wrappers; otherwise the registered encoder adapter named by the policy's
+``config.type`` (``otplug list-encoders``). Never a silent fallback to raw inputs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from otplug.errors import OtplugError
+from otplug.plugins import get_registry
+
+__all__ = ["encode", "resolve_encoder", "unwrap_policy"]
+
+
+#: attributes under which wrappers keep the wrapped model: DDP / DataParallel / FSDP / accelerate (``module``),
+#: ``torch.compile`` (``_orig_mod``)
+_WRAPPED_AT = ("_orig_mod", "module")
+
+
+def unwrap_policy(obj: Any) -> Any:
+    """Strip wrappers (DDP, DataParallel, FSDP, accelerate, ``torch.compile``) down to the policy itself.
+
+    A torch module is unwrapped through its registered submodules ``_orig_mod`` / ``module``; any other object
+    only through a ``module`` attribute when it has no ``config`` of its own but the inner object has one. The
+    one implementation used by the loss, the encoder adapters and training.
+    """
+    seen: set[int] = set()
+    while id(obj) not in seen:
+        seen.add(id(obj))
+        inner = None
+        modules = getattr(obj, "_modules", None)
+        if isinstance(modules, dict):
+            inner = next((modules[n] for n in _WRAPPED_AT if modules.get(n) is not None), None)
+        elif not hasattr(obj, "config") and hasattr(getattr(obj, "module", None), "config"):
+            inner = obj.module
+        if inner is None:
+            break
+        obj = inner
+    return obj
+
+
+def resolve_encoder(obj: Any) -> Any:
+    if obj is None:
+        return None
+    if hasattr(obj, "encode_feature_for_ot") or hasattr(obj, "encode_side_for_ot"):
+        return obj
+    inner = unwrap_policy(obj)
+    if hasattr(inner, "encode_feature_for_ot"):
+        return inner
+    policy_type = getattr(getattr(inner, "config", None), "type", None)
+    if not isinstance(policy_type, str):
+        raise OtplugError(
+            f"{type(inner).__name__} has no encode_feature_for_ot(key, x) and no config.type naming a "
+            "registered encoder adapter; give the policy that method or register an adapter "
+            "(otplug list-encoders)"
+        )
+    record = get_registry().get("encoder", policy_type, field=f"encoder for policy type {policy_type!r}")
+    return record.load()(inner)
+
+
+def encode(encoder: Any, side: str, key: str, x: Any, name: str | None = None) -> Any:
+    """Features of ``x`` = ``batch[key]`` of the ``side`` ("src" / "tgt") batch, for the encoder feature ``name``
+    (default ``key``).
+
+    An encoder that serves features by side and key (``encode_side_for_ot(side, key, x, name=...)``: the
+    single-pass capture, the global-scope gatherer) gets the side; any other gets ``encode_feature_for_ot(name,
+    x)``, the public contract of policies and adapters.
+    """
+    name = name or key
+    by_side = getattr(encoder, "encode_side_for_ot", None)
+    if by_side is not None:
+        return by_side(side, key, x, name=name)
+    return encoder.encode_feature_for_ot(name, x)
