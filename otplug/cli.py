@@ -157,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("train", help="train a LeRobot policy with the OT loss (see `otplug train --help`)", add_help=False)
     sub.add_parser("pair", help="compute DTW pair_info between two LeRobot datasets", add_help=False)
+    sub.add_parser("eval", help="closed-loop evaluation of a checkpoint on the reach benchmark", add_help=False)
+    sub.add_parser("record", help="record expert demonstrations of the reach benchmark", add_help=False)
     return parser
 
 
@@ -164,6 +166,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
+        # eval / record: the reach benchmark (otplug.bench); their own parsers too
+        if argv and argv[0] in ("eval", "record"):
+            _require_lerobot(argv[0])
+            if argv[0] == "eval":
+                from otplug.bench.eval import main as eval_main
+
+                return int(eval_main(argv[1:]) or 0)
+            from otplug.bench.record import main as record_main
+
+            return int(record_main(argv[1:]) or 0)
         # train / pair own their argument parsing (they are heavy: torch + lerobot)
         if argv and argv[0] in ("train", "pair"):
             _require_lerobot(argv[0])
