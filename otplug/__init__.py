@@ -38,6 +38,7 @@ __all__ = [
     "get_registry",
     "hookimpl",
     "load_config",
+    "validators",
 ]
 
 _LAZY = {
@@ -45,10 +46,11 @@ _LAZY = {
     "OTConfig": "otplug.config",
     "OTLoss": "otplug.loss",
     "OTResult": "otplug.loss",
+    "validators": "otplug.config",  # the shared attrs validators for config classes (plugins too)
 }
 
 if TYPE_CHECKING:
-    from otplug.config import OTConfig, load_config
+    from otplug.config import OTConfig, load_config, validators
     from otplug.loss import OTLoss, OTResult
 
 

@@ -7,15 +7,17 @@ registered components (term types, solver, reducers) are checked against the reg
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import attrs
+
+from otplug.config import validators as v
 
 __all__ = [
     "COST_NORMALIZATIONS",
     "DEFAULT_REG",
     "DEFAULT_TAU",
+    "MIN_REG",
     "ON_COLLAPSE",
     "RESERVED_TERM_KEYS",
     "OTConfig",
@@ -30,39 +32,29 @@ ON_COLLAPSE = ("warn", "raise", "uniform")
 RESERVED_TERM_KEYS = ("type", "name", "weight", "time_reduce")
 
 
-def _number(value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"expected a number, got {type(value).__name__} {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"must be a finite number, got {value!r}")
+MIN_REG = 1e-10
+"""Smallest ``reg`` a config accepts. The plan's entries are ``exp((f_i + g_j - M_ij) / reg)`` with dual
+potentials of the size of the costs, so each entry carries a rounding error of about
+``eps_machine * max|M| / reg`` in its exponent (2.2e-16 in float64): below ~1e-10 the entropic plan is not
+computable for any cost scale worth training on (and Sinkhorn would need ~tau/reg iterations). Normalise the
+cost (``cost_normalization``) and use reg in ~[1e-3, 1] instead."""
+
+_positive_tau = v.positive.with_hint(
+    "the marginal relaxation of unbalanced OT; balanced OT is not supported, use a large value such as 10 to "
+    "keep the marginals nearly fixed"
+)
+_reg = v.at_least(MIN_REG).with_hint(
+    f"the entropic regularisation epsilon; below {MIN_REG:g} the plan exp(-M/reg) cannot be computed in floating "
+    "point: normalise the cost (cost_normalization = 'mean') and use reg in about [1e-3, 1]"
+)
 
 
-def positive(_instance: Any, _attribute: Any, value: Any) -> None:
-    _number(value)
-    if value <= 0:
-        raise ValueError(f"must be > 0, got {value!r}")
-
-
-def _positive_tau(_instance: Any, _attribute: Any, value: Any) -> None:
-    _number(value)
-    if value <= 0:
-        raise ValueError(
-            f"must be > 0, got {value!r} (the marginal relaxation of unbalanced OT; balanced OT is not supported, "
-            "use a large value such as 10 to keep the marginals nearly fixed)"
-        )
-
-
-def _term_weight(_instance: Any, _attribute: Any, value: Any) -> None:
-    _number(value)
+def _term_weight(instance: Any, attribute: Any, value: Any) -> None:
+    v.finite(instance, attribute, value)
     if value == 0:
-        raise ValueError("is 0, so the term contributes nothing to the cost; remove the term or give it a weight > 0")
-    if value < 0:
-        raise ValueError(f"must be > 0, got {value!r}")
-
-
-def _bool(_instance: Any, _attribute: Any, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"expected true or false, got {type(value).__name__} {value!r}")
+        raise v.FieldValueError("is 0, so the term contributes nothing to the cost; remove the term or give it a "
+                                "weight > 0", attribute.name if attribute is not None else None)
+    v.positive(instance, attribute, value)
 
 
 def _name(_instance: Any, _attribute: Any, value: Any) -> None:
@@ -78,15 +70,6 @@ def _term_name(_instance: Any, _attribute: Any, value: Any) -> None:
 def _optional_name(instance: Any, attribute: Any, value: Any) -> None:
     if value is not None:
         _name(instance, attribute, value)
-
-
-def _one_of(options: tuple[str, ...]):
-    def check(_instance: Any, _attribute: Any, value: Any) -> None:
-        if value not in options:
-            raise ValueError(f"must be one of {', '.join(repr(o) for o in options)}, got {value!r}")
-
-    check.__name__ = f"one_of{options}"
-    return check
 
 
 def _terms(_instance: Any, _attribute: Any, value: Any) -> None:
@@ -133,15 +116,15 @@ class OTConfig:
     """The OT loss configuration. See ``docs/config.md`` for every field."""
 
     terms: tuple[TermSpec, ...] = attrs.field(converter=_to_tuple, validator=_terms)
-    reg: float = attrs.field(default=DEFAULT_REG, converter=_to_float, validator=positive)
+    reg: float = attrs.field(default=DEFAULT_REG, converter=_to_float, validator=[v.positive, _reg])
     tau_src: float = attrs.field(default=DEFAULT_TAU, converter=_to_float, validator=_positive_tau)
     tau_tgt: float = attrs.field(default=DEFAULT_TAU, converter=_to_float, validator=_positive_tau)
-    heuristic: bool = attrs.field(default=False, validator=_bool)
+    heuristic: bool = attrs.field(default=False, validator=v.boolean)
     solver: str = attrs.field(default="sinkhorn", validator=_name)
     solver_options: Any = None
     time_reduce: str = attrs.field(default="flatten", validator=_name)
-    cost_normalization: str = attrs.field(default="none", validator=_one_of(COST_NORMALIZATIONS))
-    on_collapse: str = attrs.field(default="warn", validator=_one_of(ON_COLLAPSE))
+    cost_normalization: str = attrs.field(default="none", validator=v.one_of(COST_NORMALIZATIONS))
+    on_collapse: str = attrs.field(default="warn", validator=v.one_of(ON_COLLAPSE))
     source: str | None = attrs.field(default=None, eq=False)
 
     def term(self, name: str) -> TermSpec:

@@ -17,7 +17,9 @@ from typing import Any
 
 import attrs
 
-from otplug.terms.configs import check_dim_slice, non_empty_key, non_negative
+from otplug.config.validators import batch_key as non_empty_key
+from otplug.config.validators import dim_slice as check_dim_slice
+from otplug.config.validators import non_negative
 
 __all__ = ["SEED_TOP_LEVEL_KEYS", "SeedFeature"]
 

@@ -6,44 +6,18 @@ prefixes them with the path to the field). See ``docs/solvers.md`` for what each
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import attrs
+
+from otplug.config import validators as v
 
 __all__ = ["DTYPES", "PotConfig", "SinkhornConfig"]
 
 DTYPES = ("auto", "float32", "float64")
 
 
-def _positive_int(instance, attribute, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"expected an integer, got {type(value).__name__} {value!r}")
-    if value < 1:
-        raise ValueError(f"must be an integer >= 1, got {value!r}")
-
-
-def _positive_float(instance, attribute, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"expected a number, got {type(value).__name__} {value!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"must be a finite number > 0, got {value!r}")
-
-
-def _open_unit(instance, attribute, value) -> None:
-    _positive_float(instance, attribute, value)
-    if value >= 1:
-        raise ValueError(f"must be a number in (0, 1), got {value!r}")
-
-
-def _bool(instance, attribute, value) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"expected true or false, got {type(value).__name__} {value!r}")
-
-
-def _dtype(instance, attribute, value) -> None:
-    if value not in DTYPES:
-        raise ValueError(f"must be one of {', '.join(repr(d) for d in DTYPES)}, got {value!r}")
+_open_unit = v.in_range(0, 1, low_open=True, high_open=True)
 
 
 @attrs.frozen(kw_only=True)
@@ -54,8 +28,8 @@ class PotConfig:
     ``tol`` (``stopThr``): POT's stopping threshold on the relative change of the scalings, default 1e-6.
     """
 
-    max_iter: int = attrs.field(default=1000, validator=_positive_int)
-    tol: float = attrs.field(default=1e-6, validator=_positive_float)
+    max_iter: int = attrs.field(default=1000, validator=v.positive_int)
+    tol: float = attrs.field(default=1e-6, validator=v.positive)
 
 
 @attrs.frozen(kw_only=True)
@@ -80,13 +54,13 @@ class SinkhornConfig:
       is too large against ``reg`` for float32 log-potentials, float32 otherwise (default ``auto``).
     """
 
-    max_iter: int = attrs.field(default=5000, validator=_positive_int)
-    tol: float = attrs.field(default=1e-7, validator=_positive_float)
-    check_every: int = attrs.field(default=10, validator=_positive_int)
-    warm_start: bool = attrs.field(default=True, validator=_bool)
-    eps_scaling: bool = attrs.field(default=False, validator=_bool)
+    max_iter: int = attrs.field(default=5000, validator=v.positive_int)
+    tol: float = attrs.field(default=1e-7, validator=v.positive)
+    check_every: int = attrs.field(default=10, validator=v.positive_int)
+    warm_start: bool = attrs.field(default=True, validator=v.boolean)
+    eps_scaling: bool = attrs.field(default=False, validator=v.boolean)
     eps_scaling_factor: float = attrs.field(default=0.5, validator=_open_unit)
-    translation: bool = attrs.field(default=False, validator=_bool)
-    overrelaxation: bool = attrs.field(default=True, validator=_bool)
-    kernel_iterations: bool = attrs.field(default=True, validator=_bool)
-    dtype: Literal["auto", "float32", "float64"] = attrs.field(default="auto", validator=_dtype)
+    translation: bool = attrs.field(default=False, validator=v.boolean)
+    overrelaxation: bool = attrs.field(default=True, validator=v.boolean)
+    kernel_iterations: bool = attrs.field(default=True, validator=v.boolean)
+    dtype: Literal["auto", "float32", "float64"] = attrs.field(default="auto", validator=v.one_of(DTYPES))

@@ -8,9 +8,12 @@ prefixes them with the path to the field.
 
 from __future__ import annotations
 
-import math
-
 import attrs
+
+from otplug.config import validators as v
+from otplug.config.validators import batch_key as non_empty_key
+from otplug.config.validators import dim_slice as check_dim_slice
+from otplug.config.validators import non_negative
 
 __all__ = [
     "ActionSliceConfig",
@@ -23,40 +26,11 @@ __all__ = [
 ]
 
 
-def non_negative(instance, attribute, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"expected a number, got {type(value).__name__} {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"must be a finite number >= 0, got {value!r}")
-
-
-def non_empty_key(instance, attribute, value) -> None:
-    if value is None:
-        return
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"must be a non-empty batch key such as 'observation.state', got {value!r}")
-
-
 def camera_key(instance, attribute, value) -> None:
     # the prefix of otplug.features.extract.is_image_key (this module stays torch-free)
     if value is not None and isinstance(value, str) and not value.startswith("observation.image"):
         raise ValueError(f"must be a camera key such as 'observation.images.front', got {value!r} (use the "
                          "'embedding' or 'label' term for other features)")
-
-
-def check_dim_slice(instance, attribute, value) -> None:
-    if value is None:
-        return
-    if len(value) != 2:
-        raise ValueError(f"must be [start, stop], got {list(value)!r}")
-    start, stop = value
-    for v in value:
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise TypeError(f"must be two integers [start, stop], got {list(value)!r}")
-    if start < 0 or stop < 0:
-        raise ValueError(f"must be [start, stop] with 0 <= start < stop (no negative indices), got {list(value)!r}")
-    if stop <= start:
-        raise ValueError(f"is empty or reversed: [start, stop] needs start < stop, got {list(value)!r}")
 
 
 def _to_slice(value):
@@ -102,7 +76,7 @@ class EmbeddingConfig(FeatureConfig):
     embed_name: str | None = attrs.field(default=None, validator=non_empty_key)
     weight_embed: float = attrs.field(default=1.0, validator=non_negative)
     weight_label: float = attrs.field(default=0.0, validator=non_negative)
-    embed_norm: str = attrs.field(default="none", validator=attrs.validators.in_(("none", "l2")))
+    embed_norm: str = attrs.field(default="none", validator=v.one_of("none", "l2"))
 
     def contributes(self) -> bool:
         return self.weight_embed > 0 or self.weight_label > 0
