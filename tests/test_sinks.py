@@ -21,9 +21,9 @@ def test_jsonl_rows(tmp_path):
     s.close()
     rows = read_jsonl(tmp_path / "metrics.jsonl")
     assert rows[0] == {"step": 1, "bc_loss": 1.5, "ot_loss": 0.25, "ot_pi_sum": 0.9, "ot_solver/converged": 1.0}
-    assert rows[1]["step"] == 2 and rows[1]["ot_loss"] == "nan" and rows[1]["world_size"] == 2
+    assert rows[1] == {"step": 2, "bc_loss": 1.0, "ot_loss": None, "world_size": 2, "nonfinite": ["ot_loss"]}
     for line in (tmp_path / "metrics.jsonl").read_text().splitlines():
-        json.loads(line)  # strict JSON
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
 
 
 def test_heatmap_png_every_n(tmp_path):
@@ -56,11 +56,17 @@ def test_bad_sink_option_is_a_clear_error(tmp_path):
         make_sinks(tmp_path, ["plan-heatmap"], {"plan-heatmap": {"evrey": 3}})
 
 
+def test_unknown_sink_opens_no_file(tmp_path):
+    with pytest.raises(OtplugError, match="jsnol"):
+        make_sinks(tmp_path, ["console", "jsnol"])
+    assert not (tmp_path / "metrics.jsonl").exists()  # names are checked before any sink is built
+
+
 def test_failed_sink_closes_the_ones_built_before(tmp_path, monkeypatch):
     closed = []
     monkeypatch.setattr(JsonlSink, "close", lambda self: closed.append(self._fh.close()))
-    with pytest.raises(OtplugError):
-        make_sinks(tmp_path, ["jsnol"])
+    with pytest.raises(OtplugError, match="every"):
+        make_sinks(tmp_path, ["plan-heatmap"], {"plan-heatmap": {"every": 0}})  # the factory's own error
     assert len(closed) == 1  # the always-on metrics.jsonl file is not left open
 
 

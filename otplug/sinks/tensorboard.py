@@ -11,13 +11,17 @@ from otplug.sinks.base import Sink, scalar_metrics
 
 
 class TensorBoardSink(Sink):
-    def __init__(self, run_dir: Path, subdir: str = "tensorboard", plan_every: int = 0) -> None:
+    """Scalars (and the plan image every ``plan_every`` steps). ``start_step = N > 0`` (a resumed run) hides the
+    events the interrupted run wrote after step N (``SummaryWriter(purge_step=N + 1)``)."""
+
+    def __init__(self, run_dir: Path, subdir: str = "tensorboard", plan_every: int = 0, start_step: int = 0) -> None:
         super().__init__(run_dir)
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as exc:
             raise OtplugError("the 'tensorboard' sink needs the tensorboard package: pip install tensorboard") from exc
-        self.writer = SummaryWriter(log_dir=str(self.run_dir / subdir))
+        purge = int(start_step) + 1 if int(start_step) > 0 else None
+        self.writer = SummaryWriter(log_dir=str(self.run_dir / subdir), purge_step=purge)
         self.plan_every = int(plan_every)
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
