@@ -32,7 +32,10 @@ __all__ = [
     "OTResult",
     "OtplugError",
     "PolicyEncoder",
+    "SolveResult",
     "Solver",
+    "TermContext",
+    "TermCost",
     "TimeReducer",
     "UnknownComponentError",
     "get_registry",
@@ -47,11 +50,17 @@ _LAZY = {
     "OTLoss": "otplug.loss",
     "OTResult": "otplug.loss",
     "validators": "otplug.config",  # the shared attrs validators for config classes (plugins too)
+    # the types a plugin's component returns or receives (docs/plugins.md)
+    "SolveResult": "otplug.solvers.base",
+    "TermContext": "otplug.terms.base",
+    "TermCost": "otplug.terms.base",
 }
 
 if TYPE_CHECKING:
     from otplug.config import OTConfig, load_config, validators
     from otplug.loss import OTLoss, OTResult
+    from otplug.solvers.base import SolveResult
+    from otplug.terms.base import TermContext, TermCost
 
 
 def __getattr__(name: str) -> Any:
