@@ -1,23 +1,36 @@
 """Composing the cost matrix: ``M = sum_k term_weight_k * M_term_k`` (step 3 of
-features -> terms -> M -> solver -> loss -> sinks)."""
+features -> terms -> M -> solver -> loss -> sinks).
+
+The term contract is enforced here, for built-in and third-party terms alike: ``cost()`` returns a floating
+``(n_src, n_tgt)`` tensor (or a :class:`~otplug.terms.base.TermCost` holding one) -- never broadcast --
+whose entries are finite and ``>= 0``. Negative entries beyond rounding (``64 eps * max(1, max M_term)``)
+are an error naming the term and its plugin; rounding-sized negatives are clamped to 0. A term weight that
+underflows (or overflows) the cost's dtype is an error naming the weight. Every exception raised inside a
+term or a time reducer names that component and its plugin (:mod:`otplug.plugins.calls`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
 import torch
 
 from otplug.errors import BatchError, OtplugError
+from otplug.plugins.calls import Origin, attribute, calling, contract_error
 from otplug.terms.base import TermContext, TermCost
 
-__all__ = ["BoundTerm", "CostBreakdown", "compose_cost"]
+__all__ = ["NEGATIVE_TOLERANCE", "BoundTerm", "CostBreakdown", "compose_cost", "term_keys"]
+
+#: negative cost entries down to ``-NEGATIVE_TOLERANCE * eps(dtype) * max(1, max M_term)`` are rounding
+#: (e.g. ``1 - cos`` of identical vectors) and are clamped to 0; anything below is a broken term
+NEGATIVE_TOLERANCE = 64.0
 
 
 @attrs.frozen
 class BoundTerm:
-    """A built term with its name, outer weight and time reducer."""
+    """A built term with its name, outer weight and time reducer, and where both come from."""
 
     name: str
     type: str
@@ -25,6 +38,12 @@ class BoundTerm:
     impl: Any
     reducer: Any
     reducer_name: str
+    origin: Origin | None = None
+    reducer_origin: Origin | None = None
+
+    @property
+    def who(self) -> Origin:
+        return self.origin if self.origin is not None else Origin("term", self.name, self.type)
 
 
 @attrs.frozen
@@ -34,6 +53,122 @@ class CostBreakdown:
     stats: dict[str, float] = attrs.field(factory=dict)  # metric name -> value, from the terms' stats
 
 
+def _str_keys(origin: Origin, call: str, value: Any) -> set[str]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise contract_error(origin, call, f"must return a set of batch keys (strings), got {type(value).__name__}")
+    keys = set(value)
+    bad = [k for k in keys if not isinstance(k, str)]
+    if bad:
+        raise contract_error(origin, call, f"must return batch keys as strings, got {type(bad[0]).__name__}")
+    return keys
+
+
+def term_method_keys(term: BoundTerm, method: str, *args: Any) -> set[str] | None:
+    """``term.impl.<method>(*args)`` as a set of keys, attributed; ``None`` when the term lacks the method."""
+    fn = getattr(term.impl, method, None)
+    if fn is None:
+        return None
+    call = f"{method}({', '.join(repr(a) for a in args)})"
+    with calling(term.who, call):
+        value = fn(*args)
+    return _str_keys(term.who, call, value)
+
+
+def term_keys(term: BoundTerm, side: str) -> set[str]:
+    """Batch keys ``term`` reads on ``side``: its ``required_keys(side)``, else its config's key fields."""
+    keys = term_method_keys(term, "required_keys", side)
+    if keys is not None:
+        return keys
+    opts = getattr(term.impl, "config", None)
+    key = getattr(opts, "src_key", None)
+    if side == "tgt":
+        key = getattr(opts, "target_key", None) or getattr(opts, "tgt_key", None) or key
+    return {key} if isinstance(key, str) and key else set()
+
+
+def _batch_size(batch: Mapping[str, Any], keys: set[str]) -> int | None:
+    """The batch size the term must produce: from its keys, else from the batch when every tensor agrees."""
+    for key in sorted(keys):
+        x = batch.get(key)
+        if isinstance(x, torch.Tensor) and x.ndim >= 1:
+            return int(x.shape[0])
+    sizes = {int(x.shape[0]) for x in batch.values() if isinstance(x, torch.Tensor) and x.ndim >= 1}
+    return sizes.pop() if len(sizes) == 1 else None
+
+
+def _checked_reducer(term: BoundTerm) -> Any:
+    reducer, origin = term.reducer, term.reducer_origin
+    if origin is None:
+        return reducer
+
+    def reduce(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        with calling(origin, "the reducer"):
+            out = reducer(x, mask)
+        if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != x.shape[0]:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise contract_error(origin, "the reducer", f"must return a (B, F) tensor with B = {x.shape[0]} for "
+                                 f"an input of shape {tuple(x.shape)}, got {got}")
+        return out
+
+    return reduce
+
+
+def _check_matrix(term: BoundTerm, out: Any, n_src: int | None, n_tgt: int | None) -> torch.Tensor:
+    who = term.who
+    m = out.matrix if isinstance(out, TermCost) else out
+    if not isinstance(m, torch.Tensor):
+        raise contract_error(who, "cost()", f"must return a torch.Tensor (n_src, n_tgt) or a TermCost, got "
+                             f"{type(m).__name__}")
+    if not torch.is_floating_point(m):
+        raise contract_error(who, "cost()", f"returned a {str(m.dtype).removeprefix('torch.')} cost; costs must be "
+                             "a floating-point tensor")
+    expected = (n_src, n_tgt)
+    if m.ndim != 2 or any(e is not None and e != s for e, s in zip(expected, m.shape, strict=False)):
+        want = f"({n_src if n_src is not None else 'n_src'}, {n_tgt if n_tgt is not None else 'n_tgt'})"
+        raise contract_error(who, "cost()", f"must return a cost of shape {want} (one row per source sample, one "
+                             f"column per target sample; never broadcast), got {tuple(m.shape)}")
+    return m
+
+
+def _check_values(term: BoundTerm, out: Any, m: torch.Tensor) -> torch.Tensor:
+    """Finite, >= 0 (rounding-sized negatives clamped), and its weight neither underflows nor overflows."""
+    who = term.who
+    md = m.detach()
+    finite, lo, hi = torch.stack([torch.isfinite(md).all().to(md.dtype), md.amin(), md.amax()]).tolist()
+    if not finite:
+        bad = int((~torch.isfinite(md)).sum())
+        raise attribute(BatchError(f"term {term.name!r} produced {bad} non-finite cost(s) (shape {tuple(m.shape)}); "
+                                   "check the batch values and the term's scale"), who)
+    finfo = torch.finfo(m.dtype)
+    tol = NEGATIVE_TOLERANCE * finfo.eps * max(1.0, hi)
+    if lo < -tol:
+        raise contract_error(who, "cost()", f"returned negative costs (min {lo:.3g}, max {hi:.3g}); costs must be "
+                             "finite and >= 0 (e.g. squared distances, 1 - cosine): shift or clamp them in the term")
+    if lo < 0:
+        m = m.clamp_min(0.0)
+    top = term.weight * hi
+    what = f"term {term.name!r} weight (term_weight) {term.weight:g}"
+    if top > finfo.max:
+        raise OtplugError(f"{what} overflows its {_dt(m)} costs: largest M_term {hi:.3g} x weight = {top:.3g} > "
+                          f"{finfo.max:.3g}; lower the weight or normalise the cost")
+    if hi > 0 and top < finfo.tiny:
+        raise OtplugError(f"{what} underflows its {_dt(m)} costs to (almost) 0: largest M_term {hi:.3g} x weight = "
+                          f"{top:.3g} < {finfo.tiny:.3g}, the smallest normal {_dt(m)}; use a weight that keeps "
+                          "the term's costs representable (or drop the term)")
+    if hi < finfo.tiny and isinstance(out, TermCost) and out.parts:
+        # an all-zero cost whose parts are not: an inner weight (weight_label, weight_embed) underflowed
+        for part, pm in out.parts.items():
+            if isinstance(pm, torch.Tensor) and pm.numel() and float(pm.detach().abs().max()) >= finfo.tiny:
+                raise OtplugError(f"term {term.name!r}: its {_dt(m)} cost is all (almost) 0 although its "
+                                  f"{part!r} part is not (max {float(pm.detach().abs().max()):.3g}): an inner "
+                                  "weight (weight_label / weight_embed) underflows; use a larger weight")
+    return m
+
+
+def _dt(t: torch.Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
+
+
 def compose_cost(terms: list[BoundTerm], src: Mapping[str, torch.Tensor], tgt: Mapping[str, torch.Tensor],
                  encoder: Any) -> CostBreakdown:
     cache: dict = {}
@@ -41,19 +176,20 @@ def compose_cost(terms: list[BoundTerm], src: Mapping[str, torch.Tensor], tgt: M
     per_term: dict[str, torch.Tensor] = {}
     stats: dict[str, float] = {}
     for term in terms:
-        ctx = TermContext(reducer=term.reducer, reducer_name=term.reducer_name, encoder=encoder, cache=cache)
-        out = term.impl.cost(src, tgt, ctx)
-        m = out.matrix if isinstance(out, TermCost) else out
+        ctx = TermContext(reducer=_checked_reducer(term), reducer_name=term.reducer_name, encoder=encoder,
+                          cache=cache)
+        with calling(term.who, "cost()"):
+            out = term.impl.cost(src, tgt, ctx)
+        n_src = _batch_size(src, term_keys(term, "src"))
+        n_tgt = _batch_size(tgt, term_keys(term, "tgt"))
+        m = _check_matrix(term, out, n_src, n_tgt)
         if isinstance(out, TermCost):
-            stats.update({f"ot_{k}/{term.name}": float(v) for k, v in out.stats.items()})
-        if not isinstance(m, torch.Tensor) or m.ndim != 2:
-            got = tuple(m.shape) if isinstance(m, torch.Tensor) else type(m).__name__
-            raise OtplugError(f"term {term.name!r} ({term.type}) must return an (n_src, n_tgt) tensor, got {got}")
+            with calling(term.who, "cost() stats"):
+                stats.update({f"ot_{k}/{term.name}": float(v) for k, v in out.stats.items()})
         if total is not None and m.shape != total.shape:
             raise BatchError(f"term {term.name!r} gave a cost of shape {tuple(m.shape)} but earlier terms "
                              f"{tuple(total.shape)}: every term must see the same src/tgt batch sizes")
-        if not bool(torch.isfinite(m.detach()).all()):
-            raise BatchError(f"term {term.name!r} produced non-finite costs (shape {tuple(m.shape)})")
+        m = _check_values(term, out, m)
         per_term[term.name] = m
         weighted = term.weight * m
         if total is None:

@@ -7,6 +7,7 @@ __all__ = [
     "ConfigError",
     "DuplicateComponentError",
     "OtplugError",
+    "PluginError",
     "PluginLoadError",
     "UnknownComponentError",
 ]
@@ -18,6 +19,19 @@ class OtplugError(Exception):
 
 class PluginLoadError(OtplugError):
     """A plugin failed to import or its hook raised (fatal only with ``OTPLUG_STRICT_PLUGINS=1``)."""
+
+
+class PluginError(OtplugError):
+    """A component (term, solver, reducer...) raised, or returned something that breaks its contract.
+
+    The message names the component's kind and name, the plugin/distribution that provides it and, for an
+    exception, its type and message (the original is chained as ``__cause__``). ``kind``, ``name`` and
+    ``provider`` are also attributes.
+    """
+
+    def __init__(self, message: str, *, kind: str = "", name: str = "", provider: str = "") -> None:
+        super().__init__(message)
+        self.kind, self.name, self.provider = kind, name, provider
 
 
 class DuplicateComponentError(OtplugError):

@@ -22,10 +22,12 @@ from typing import Any
 import attrs
 import torch
 
-from otplug.cost import BoundTerm, compose_cost
-from otplug.policy_encoder import resolve_encoder
+from otplug.cost import BoundTerm, compose_cost, term_keys, term_method_keys
 from otplug.errors import OtplugError
 from otplug.plugins import get_registry
+from otplug.plugins.calls import Origin, calling, contract_error
+from otplug.policy_encoder import resolve_encoder
+from otplug.solvers.base import MASS_BOUND_SLACK, collapse_message, log_mass_bound, mass_excess
 
 __all__ = ["OTCollapseWarning", "OTLoss", "OTResult", "OTSolverWarning"]
 
@@ -77,15 +79,25 @@ class OTLoss:
         for i, spec in enumerate(self.config.terms):
             term = registry.get("term", spec.type, field=f"terms[{i}].type")
             reducer_name = spec.time_reduce or default_reducer
-            reducer = registry.get("reducer", reducer_name, field=f"terms[{i}].time_reduce").load()
-            impl = term.load()(spec.options)
-            self.terms.append(BoundTerm(spec.name, spec.type, float(spec.weight), impl, reducer, reducer_name))
+            provided_reducer = registry.get("reducer", reducer_name, field=f"terms[{i}].time_reduce")
+            reducer = provided_reducer.load()
+            origin = Origin.of(term, name=spec.name)
+            factory = term.load()
+            with calling(origin, "the factory"):
+                impl = factory(spec.options)
+            self.terms.append(BoundTerm(spec.name, spec.type, float(spec.weight), impl, reducer, reducer_name,
+                                        origin, Origin.of(provided_reducer)))
         solver = registry.get("solver", self.config.solver, field="solver")
+        self.solver_origin = Origin.of(solver)
         options = self.config.solver_options
         if options is None:
             cls = solver.load_config_cls()
-            options = cls() if cls is not None else None
-        self.solver = solver.load()(options)
+            with calling(self.solver_origin, "its config class"):
+                options = cls() if cls is not None else None
+        factory = solver.load()
+        with calling(self.solver_origin, "the factory"):
+            self.solver = factory(options)
+        self._bound_warn = _RateLimiter()
         self._collapse_warn = _RateLimiter()
         self._cap_warn = _RateLimiter()
         self._encoders: dict[int, Any] = {}
@@ -97,7 +109,7 @@ class OTLoss:
             raise ValueError(f"side must be 'src' or 'tgt', got {side!r}")
         keys: set[str] = set()
         for term in self.terms:
-            keys |= self._term_keys(term, side)
+            keys |= term_keys(term, side)
         return keys
 
     def optional_keys(self, side: str) -> set[str]:
@@ -105,9 +117,7 @@ class OTLoss:
         term-declared ``optional_keys(side)`` (e.g. a custom ``pad_key``)."""
         keys = {f"{k}_is_pad" for k in self.required_keys(side)}
         for term in self.terms:
-            fn = getattr(term.impl, "optional_keys", None)
-            if fn is not None:
-                keys |= set(fn(side))
+            keys |= term_method_keys(term, "optional_keys", side) or set()
         return keys
 
     def raw_keys(self, side: str) -> set[str]:
@@ -115,36 +125,24 @@ class OTLoss:
         assumed to read all their keys."""
         keys: set[str] = set()
         for term in self.terms:
-            fn = getattr(term.impl, "raw_keys", None)
-            keys |= set(fn(side)) if fn is not None else self._term_keys(term, side)
+            raw = term_method_keys(term, "raw_keys", side)
+            keys |= raw if raw is not None else term_keys(term, side)
         return keys
-
-    @staticmethod
-    def _term_keys(term: BoundTerm, side: str) -> set[str]:
-        fn = getattr(term.impl, "required_keys", None)
-        if fn is not None:
-            return set(fn(side))
-        opts = getattr(term.impl, "config", None)
-        key = getattr(opts, "src_key", None)
-        if side == "tgt":
-            key = getattr(opts, "target_key", None) or getattr(opts, "tgt_key", None) or key
-        return {key} if isinstance(key, str) and key else set()
 
     @property
     def embedding_keys(self) -> set[str]:
         """Keys whose features come from the policy's encoder."""
         keys: set[str] = set()
         for term in self.terms:
-            fn = getattr(term.impl, "embedding_keys", None)
-            if fn is not None:
-                keys |= set(fn())
+            keys |= term_method_keys(term, "embedding_keys") or set()
         return keys
 
     def reset(self) -> None:
         """Forget warm-start state (e.g. after loading a checkpoint with different batch shapes)."""
         reset = getattr(self.solver, "reset", None)
         if reset is not None:
-            reset()
+            with calling(self.solver_origin, "reset()"):
+                reset()
 
     # -- the loss ----------------------------------------------------------------------------------------
     def _encoder(self, encoder: Any) -> Any:
@@ -175,49 +173,107 @@ class OTLoss:
         metrics = dict(metrics or {})
         n, m = M.shape
         Md = M.detach()
-        result = self.solver.solve(Md, reg=cfg.reg, reg_m=(cfg.tau_src, cfg.tau_tgt), heuristic=cfg.heuristic)
-        plan = result.plan.to(device=M.device, dtype=M.dtype)
+        tau = (cfg.tau_src, cfg.tau_tgt)
+        with calling(self.solver_origin, "solve()"):
+            result = self.solver.solve(Md, reg=cfg.reg, reg_m=tau, heuristic=cfg.heuristic)
+        plan, iterations, converged, error, info = self._check_result(result, Md)
+        plan = plan.to(device=M.device, dtype=M.dtype)
         mass = float(plan.sum()) if bool(torch.isfinite(plan).all()) else float("nan")
+        m_min = float(Md.min())
+        # uniform marginals: a, b and the reference measure (a b^T or eye(n)/n) all have mass 1
+        log_bound = float(log_mass_bound(m_min, cfg.reg, tau))
+        excess = float(mass_excess(mass, log_bound))
+        over = math.isfinite(mass) and excess > 1.0 + MASS_BOUND_SLACK.get(plan.dtype, 1e-3)
         collapsed = not math.isfinite(mass) or mass < COLLAPSE_MASS
         fallback = False
         if collapsed:
             plan, fallback = self._on_collapse(plan, Md, mass)
+        elif over:
+            plan, fallback = self._on_mass_excess(plan, mass, math.exp(log_bound), converged, iterations, error)
         loss = (plan * M).sum()
         metrics.update({
             "ot_loss": float(loss.detach()),
             "ot_pi_sum": float(plan.sum()),
-            "ot_headroom": float(Md.min()) / cfg.reg,
+            "ot_headroom": m_min / cfg.reg,
+            "ot_mass_bound": math.exp(log_bound),
+            "ot_mass_excess": excess,
             "ot_collapsed": float(collapsed),
             "ot_fallback": float(fallback),
-            "ot_solver/iterations": float(result.iterations),
-            "ot_solver/converged": float(bool(result.converged)),
-            "ot_solver/error": float(result.error),
+            "ot_solver/iterations": float(iterations),
+            "ot_solver/converged": float(converged and not over),
+            "ot_solver/error": error,
         })
-        for k, v in (result.info or {}).items():
-            metrics[f"ot_solver/{k}"] = float(v)
+        for k, v in info.items():
+            metrics[f"ot_solver/{k}"] = v
         if n == m:
             metrics["ot_pi_diag"] = float(torch.diagonal(plan).sum())
         for name, mt in (term_costs or {}).items():
             metrics[f"ot_cost/{name}"] = float(mt.detach().mean())
-        if not result.converged and not collapsed and self._cap_warn():
+        if not converged and not collapsed and not over and self._cap_warn():
             warnings.warn(
-                f"OT solver {cfg.solver!r} stopped at its iteration cap ({result.iterations} iterations, marginal "
-                f"error {result.error:.3g}); the plan is approximate (ot_solver/converged = 0). Raise "
-                "solver_options.max_iter, or reg / tau_src / tau_tgt, or set cost_normalization.",
+                f"OT solver {cfg.solver!r} stopped unconverged ({iterations} iterations, error {error:.3g}); "
+                "the plan is approximate (ot_solver/converged = 0). Raise solver_options.max_iter, or reg / "
+                "tau_src / tau_tgt, or set cost_normalization.",
                 OTSolverWarning, stacklevel=3)
         return OTResult(loss=loss, plan=plan.detach(), cost=M, metrics=metrics, term_costs=dict(term_costs or {}))
 
+    def _check_result(self, result: Any, M: torch.Tensor) -> tuple[torch.Tensor, int, bool, float, dict[str, float]]:
+        """The solver's result, checked against the solver contract: a plan of M's shape, floating, >= 0."""
+        who = self.solver_origin
+        plan = getattr(result, "plan", None)
+        if not isinstance(plan, torch.Tensor):
+            raise contract_error(who, "solve()", "must return a SolveResult (otplug.solvers.base) with a plan "
+                                 f"tensor, got {type(result).__name__}")
+        if not torch.is_floating_point(plan):
+            raise contract_error(who, "solve()", f"returned a {str(plan.dtype).removeprefix('torch.')} plan; the "
+                                 "plan must be floating point")
+        if tuple(plan.shape) != tuple(M.shape):
+            raise contract_error(who, "solve()", f"returned a plan of shape {tuple(plan.shape)} for a cost of shape "
+                                 f"{tuple(M.shape)}; the plan must have the cost's shape (never broadcast)")
+        with calling(who, "solve() result"):
+            iterations = int(result.iterations)
+            converged = bool(result.converged)
+            error = float(result.error)
+            info = {str(k): float(v) for k, v in (getattr(result, "info", None) or {}).items()}
+        pd = plan.detach()
+        lo, hi = torch.stack([pd.amin(), pd.amax()]).tolist()
+        tol = 64.0 * torch.finfo(pd.dtype).eps * max(hi, 0.0) if math.isfinite(hi) else 0.0
+        if lo < -tol:  # NaN and inf go through the collapse handling below, with the solver named
+            raise contract_error(who, "solve()", f"returned a plan with negative entries (min {lo:.3g}); a "
+                                 "transport plan is >= 0")
+        if lo < 0:
+            plan = plan.clamp_min(0.0)
+        return plan, iterations, converged, error, info
+
+    def _on_mass_excess(self, plan: torch.Tensor, mass: float, bound: float, converged: bool, iterations: int,
+                        error: float) -> tuple[torch.Tensor, bool]:
+        """A plan heavier than the problem allows is wrong: flag it (never "converged"), then on_collapse."""
+        cfg = self.config
+        limit = f"{bound:.4g}, the largest mass the KL-unbalanced problem allows (exp(-min(M)/(reg + tau_src + tau_tgt)))"
+        if converged:
+            why = (f"OT plan mass {mass:.4g} from solver {cfg.solver!r} exceeds {limit}: the plan is wrong although "
+                   "the solver reported convergence (ot_solver/converged = 0).")
+        else:
+            why = (f"OT solver {cfg.solver!r} stopped at its iteration cap or stalled ({iterations} iterations, error "
+                   f"{error:.3g}) with a plan mass {mass:.4g} above {limit}: the plan is wrong "
+                   "(ot_solver/converged = 0).")
+        why += (" Raise reg / solver_options.max_iter or normalise the cost (cost_normalization = 'mean'); "
+                "ot_mass_excess = mass / bound.")
+        if cfg.on_collapse == "raise":
+            raise OtplugError(why + " (on_collapse = 'raise')")
+        if cfg.on_collapse == "uniform":
+            if self._bound_warn():
+                warnings.warn(why + " Using the uniform coupling instead (on_collapse = 'uniform').",
+                              OTSolverWarning, stacklevel=4)
+            n, m = plan.shape
+            return torch.full_like(plan, 1.0 / (n * m)), True
+        if self._bound_warn():
+            warnings.warn(why, OTSolverWarning, stacklevel=4)
+        return plan, False
+
     def _on_collapse(self, plan: torch.Tensor, M: torch.Tensor, mass: float) -> tuple[torch.Tensor, bool]:
         cfg = self.config
-        headroom = float(M.min()) / cfg.reg
-        why = (
-            f"OT plan collapsed (plan mass {mass:.3g} with solver {cfg.solver!r}; min(M)/reg = {headroom:.3g}). "
-            "The OT loss is ~0 and trains nothing. "
-        )
-        if cfg.solver in ("pot", "pot-torch") and headroom > 50:
-            why += "exp(-M/reg) underflows in POT: use solver = 'sinkhorn' (log-domain). "
-        why += ("If the true plan is empty, costs dwarf reg and tau: set cost_normalization = 'mean' or raise "
-                "reg / tau_src / tau_tgt.")
+        why = collapse_message(mass, float(M.min()) / cfg.reg, cfg.solver)
         if cfg.on_collapse == "raise":
             raise OtplugError(why + " (on_collapse = 'raise')")
         if cfg.on_collapse == "uniform":

@@ -22,6 +22,21 @@ scalar problem per pair :math:`(i, i)`:
 
 This is the fixed point POT's iteration converges to (it needs no iterations and cannot underflow in the
 log domain; a ``tau = inf`` side forces :math:`p_i` to its marginal).
+
+Mass bound. For :math:`M \ge 0` the optimal plan's mass :math:`m = \sum_{ij} \pi^\star_{ij}` obeys
+
+.. math::
+    m \le \exp\Big(\frac{\varepsilon \log m_c + \tau_1 \log m_a + \tau_2 \log m_b - \min M}
+                          {\varepsilon + \tau_1 + \tau_2}\Big),
+    \qquad m_a = \textstyle\sum a,\ m_b = \sum b,\ m_c = \sum c
+
+(1 for uniform marginals with ``min M = 0``). Proof: :math:`t \mapsto F(t \pi^\star)` is minimal at
+:math:`t = 1`, and :math:`\frac{d}{dt}[t x \log(t x / y) - t x + y]_{t=1} = x \log(x/y)`, so
+:math:`\langle \pi^\star, M\rangle + \varepsilon \sum \pi \log\frac{\pi}{c} + \tau_1 \sum r \log\frac{r}{a}
++ \tau_2 \sum s \log\frac{s}{b} = 0` (:math:`r, s` the plan's marginals). The log-sum inequality bounds each sum
+from below by :math:`m \log(m / m_\cdot)` and :math:`\langle \pi^\star, M\rangle \ge m \min M`; divide by
+:math:`m`. Equality holds for a constant cost. With ``tau = inf`` on one side the mass is that marginal's mass.
+A plan above the bound is wrong, whatever a solver says about convergence (:func:`mass_bound`).
 """
 
 from __future__ import annotations
@@ -39,11 +54,21 @@ __all__ = [
     "Prepared",
     "SolveResult",
     "UnbalancedSolver",
+    "MASS_BOUND_SLACK",
     "check_reg",
+    "collapse_message",
     "diagonal_prior_plan",
+    "exceeds_mass_bound",
     "health_warnings",
+    "log_mass_bound",
+    "mass_bound",
+    "mass_excess",
     "prepare",
 ]
+
+#: relative tolerance of the mass-bound check, by the plan's dtype (rounding of a converged plan near the
+#: bound, which it only reaches for a constant cost)
+MASS_BOUND_SLACK = {torch.float16: 1e-2, torch.bfloat16: 1e-2, torch.float32: 1e-3, torch.float64: 1e-5}
 
 
 @attrs.frozen
@@ -187,8 +212,51 @@ def diagonal_prior_plan(p: Prepared) -> torch.Tensor:
     return torch.diag_embed(torch.exp(logp))
 
 
-def plan_info(plan: torch.Tensor, p: Prepared) -> dict[str, float]:
-    """Health numbers of a (P, n, m) plan: mass, largest relative marginal mismatch, min(M)/reg headroom."""
+def log_mass_bound(
+    min_cost: torch.Tensor | float,
+    reg: float,
+    tau: tuple[float, float],
+    a_mass: torch.Tensor | float = 1.0,
+    b_mass: torch.Tensor | float = 1.0,
+    c_mass: torch.Tensor | float | None = None,
+) -> torch.Tensor:
+    """Log of the upper bound on the mass of the optimal KL-unbalanced plan (see the module docstring).
+
+    ``min_cost``: ``min M`` per problem (clamped at 0); ``a_mass``, ``b_mass``: the marginals' masses;
+    ``c_mass``: the reference measure's mass (default ``a_mass * b_mass``, i.e. ``c = a b^T``; 1 for the
+    diagonal prior ``eye(n)/n``). Returns a float64 tensor (one bound per problem for tensor inputs); in the
+    log domain so that a bound below the smallest float is still exact.
+    """
+    m = torch.as_tensor(min_cost, dtype=torch.float64).clamp_min(0.0)
+    la = torch.log(torch.as_tensor(a_mass, dtype=torch.float64))
+    lb = torch.log(torch.as_tensor(b_mass, dtype=torch.float64))
+    lc = la + lb if c_mass is None else torch.log(torch.as_tensor(c_mass, dtype=torch.float64))
+    t1, t2 = tau
+    if math.isinf(t1) and math.isinf(t2):
+        return torch.minimum(la, lb) + 0 * m
+    if math.isinf(t1):
+        return la + 0 * m
+    if math.isinf(t2):
+        return lb + 0 * m
+    return (reg * lc + t1 * la + t2 * lb - m) / (reg + t1 + t2)
+
+
+def mass_bound(*args: Any, **kwargs: Any) -> torch.Tensor:
+    """``exp(log_mass_bound(...))``: the bound itself (may underflow to 0 for a large ``min M``)."""
+    return log_mass_bound(*args, **kwargs).exp()
+
+
+def mass_excess(mass: torch.Tensor | float, log_bound: torch.Tensor | float) -> torch.Tensor:
+    """``mass / bound`` per problem, computed in the log domain (0 for an empty plan; > 1 means wrong)."""
+    mass = torch.as_tensor(mass, dtype=torch.float64)
+    log_bound = torch.as_tensor(log_bound, dtype=torch.float64)
+    out = torch.exp(torch.log(mass.clamp_min(0.0)) - log_bound)
+    return torch.where(torch.isnan(mass), torch.full_like(out, float("inf")), out)
+
+
+def plan_info(plan: torch.Tensor, p: Prepared, *, heuristic: bool = False) -> dict[str, float]:
+    """Health numbers of a (P, n, m) plan: mass, largest relative marginal mismatch, min(M)/reg headroom,
+    the mass bound of the problem and the largest ratio of mass to bound (``mass_excess``; > 1 is wrong)."""
     with torch.no_grad():
         plan = plan.to(p.M.dtype)
         mass = plan.sum(dim=(-2, -1))
@@ -196,30 +264,60 @@ def plan_info(plan: torch.Tensor, p: Prepared) -> dict[str, float]:
         tgt_mass = torch.minimum(p.a.sum(-1), p.b.sum(-1))
         row_err = ((rows - p.a).abs().sum(-1) / p.a.sum(-1)).max()
         col_err = ((cols - p.b).abs().sum(-1) / p.b.sum(-1)).max()
+        m_min = p.M.amin(dim=(-2, -1))
+        log_bound = log_mass_bound(m_min.cpu(), p.reg, p.tau, p.a.sum(-1).cpu(), p.b.sum(-1).cpu(),
+                                   1.0 if heuristic else None)
+        excess = mass_excess(mass.cpu(), log_bound)
         return {
             "mass": float(mass.mean()),
             "mass_min": float(mass.min()),
             "mass_ratio_min": float((mass / tgt_mass).min()),
             "marginal_error": float(torch.maximum(row_err, col_err)),
-            "headroom": float(p.M.min()) / p.reg,
+            "headroom": float(m_min.min()) / p.reg,
+            "mass_bound": float(log_bound.max().exp()),
+            "mass_excess": float(excess.max()),
         }
 
 
+def exceeds_mass_bound(info: dict[str, float], dtype: torch.dtype) -> bool:
+    """Whether ``plan_info``'s ``mass_excess`` is above 1 by more than the dtype's rounding slack."""
+    return not info.get("mass_excess", 0.0) <= 1.0 + MASS_BOUND_SLACK.get(dtype, 1e-3)
+
+
+def collapse_message(mass: float, headroom: float, solver: str | None = None) -> str:
+    """The one explanation of a plan that (almost) lost its mass, and what to do about it (used by
+    :func:`health_warnings` and by ``OTLoss``'s collapse handling)."""
+    who = f" with solver {solver!r}" if solver else ""
+    msg = (f"OT plan collapsed (plan mass {mass:.3g}{who}; min(M)/reg = {headroom:.3g}): the OT loss is ~0 and "
+           "trains nothing.")
+    if solver in ("pot", "pot-torch") and headroom > 50:
+        msg += " exp(-M/reg) underflows in POT: use solver = 'sinkhorn' (log-domain)."
+    msg += (" If the true plan is empty, costs dwarf reg and tau: normalise the cost (cost_normalization = "
+            "'mean') or raise reg / tau_src / tau_tgt.")
+    return msg
+
+
 def health_warnings(result: SolveResult, *, degenerate_mass: float = 1e-6) -> list[str]:
-    """Human-readable warnings for a result: iteration cap hit, collapsed or degenerate plan."""
+    """Human-readable warnings for a result: iteration cap hit or stalled, mass above the problem's bound,
+    collapsed or degenerate plan."""
     out = []
     info = result.info
-    if not result.converged:
+    if info.get("precision_stalled", 0.0) >= 1.0:
+        out.append(
+            f"OT solver stalled at the rounding floor of its working precision (error {result.error:.3g}); the "
+            "plan is not accurate: raise reg, normalise the cost or solve in float64"
+        )
+    elif not result.converged:
         out.append(
             f"OT solver stopped at its iteration cap ({result.iterations} iterations, error {result.error:.3g}); "
             "raise max_iter or reg"
         )
-    if info.get("collapsed", 0.0) >= 1.0:
-        out.append("OT plan collapsed to zero (exp(-M/reg) underflowed); the OT loss is 0 and trains nothing")
-    elif info.get("mass_ratio_min", 1.0) < degenerate_mass:
+    if info.get("mass_excess", 0.0) > 1.0 + MASS_BOUND_SLACK[torch.float32]:
         out.append(
-            f"OT plan carries almost no mass ({info.get('mass_min', 0.0):.3g}; min(M)/reg = "
-            f"{info.get('headroom', float('nan')):.3g}): costs dwarf reg and tau - normalise the cost "
-            "(e.g. divide by its mean) or raise reg/tau"
+            f"OT plan mass {info.get('mass', float('nan')):.3g} exceeds the bound {info.get('mass_bound', 0.0):.3g} "
+            "of the KL-unbalanced problem: the plan is wrong"
         )
+    collapsed = info.get("collapsed", 0.0) >= 1.0
+    if collapsed or info.get("mass_ratio_min", 1.0) < degenerate_mass:
+        out.append(collapse_message(info.get("mass_min", 0.0), info.get("headroom", float("nan"))))
     return out

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from otplug.errors import OtplugError
-from otplug.solvers.base import Prepared, SolveResult, plan_info, prepare
+from otplug.solvers.base import Prepared, SolveResult, exceeds_mass_bound, plan_info, prepare
 from otplug.solvers.configs import PotConfig
 
 __all__ = ["MIN_POT_VERSION", "PotSolver", "PotTorchSolver", "require_pot"]
@@ -99,7 +99,8 @@ class _PotBase:
             errs.append(err)
             conv.append(bool(err < self.config.tol) and not hit_numerr)
         plan_t = torch.stack(plans)
-        info = plan_info(plan_t, p)
+        info = plan_info(plan_t, p, heuristic=heuristic)
+        over = exceeds_mass_bound(info, p.M.dtype)  # a plan above the provable bound is never "converged"
         masses = plan_t.sum(dim=(-2, -1))
         info["collapsed"] = float(bool((masses == 0).any()) or numerr > 0)
         info["numerical_errors"] = float(numerr)
@@ -107,7 +108,7 @@ class _PotBase:
         return SolveResult(
             plan=plan_t if p.batched else plan_t[0],
             iterations=max(iters),
-            converged=all(conv),
+            converged=all(conv) and not over,
             error=max(errs),
             info=info,
         )

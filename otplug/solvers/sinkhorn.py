@@ -50,10 +50,18 @@ import math
 
 import torch
 
-from otplug.solvers.base import Prepared, SolveResult, diagonal_prior_plan, plan_info, prepare
+from otplug.errors import OtplugError
+from otplug.solvers.base import (
+    Prepared,
+    SolveResult,
+    diagonal_prior_plan,
+    exceeds_mass_bound,
+    plan_info,
+    prepare,
+)
 from otplug.solvers.configs import SinkhornConfig
 
-__all__ = ["LogSinkhornSolver", "AUTO_FLOAT64_RATIO"]
+__all__ = ["AUTO_FLOAT64_RATIO", "PRECISION_LIMIT", "LogSinkhornSolver"]
 
 #: with dtype "auto", float32 costs with max|M|/reg above this are solved in float64 (float32 log-potentials
 #: of that size lose more than ~1e-4 relative accuracy in the plan).
@@ -64,6 +72,12 @@ _KERNEL_DRIFT = 30.0  # enter kernel mode when check_every * err is below this
 _OMEGA_MAX = 1.95  # largest over-relaxation factor
 _BACKOFF = 2.0  # back off omega when the error grew by this factor over one check interval
 _ABSORB = {torch.float32: 12.0, torch.float64: 40.0}  # rebuild the kernel once |s|, |t| exceed this
+#: a problem whose iteration stalls at a rounding floor (largest change of the log-scalings that rounding
+#: alone explains) above this has not converged: its plan entries are only known to ~exp(+-floor)
+_FLOOR_ACCEPT = 1e-2
+#: ``eps_machine * max|M| / reg`` (the rounding error of every log-entry of the plan in the working dtype)
+#: above which the problem cannot be solved at all: raise instead of iterating on noise
+PRECISION_LIMIT = 0.1
 
 
 class _Problem:
@@ -140,6 +154,29 @@ class LogSinkhornSolver:
         big = float(M.detach().abs().max()) / reg if M.numel() else 0.0
         return torch.float64 if big > AUTO_FLOAT64_RATIO else torch.float32
 
+    def _check_precision(self, p: Prepared) -> float:
+        """``eps_machine * max|M| / reg``: the rounding error of the plan's log-entries in the working dtype.
+
+        The dual potentials are of the size of the costs, so each exponent ``(f_i + g_j - M_ij) / reg`` is a
+        difference of numbers of size ``max|M| / reg``; above :data:`PRECISION_LIMIT` the plan is rounding
+        noise (and ``tau / (tau + reg)`` rounds to 1), so no iteration can solve the problem: raise.
+        """
+        finfo = torch.finfo(p.M.dtype)
+        mmax = float(p.M.abs().max())
+        rounding = finfo.eps * mmax / p.reg
+        if rounding > PRECISION_LIMIT:
+            if p.M.dtype == torch.float64:
+                fix = "use a larger reg or normalise the cost (cost_normalization = 'mean')"
+            else:
+                fix = "use solver_options.dtype = 'auto' or 'float64', a larger reg, or normalise the cost"
+            raise OtplugError(
+                f"reg = {p.reg:.3g} is too small for this cost: max|M| / reg = {mmax / p.reg:.3g}, so in "
+                f"{str(p.M.dtype).removeprefix('torch.')} every plan entry exp((f_i + g_j - M_ij) / reg) is rounding "
+                f"noise (log error ~{rounding:.2g}); {fix} (reg >= {mmax * finfo.eps / (PRECISION_LIMIT / 100):.2g} "
+                "for this cost scale)"
+            )
+        return rounding
+
     # ------------------------------------------------------------------ API
     def solve(
         self,
@@ -157,13 +194,18 @@ class LogSinkhornSolver:
         p = prepare(M, reg, reg_m, a, b, heuristic, dtype=work)
         if heuristic:
             plan = diagonal_prior_plan(p)
-            info = plan_info(plan, p)
+            info = plan_info(plan, p, heuristic=True)
             info.update(closed_form=1.0, warm_started=0.0, eps_stages=0.0, float64=float(p.M.dtype == torch.float64))
+            conv = not exceeds_mass_bound(info, p.M.dtype)
             plan = plan.to(out_dtype)
-            return SolveResult(plan=plan if p.batched else plan[0], iterations=0, converged=True, error=0.0, info=info)
+            return SolveResult(plan=plan if p.batched else plan[0], iterations=0, converged=conv, error=0.0, info=info)
+        rounding = self._check_precision(p)
         with torch.no_grad():
             plan, iters, conv, err, info = self._solve(p)
         info.update(plan_info(plan, p))
+        info["log_rounding"] = rounding
+        if exceeds_mass_bound(info, p.M.dtype):  # provably wrong, whatever the iteration said
+            conv = False
         plan = plan.to(out_dtype)
         return SolveResult(plan=plan if p.batched else plan[0], iterations=iters, converged=conv, error=err, info=info)
 
@@ -208,6 +250,7 @@ class LogSinkhornSolver:
             sub = prob
             prev_err = torch.full((P,), float("inf"), dtype=torch.float64)
             conv = torch.zeros(P, dtype=torch.bool)
+            stalled = torch.zeros(P, dtype=torch.bool)
             errs = torch.full((P,), float("inf"), dtype=torch.float64)
             chunks = 0
             kernel_ok = cfg.kernel_iterations
@@ -267,7 +310,14 @@ class LogSinkhornSolver:
                 dist = torch.where(rho < 1.0, step / (1.0 - rho).clamp(min=1e-12), torch.full_like(step, float("inf")))
                 floor = 16.0 * finfo.eps * (1.0 + scale)
                 if final:
-                    done = (torch.isfinite(pe) & (dist <= cfg.tol)) | (step <= floor)
+                    # At the rounding floor the iteration cannot improve, but that only means "converged" when
+                    # the floor itself is small: the plan's log-entries x_i + y_j - M_ij/reg carry an absolute
+                    # rounding error of about the floor, and with |x| ~ max|M|/reg huge (tiny reg) every
+                    # iterate is "at the floor" while the plan is noise. Such problems stop, unconverged.
+                    at_floor = step <= floor
+                    good = (torch.isfinite(pe) & (dist <= cfg.tol)) | (at_floor & (floor <= _FLOOR_ACCEPT))
+                    stalled[act] |= at_floor & ~good
+                    done = good | at_floor
                 else:
                     done = (step <= _EPS_STAGE_TOL) | (step <= floor) | torch.tensor(chunks >= _EPS_STAGE_CHUNKS)
                     done = done.expand_as(step).clone()
@@ -291,10 +341,10 @@ class LogSinkhornSolver:
                 last_step = float(step.max())
                 x[active], y[active] = xa, ya
                 if bool(done.all()):
-                    conv[act] = True
+                    conv[act] = ~stalled[act]
                     break
                 if bool(done.any()):
-                    conv[act[done]] = True
+                    conv[act[done]] = ~stalled[act[done]]
                     keep = (~done).to(active.device)
                     active = active[keep]
                     sub = prob.subset(active)
@@ -316,6 +366,7 @@ class LogSinkhornSolver:
             "float64": float(dt == torch.float64),
             "iterations_min": float(iters.min()),
             "converged_fraction": float(conv.double().mean()),
+            "precision_stalled": float(bool(stalled.any())),
             **{k_: float(v) for k_, v in stats.items()},
         }
         return plan, int(iters.max()), bool(conv.all()), err, info

@@ -88,7 +88,12 @@ class TermContext:
         cache_key = (side, key, name, self.reducer_name)
         if cache_key in self._cache:
             return self._cache[cache_key]
-        feats = encode(self.encoder, side, key, x, name)
+        try:
+            feats = encode(self.encoder, side, key, x, name)
+        except Exception as exc:
+            # the policy's own code: its exception reaches the caller unchanged, not blamed on the term
+            exc._otplug_passthrough = True  # type: ignore[attr-defined]
+            raise
         if not isinstance(feats, torch.Tensor) or feats.ndim < 1 or feats.shape[0] != x.shape[0]:
             got = tuple(feats.shape) if isinstance(feats, torch.Tensor) else type(feats).__name__
             raise OtplugError(
