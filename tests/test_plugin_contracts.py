@@ -57,8 +57,9 @@ def test_solver_plugin_with_options(otplug_registry):
                                   summary="independent coupling")]
 
     otplug_registry.register(P(), name="uniform-solver")
+    # a cost of the order of reg: the independent coupling of mass 0.5 is within the problem's mass bound
     cfg = {"terms": [{"type": "label", "name": "s", "src_key": "observation.state"}], "solver": "uniform",
-           "solver_options": {"mass": 0.5}}
+           "solver_options": {"mass": 0.5}, "reg": 1.0, "cost_normalization": "mean"}
     res = otplug.OTLoss(cfg)(*_batch())
     assert res.metrics["ot_pi_sum"] == pytest.approx(0.5)
     assert res.metrics["ot_solver/mass"] == 0.5
