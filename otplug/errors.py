@@ -6,6 +6,7 @@ __all__ = [
     "BatchError",
     "ConfigError",
     "DuplicateComponentError",
+    "InputFileError",
     "OtplugError",
     "PluginError",
     "PluginLoadError",
@@ -55,6 +56,15 @@ class ConfigError(OtplugError, ValueError):
         lines = [f"invalid otplug config{where} ({len(self.problems)} problem{'s' if len(self.problems) != 1 else ''}):"]
         lines += [f"  {path}: {msg}" if path else f"  {msg}" for path, msg in self.problems]
         super().__init__("\n".join(lines))
+
+
+class InputFileError(OtplugError, ValueError):
+    """An input file (config, pair_info) is missing, not a regular file, too large, not UTF-8 or not parseable
+    within the reader's limits. ``path`` and ``problem`` (the message without the file) are attributes."""
+
+    def __init__(self, path: str, problem: str, what: str = "file") -> None:
+        self.path, self.problem, self.what = path, problem, what
+        super().__init__(f"{what} {path}: {problem}")
 
 
 class BatchError(OtplugError, ValueError):

@@ -102,3 +102,129 @@ def test_check_config_file_errors(capsys, name):
     assert main(["check-config", str(DATA / name)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("otplug: error: invalid otplug config in") and "Traceback" not in err
+
+
+# -- bounded reading (issue 10): every hostile input ends in one clear error, fast ------------------------
+def _run_with_timeout(fn, timeout: float = 10.0):
+    """``fn()`` in a thread; fails the test (instead of hanging it) when it does not return in time."""
+    import threading
+
+    box: dict = {}
+
+    def target():
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 -- handed to the test thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), f"did not return within {timeout} s"
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+def _billion_laughs() -> str:
+    lines = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for prev, name in zip("abcdefgh", "bcdefghi", strict=True):
+        lines.append(f"{name}: &{name} [" + ", ".join([f"*{prev}"] * 9) + "]")
+    return "\n".join(lines) + "\nterms: *i\n"
+
+
+def _hostile(tmp_path, kind: str) -> tuple[str, str]:
+    """(path, fragment of the one problem) for each hostile input."""
+    import os
+
+    if kind == "fifo":
+        path = tmp_path / "fifo.json"
+        os.mkfifo(path)
+        return str(path), "is a FIFO (named pipe), not a regular file"
+    if kind == "dev-zero":
+        return "/dev/zero", "is a character device, not a regular file"
+    if kind == "directory":
+        (tmp_path / "d.toml").mkdir()
+        return str(tmp_path / "d.toml"), "is a directory, not a regular file"
+    files = {
+        "non-utf8": ("bad.yaml", b"reg: 0.1\nname: \"caf\xe9\"\n", "not UTF-8 text (invalid continuation byte at byte "
+                                                                   "offset 19, line 2)"),
+        "deep-json": ("deep.json", b"[" * 200_000 + b"]" * 200_000, "nested too deeply"),
+        "deep-json-65": ("d65.json", b'{"terms": ' + b"[" * 70 + b"]" * 70 + b"}", "nested deeper than 64 levels "
+                                                                                  "(at terms[0][0]"),
+        "deep-toml": ("deep.toml", b"a = " + b"[" * 200_000 + b"]" * 200_000, "nested too deeply"),
+        "deep-toml-tables": ("tables.toml", b"[" + b".".join([b"a"] * 100) + b"]\nx = 1\n", "nested deeper than 64"),
+        "deep-yaml": ("deep.yaml", b"a: " + b"[" * 200_000 + b"]" * 200_000, "nested too deeply"),
+        "deep-yaml-block": ("block.yaml", "".join("  " * i + "k:\n" for i in range(100)).encode() + b"  " * 100
+                            + b"k: 1\n", "nested deeper than 64"),
+        "huge-int-json": ("int.json", b'{"reg": ' + b"9" * 200_000 + b"}", "integer too large: a number with 200000 "
+                                                                          "digits"),
+        "big-int-json": ("int2.json", b'{"reg": 99999999999999999999}', "integer too large"),
+        "huge-int-toml": ("int.toml", b"reg = " + b"9" * 200_000 + b"\n", "a number with 200000 digits (line 1)"),
+        "big-int-toml": ("int2.toml", b"reg = 99999999999999999999\n", "integer too large at reg"),
+        "huge-int-yaml": ("int.yaml", b"reg: " + b"9" * 200_000 + b"\n", "a number with 200000 digits (line 1)"),
+        "big-int-yaml": ("int2.yaml", b"reg: 0x" + b"f" * 40 + b"\n", "integer too large at reg"),
+        "alias-bomb": ("lol.yaml", _billion_laughs().encode(), "aliases expand to more than 1000 values"),
+        "recursive-alias": ("rec.yaml", b"terms: &t [*t]\n", "a recursive alias"),
+        "huge-file": ("big.json", b'{"reg": 0.1, "pad": "' + b"x" * (2 << 20) + b'"}', "is 2.0 MiB; a config file "
+                                                                                       "may be at most 1.0 MiB"),
+    }
+    name, data, fragment = files[kind]
+    (tmp_path / name).write_bytes(data)
+    return str(tmp_path / name), fragment
+
+
+HOSTILE = ["fifo", "dev-zero", "directory", "non-utf8", "deep-json", "deep-json-65", "deep-toml", "deep-toml-tables",
+           "deep-yaml", "deep-yaml-block", "huge-int-json", "big-int-json", "huge-int-toml", "big-int-toml",
+           "huge-int-yaml", "big-int-yaml", "alias-bomb", "recursive-alias", "huge-file"]
+
+
+@pytest.mark.parametrize("kind", HOSTILE)
+def test_hostile_inputs_are_one_clear_error(tmp_path, kind):
+    import time
+
+    path, fragment = _hostile(tmp_path, kind)
+    start = time.perf_counter()
+    with pytest.raises(ConfigError) as info:
+        _run_with_timeout(lambda: load_config(path))
+    assert time.perf_counter() - start < 5.0
+    assert info.value.source == path and len(info.value.problems) == 1
+    message = info.value.problems[0][1]
+    assert fragment in message, message
+    assert len(message) < 300 and "\n" not in message
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "directory", "non-utf8", "deep-yaml", "huge-int-json",
+                                  "alias-bomb", "huge-file"])
+def test_check_config_on_hostile_inputs_exits_2_with_one_error_line(tmp_path, capsys, kind):
+    path, fragment = _hostile(tmp_path, kind)
+    assert _run_with_timeout(lambda: main(["check-config", path])) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert lines[0] == f"otplug: error: invalid otplug config in {path} (1 problem):"
+    assert len(lines) == 2 and fragment in lines[1] and "Traceback" not in captured.err
+
+
+def test_yaml_aliases_within_the_budget_still_work(tmp_path):
+    path = tmp_path / "merge.yaml"
+    path.write_text("terms:\n  - &base {type: label, src_key: a, name: one}\n  - <<: *base\n    name: two\n")
+    cfg = load_config(path)
+    assert [t.name for t in cfg.terms] == ["one", "two"]
+
+
+def test_bom_and_limits_of_the_shared_reader(tmp_path):
+    from otplug.config.files import PAIR_INFO_MAX_BYTES, read_json_file, read_text_file
+    from otplug.errors import InputFileError
+
+    (tmp_path / "c.json").write_bytes(b'\xef\xbb\xbf{"terms": [{"type": "label", "src_key": "a"}]}')
+    assert load_config(tmp_path / "c.json").terms[0].name == "label"
+    (tmp_path / "p.json").write_text('{"0": [{"pairing": {"0": [1, 2]}}]}')
+    assert read_json_file(tmp_path / "p.json", what="pair_info file") == {"0": [{"pairing": {"0": [1, 2]}}]}
+    assert PAIR_INFO_MAX_BYTES == 256 << 20
+    with pytest.raises(InputFileError, match=r"^pair_info file .*p\.json: is 35 bytes; a pair_info file may be at "
+                                             "most 10 bytes$"):
+        read_text_file(tmp_path / "p.json", max_bytes=10, what="pair_info file")
+    (tmp_path / "n.json").write_text('{"0": ' + "1" * 30 + "}")
+    with pytest.raises(InputFileError, match="integer too large"):
+        read_json_file(tmp_path / "n.json")
