@@ -82,3 +82,12 @@ def test_tensorboard_writes_events(tmp_path):
     group.log(1, {"bc_loss": 1.0})
     group.close()
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_heatmap_without_matplotlib_is_a_clear_error_at_start_up(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    with pytest.raises(OtplugError, match="pip install matplotlib"):
+        make_sinks(tmp_path, ["plan-heatmap"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,8 @@ class PlanHeatmapSink(Sink):
         super().__init__(run_dir)
         if int(every) <= 0:
             raise OtplugError(f"plan-heatmap: 'every' must be > 0, got {every}")
+        if importlib.util.find_spec("matplotlib") is None:  # say so at start-up, not at the first plan
+            raise OtplugError("the 'plan-heatmap' sink needs matplotlib: pip install matplotlib")
         self.every = int(every)
         self.dir = self.run_dir / subdir
         self.written: list[Path] = []
