@@ -14,6 +14,11 @@ __all__ = [
 ]
 
 
+def _cut(text: str, limit: int = 120) -> str:
+    """A path for a message, cut to ``limit`` characters (a key in a file may be huge)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class OtplugError(Exception):
     """Base class of every error otplug raises on purpose (bad input, bad plugin, bad config)."""
 
@@ -54,7 +59,7 @@ class ConfigError(OtplugError, ValueError):
         self.source = source
         where = f" in {source}" if source else ""
         lines = [f"invalid otplug config{where} ({len(self.problems)} problem{'s' if len(self.problems) != 1 else ''}):"]
-        lines += [f"  {path}: {msg}" if path else f"  {msg}" for path, msg in self.problems]
+        lines += [f"  {_cut(path)}: {msg}" if path else f"  {msg}" for path, msg in self.problems]
         super().__init__("\n".join(lines))
 
 

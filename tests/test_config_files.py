@@ -228,3 +228,12 @@ def test_bom_and_limits_of_the_shared_reader(tmp_path):
     (tmp_path / "n.json").write_text('{"0": ' + "1" * 30 + "}")
     with pytest.raises(InputFileError, match="integer too large"):
         read_json_file(tmp_path / "n.json")
+
+
+def test_messages_never_quote_huge_values():
+    with pytest.raises(ConfigError) as info:
+        load_config({"terms": [{"type": "x" * 100_000, "src_key": "a", "name": "n" * 50_000}], "y" * 10_000: 1,
+                     "reg": 10**400, "solver": "s" * 20_000})
+    text = str(info.value)
+    assert len(text) < 2000, text[:500]
+    assert "an integer with about 401 digits" in text and "(10000 characters)" in text

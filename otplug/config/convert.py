@@ -32,6 +32,8 @@ import attrs
 import cattrs
 from cattrs._compat import is_literal, is_mapping, is_mutable_set, is_frozenset, is_sequence, is_tuple, is_union_type
 
+from otplug.config.validators import show_value
+
 __all__ = [
     "Problem",
     "StructureProblems",
@@ -72,10 +74,7 @@ def describe_value(value: Any) -> str:
     if value is None:
         return "null"
     kind = {dict: "table", list: "list"}.get(type(value), type(value).__name__)
-    text = repr(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
-    return f"{kind} {text}"
+    return f"{kind} {show_value(value, 60)}"
 
 
 def exception_message(exc: BaseException) -> str:
@@ -87,8 +86,8 @@ def exception_message(exc: BaseException) -> str:
 
 def suggest_key(key: Any, valid: Iterable[str]) -> str:
     valid = sorted(valid)
-    msg = f"unknown key {key!r}"
-    close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.6)
+    msg = f"unknown key {show_value(key)}"
+    close = difflib.get_close_matches(str(key)[:200], valid, n=1, cutoff=0.6)
     if close:
         msg += f"; did you mean {close[0]!r}?"
     if valid:
@@ -140,9 +139,12 @@ def _structure_int(value: Any, _: Any) -> int:
 def _structure_float(value: Any, _: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         _fail(f"expected a number, got {describe_value(value)}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond float range
+        _fail(f"must be a finite number, got {show_value(value)}")
     if not math.isfinite(value):
-        _fail(f"must be a finite number, got {value!r}")
+        _fail(f"must be a finite number, got {show_value(value)}")
     return value
 
 
@@ -172,7 +174,7 @@ def _structure_seq(value: Any, tp: Any) -> Any:
     out: list[Any] = []
     if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
         if len(value) != len(args):
-            _fail(f"expected a list of {len(args)} items, got {len(value)}: {list(value)!r}")
+            _fail(f"expected a list of {len(args)} items, got {len(value)}: {show_value(list(value))}")
         item_types = list(args)
     else:
         item_types = [args[0] if args else Any] * len(value)
@@ -240,9 +242,9 @@ def _structure_literal(value: Any, tp: Any) -> Any:
     for option in allowed:
         if type(option) is type(value) and option == value:
             return option
-    close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1, cutoff=0.6)
+    close = difflib.get_close_matches(str(value)[:200], [str(a) for a in allowed], n=1, cutoff=0.6)
     hint = f"; did you mean {close[0]!r}?" if close else ""
-    _fail(f"must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}{hint}")
+    _fail(f"must be one of {', '.join(repr(a) for a in allowed)}, got {show_value(value)}{hint}")
 
 
 def _is_enum(tp: Any) -> bool:
@@ -253,7 +255,7 @@ def _structure_enum(value: Any, tp: Any) -> Any:
     for member in tp:
         if type(member.value) is type(value) and member.value == value:
             return member
-    _fail(f"must be one of {', '.join(repr(m.value) for m in tp)}, got {value!r}")
+    _fail(f"must be one of {', '.join(repr(m.value) for m in tp)}, got {show_value(value)}")
 
 
 # -- attrs classes --------------------------------------------------------------------------------------

@@ -326,7 +326,7 @@ def _parse_json(text: str, source: str | None) -> Any:
     except _DuplicateKey as exc:
         line = _first_line_of_second(text, json.dumps(exc.args[0]))
         where = f" (line {line})" if line else ""
-        raise ConfigError([("", f"not valid JSON: duplicate key {exc.args[0]!r}{where}")], source) from None
+        raise ConfigError([("", f"not valid JSON: duplicate key {show_value(exc.args[0])}{where}")], source) from None
 
 
 def _first_line_of_second(text: str, needle: str) -> int | None:

@@ -27,6 +27,7 @@ from otplug.config.convert import (
 )
 from otplug.config.files import read_config_file
 from otplug.config.schema import RESERVED_TERM_KEYS, OTConfig, TermSpec
+from otplug.config.validators import show_value
 from otplug.config.seed import SEED_TOP_LEVEL_KEYS, SeedFeature
 from otplug.errors import ConfigError, OtplugError
 
@@ -144,7 +145,7 @@ class _Loader:
         given = data.get("solver_options")
         if cls is None:
             if given:
-                self.problems.append(("solver_options", f"solver {solver!r} takes no options"))
+                self.problems.append(("solver_options", f"solver {show_value(solver)} takes no options"))
             return None
         try:
             return structure({} if given is None else given, cls, "solver_options")
@@ -282,7 +283,7 @@ class _Loader:
         first: dict[str, str] = {}
         for path, name, explicit in names:
             if name in first:
-                msg = f"duplicate term name {name!r} (also {first[name]}); term names must be unique"
+                msg = f"duplicate term name {show_value(name)} (also {first[name]}); term names must be unique"
                 if not explicit:
                     msg += f" ({default_hint})"
                 self.problems.append((path, msg))
@@ -322,7 +323,7 @@ def _fmt(value: Any) -> str:
         return "[" + ", ".join(_fmt(v) for v in value) + "]"
     if isinstance(value, str):
         return value
-    return repr(value)
+    return show_value(value)
 
 
 # -- dump -------------------------------------------------------------------------------------------------

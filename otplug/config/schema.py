@@ -59,12 +59,12 @@ def _term_weight(instance: Any, attribute: Any, value: Any) -> None:
 
 def _name(_instance: Any, _attribute: Any, value: Any) -> None:
     if not isinstance(value, str) or not value or value != value.strip() or any(c.isspace() for c in value):
-        raise ValueError(f"must be a non-empty name without spaces, got {value!r}")
+        raise ValueError(f"must be a non-empty name without spaces, got {v.show_value(value)}")
 
 
 def _term_name(_instance: Any, _attribute: Any, value: Any) -> None:
     if not isinstance(value, str) or not value.strip() or value != value.strip() or "\n" in value:
-        raise ValueError(f"must be a non-empty name without leading or trailing spaces, got {value!r}")
+        raise ValueError(f"must be a non-empty name without leading or trailing spaces, got {v.show_value(value)}")
 
 
 def _optional_name(instance: Any, attribute: Any, value: Any) -> None:
@@ -82,7 +82,7 @@ def _terms(_instance: Any, _attribute: Any, value: Any) -> None:
         if not isinstance(term, TermSpec):
             raise TypeError(f"terms[{i}] is a {type(term).__name__}, expected a TermSpec")
         if term.name in seen:
-            raise ValueError(f"duplicate term name {term.name!r} (terms[{seen[term.name]}] and terms[{i}])")
+            raise ValueError(f"duplicate term name {v.show_value(term.name)} (terms[{seen[term.name]}] and terms[{i}])")
         seen[term.name] = i
 
 

@@ -273,8 +273,9 @@ class Registry:
         entries = table.get(name)
         where = f"{field}: " if field else ""
         if not entries:
-            msg = f"{where}unknown {kind} {name!r}"
-            close = difflib.get_close_matches(str(name), list(table), n=3, cutoff=0.5)
+            shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:77] + "..."
+            msg = f"{where}unknown {kind} {shown}"
+            close = difflib.get_close_matches(str(name)[:200], list(table), n=3, cutoff=0.5)
             if close:
                 msg += f"; did you mean {' or '.join(repr(c) for c in close)}?"
             msg += f" (registered {kind}s: {', '.join(sorted(table)) or 'none'})"

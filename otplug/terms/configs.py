@@ -29,7 +29,7 @@ __all__ = [
 def camera_key(instance, attribute, value) -> None:
     # the prefix of otplug.features.extract.is_image_key (this module stays torch-free)
     if value is not None and isinstance(value, str) and not value.startswith("observation.image"):
-        raise ValueError(f"must be a camera key such as 'observation.images.front', got {value!r} (use the "
+        raise ValueError(f"must be a camera key such as 'observation.images.front', got {v.show_value(value)} (use the "
                          "'embedding' or 'label' term for other features)")
 
 
