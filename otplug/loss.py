@@ -191,6 +191,8 @@ class OTLoss:
         elif over:
             plan, fallback = self._on_mass_excess(plan, mass, math.exp(log_bound), converged, iterations, error)
         loss = (plan * M).sum()
+        # the solver's own health numbers first: the core's keys below (converged, ...) are never overridden
+        metrics.update({f"ot_solver/{k}": v for k, v in info.items()})
         metrics.update({
             "ot_loss": float(loss.detach()),
             "ot_pi_sum": float(plan.sum()),
@@ -203,8 +205,6 @@ class OTLoss:
             "ot_solver/converged": float(converged and not over),
             "ot_solver/error": error,
         })
-        for k, v in info.items():
-            metrics[f"ot_solver/{k}"] = v
         if n == m:
             metrics["ot_pi_diag"] = float(torch.diagonal(plan).sum())
         for name, mt in (term_costs or {}).items():

@@ -285,3 +285,10 @@ def test_mass_bound_formula():
         math.exp((math.log(1.0) + math.log(2.0) + 2 * math.log(0.5)) / 4))
     assert float(mass_bound(5.0, 1.0, (math.inf, 1.0), 0.3, 0.9)) == pytest.approx(0.3)
     assert float(log_mass_bound(1e6, 1e-3, (1e-3, 1e-3))) == pytest.approx(-1e6 / 3e-3)  # no underflow
+
+
+def test_solver_info_cannot_override_the_core_metrics(otplug_registry):
+    register_solver(otplug_registry, lambda M: solved(torch.full_like(M, 1.0), converged=1.0, iterations=-1.0))
+    with pytest.warns(OTSolverWarning):
+        res = label_loss()(*batches())
+    assert res.metrics["ot_solver/converged"] == 0.0 and res.metrics["ot_solver/iterations"] == 1.0
