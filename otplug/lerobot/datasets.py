@@ -20,6 +20,8 @@ from otplug.errors import OtplugError
 
 __all__ = [
     "DatasetError",
+    "RenamedDataset",
+    "check_rename_map",
     "dataset_label",
     "episode_arrays",
     "episode_lengths",
@@ -130,3 +132,64 @@ def episode_arrays(ds: Any, key: str) -> dict[int, np.ndarray]:
     col = ds.hf_dataset.data.column(key).to_pylist()
     values = np.asarray(col, dtype=np.float64).reshape(len(col), -1)
     return _split_by_episode(ep[order], values[order])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# feature-name mapping (--ot.source_rename_map)
+
+def _renamer(rename: dict[str, str]) -> Any:
+    def key(k: str) -> str:
+        if k in rename:
+            return rename[k]
+        if k.endswith("_is_pad") and k[: -len("_is_pad")] in rename:
+            return rename[k[: -len("_is_pad")]] + "_is_pad"
+        return k
+    return key
+
+
+class _RenamedMeta:
+    """A dataset's metadata with features, stats and camera keys under the mapped names."""
+
+    def __init__(self, inner: Any, rename: dict[str, str]) -> None:
+        self._inner = inner
+        key = _renamer(rename)
+        self.features = {key(k): v for k, v in inner.features.items()}
+        self.stats = {key(k): v for k, v in (inner.stats or {}).items()}
+        self.camera_keys = [key(k) for k in inner.camera_keys]
+        self.video_keys = [key(k) for k in inner.video_keys]
+        self.image_keys = [key(k) for k in inner.image_keys]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class RenamedDataset:
+    """A LeRobot dataset whose items, features and stats use other names (``rename``: own name -> new name; a
+    ``<key>_is_pad`` mask follows its key). Everything else is the wrapped dataset's."""
+
+    def __init__(self, inner: Any, rename: dict[str, str]) -> None:
+        self.inner = inner
+        self.rename = dict(rename)
+        self._key = _renamer(self.rename)
+        self.meta = _RenamedMeta(inner.meta, self.rename)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, index: int) -> dict:
+        return {self._key(k): v for k, v in self.inner[index].items()}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def check_rename_map(rename: dict[str, str], features: Any, label: str, flag: str = "--ot.source_rename_map") -> None:
+    """Every mapped name must be a feature of the dataset, and no two names may map to one."""
+    unknown = sorted(k for k in rename if k not in features)
+    if unknown:
+        raise DatasetError(f"{flag}: {unknown} {'is' if len(unknown) == 1 else 'are'} not a feature of {label} "
+                           f"(its features: {', '.join(sorted(features))})")
+    targets = list(rename.values())
+    dup = sorted({t for t in targets if targets.count(t) > 1})
+    if dup:
+        raise DatasetError(f"{flag}: several names map to {dup}")

@@ -39,7 +39,7 @@ import torch
 import torch.utils.data
 
 from otplug.errors import OtplugError
-from otplug.lerobot.datasets import dataset_label, episode_rows, open_dataset
+from otplug.lerobot.datasets import RenamedDataset, check_rename_map, dataset_label, episode_rows, open_dataset
 from otplug.lerobot.pair_info import load_pair_info
 
 __all__ = [
@@ -249,40 +249,71 @@ def collate_pairs(items: Sequence[Mapping[str, Any]]) -> tuple[dict, dict]:
     return default_collate([it["src"] for it in items]), default_collate([it["tgt"] for it in items])
 
 
-def make_source_dataset(repo_id: str, root: str | Path | None, *, like, **kwargs):
-    """Open the source dataset with the target's ``delta_timestamps`` and ``image_transforms``.
+def make_source_dataset(repo_id: str, root: str | Path | None, *, like, rename_map: Mapping[str, str] | None = None,
+                        **kwargs):
+    """Open a source dataset the way the target was opened, under the target's feature names.
 
-    Then time windows and ``*_is_pad`` masks of source and target items agree (SPEC §5). ``like`` is the target
-    :class:`LeRobotDataset` (as built by lerobot's dataset factory for the policy); extra keyword arguments go to
-    ``LeRobotDataset`` (they may not override the two copied settings). Raises :class:`PairDatasetError` when
-    the source lacks a feature that the target's ``delta_timestamps`` reference.
+    The source gets the target's ``delta_timestamps`` (in seconds, so a source at another fps is read at the
+    target's time offsets; refused when those are not whole source frames), ``image_transforms``, video backend
+    and ``return_uint8`` (lerobot's training factory decodes video frames to uint8; PNG frames come as float
+    either way and every part goes through one uint8->float step later). Then time windows and ``*_is_pad`` masks
+    of source and target items agree (SPEC §5). ``rename_map`` (``{source name: target name}``, lerobot's
+    ``rename_map`` shape) is applied when the dataset is opened, so BC rows and OT pairs see the target's names.
+    ``like`` is the target :class:`LeRobotDataset`; extra keyword arguments go to ``LeRobotDataset`` (they may not
+    override the copied settings). Raises :class:`PairDatasetError` naming the source dataset and the feature
+    when something does not match.
     """
-    for k in ("delta_timestamps", "image_transforms"):
+    for k in ("delta_timestamps", "image_transforms", "return_uint8"):
         if k in kwargs:
             raise PairDatasetError(f"make_source_dataset copies {k} from the target; do not pass it")
+    rename = dict(rename_map or {})
+    back = {v: k for k, v in rename.items()}  # target name -> source name
     delta = getattr(like, "delta_timestamps", None)
     transforms = getattr(like, "image_transforms", None)
     kwargs.setdefault("video_backend", getattr(like, "_video_backend", None) or "pyav")
     kwargs.setdefault("tolerance_s", getattr(like, "tolerance_s", 1e-4))
+    kwargs.setdefault("return_uint8", bool(getattr(like, "_return_uint8", False)))
     probe = open_dataset(repo_id, root, **kwargs)
-    if delta:
-        missing = sorted(set(delta) - set(probe.meta.features))
-        if missing:
-            raise PairDatasetError(
-                f"source dataset {dataset_label(probe)} lacks feature(s) {missing} that the target's delta_timestamps "
-                f"reference; source features: {sorted(probe.meta.features)}")
+    try:
+        check_rename_map(rename, probe.meta.features, f"the source dataset {dataset_label(probe)}")
+    except OtplugError as exc:
+        raise PairDatasetError(str(exc)) from exc
+    # the policy's inputs and outputs are the target's observation.* and action features: the source needs them all
+    target_features = getattr(getattr(like, "meta", None), "features", {}) or {}
+    needed = sorted({k for k in target_features if k.startswith("observation.") or k == "action"} | set(delta or {}))
+    missing = [k for k in needed if back.get(k, k) not in probe.meta.features]
+    if missing:
+        raise PairDatasetError(
+            f"source dataset {dataset_label(probe)} lacks the target's feature(s) {missing} (the policy reads them); "
+            f"source features: {sorted(probe.meta.features)}" + _rename_hint(missing, probe, like))
+    src_delta = {back.get(k, k): v for k, v in delta.items()} if delta else None
+    if src_delta:
         if probe.fps != like.fps:
             bad = [k for k, ts in delta.items() if any(abs(t * probe.fps - round(t * probe.fps)) > 1e-3 for t in ts)]
             if bad:
                 raise PairDatasetError(
                     f"source dataset {dataset_label(probe)} runs at {probe.fps} fps but the target at {like.fps}; the "
-                    f"target's delta_timestamps for {bad} are not whole source frames")
-    elif transforms is None:
-        return probe
-    try:
-        return open_dataset(repo_id, root, delta_timestamps=delta, image_transforms=transforms, **kwargs)
-    except OtplugError as exc:
-        raise PairDatasetError(f"source dataset with the target's delta_timestamps: {exc}") from exc
+                    f"target's time offsets for {bad} are not whole source frames (record or convert the source at "
+                    f"{like.fps} fps or a multiple of it)")
+    if src_delta or transforms is not None:
+        try:
+            probe = open_dataset(repo_id, root, delta_timestamps=src_delta, image_transforms=transforms, **kwargs)
+        except OtplugError as exc:
+            raise PairDatasetError(f"source dataset with the target's delta_timestamps: {exc}") from exc
+    return RenamedDataset(probe, rename) if rename else probe
+
+
+def _rename_hint(missing: Sequence[str], source: Any, target: Any) -> str:
+    """A ``--ot.source_rename_map`` suggestion pairing missing target cameras with unused source cameras."""
+    meta = getattr(target, "meta", None)
+    if meta is None:
+        return " (map names with --ot.source_rename_map)"
+    tgt_cams = [k for k in missing if k in meta.camera_keys]
+    src_cams = [k for k in source.meta.camera_keys if k not in meta.features]
+    if not tgt_cams or len(tgt_cams) != len(src_cams):
+        return " (map names with --ot.source_rename_map)"
+    pairs = ", ".join(f'"{s}": "{t}"' for s, t in zip(src_cams, tgt_cams, strict=True))
+    return f"; map them with --ot.source_rename_map='{{{pairs}}}'"
 
 
 def make_pair_loader(pair_dataset: OTPairDataset, batch_size: int, num_workers: int,

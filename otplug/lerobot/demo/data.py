@@ -84,7 +84,8 @@ def default_cache_dir() -> Path:
 
 
 def _features(state_dim: int, action_dim: int, cameras: Sequence[str], image_hw: tuple[int, int],
-              state_names: list[str] | None = None, action_names: list[str] | None = None) -> dict:
+              state_names: list[str] | None = None, action_names: list[str] | None = None, *,
+              video: bool = False) -> dict:
     feats: dict = {
         "observation.state": {"dtype": "float32", "shape": (state_dim,),
                               "names": state_names or [f"s{i}" for i in range(state_dim)]},
@@ -93,7 +94,7 @@ def _features(state_dim: int, action_dim: int, cameras: Sequence[str], image_hw:
     }
     for cam in cameras:
         key = cam if cam.startswith("observation.images.") else f"observation.images.{cam}"
-        feats[key] = {"dtype": "image", "shape": (image_hw[0], image_hw[1], 3),
+        feats[key] = {"dtype": "video" if video else "image", "shape": (image_hw[0], image_hw[1], 3),
                       "names": ["height", "width", "channels"]}
     return feats
 
@@ -114,8 +115,10 @@ def make_dataset(
     action_fn: Callable[[int, int], np.ndarray] | None = None,
     image_fn: Callable[[str, int, int], np.ndarray] | None = None,
     open_kwargs: dict | None = None,
+    use_videos: bool = False,
 ):
-    """Write a small LeRobot dataset (PNG images, no video) at ``root`` and return it opened read-only.
+    """Write a small LeRobot dataset at ``root`` and return it opened read-only. Cameras are stored as PNG images,
+    or with ``use_videos=True`` as video (lerobot's encoder; decoded with PyAV).
 
     By default the values identify the frame, which makes tests easy to write:
 
@@ -132,7 +135,7 @@ def make_dataset(
 
     root = Path(root)
     hw = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    feats = _features(state_dim, action_dim, cameras, hw)
+    feats = _features(state_dim, action_dim, cameras, hw, video=use_videos)
     cam_keys = [k for k in feats if k.startswith("observation.images.")]
     rng = np.random.default_rng(seed)
 
@@ -144,7 +147,7 @@ def make_dataset(
             v[1] = t
         return v
 
-    ds = LeRobotDataset.create(repo_id, fps, features=feats, root=root, use_videos=False)
+    ds = LeRobotDataset.create(repo_id, fps, features=feats, root=root, use_videos=use_videos)
     try:
         with no_progress_bars():
             for ep, length in enumerate(episode_lengths):

@@ -9,7 +9,7 @@ import torch
 
 from otplug.errors import OtplugError
 
-__all__ = ["concat_batches", "images_to_float", "rows"]
+__all__ = ["check_image_range", "concat_batches", "images_to_float", "rows"]
 
 
 def images_to_float(batch: dict[str, Any], camera_keys: Sequence[str]) -> dict[str, Any]:
@@ -18,6 +18,28 @@ def images_to_float(batch: dict[str, Any], camera_keys: Sequence[str]) -> dict[s
         if key in batch and batch[key].dtype == torch.uint8:
             batch[key] = batch[key].to(dtype=torch.float32) / 255.0
     return batch
+
+
+#: tolerance on the [0, 1] range of camera values (image transforms may overshoot by rounding)
+IMAGE_RANGE_TOL = 1e-3
+
+
+def check_image_range(batch: Mapping[str, Any], camera_keys: Sequence[str], what: str = "batch") -> None:
+    """Camera values must be float in [0, 1] after the uint8->float step, whatever the dataset's storage: a video
+    frame decoded to float 0..255 (or a uint8 frame that skipped the step) fails here, loudly, instead of reaching
+    the policy 255x too bright. One host sync for all cameras."""
+    keys = [k for k in camera_keys if k in batch and isinstance(batch[k], torch.Tensor) and batch[k].numel()]
+    if not keys:
+        return
+    for k in keys:
+        if not batch[k].is_floating_point():
+            raise OtplugError(f"camera {k!r} of the {what} is {batch[k].dtype} after the uint8->float step; expected "
+                              "float values in [0, 1]")
+    bounds = torch.stack([torch.stack(torch.aminmax(batch[k].detach().float())) for k in keys]).cpu().tolist()
+    for k, (lo, hi) in zip(keys, bounds, strict=True):
+        if lo < -IMAGE_RANGE_TOL or hi > 1 + IMAGE_RANGE_TOL:
+            raise OtplugError(f"camera {k!r} of the {what} has values in [{lo:.3g}, {hi:.3g}]; expected [0, 1] after "
+                              "the uint8->float step (is a dataset storing frames as float 0..255?)")
 
 
 def concat_batches(parts: Sequence[Mapping[str, Any]], required: Sequence[str] = ()) -> dict[str, Any]:

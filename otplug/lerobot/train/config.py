@@ -34,6 +34,15 @@ class OTSection:
     # The source (sim) LeRobot dataset; the BC dataset (--dataset.*) is the target (real) side.
     source_repo_id: str | None = None
     source_root: str | None = None
+    # Source feature name -> target feature name (lerobot's rename_map shape), applied when the source dataset is
+    # opened, e.g. '{"observation.images.cam_high": "observation.images.top"}'.
+    source_rename_map: dict[str, str] = field(default_factory=dict)
+    # BC co-training mixture: expected share of BC rows drawn from the source dataset (0 = target only). Works with
+    # OT on or off (--ot.enabled=false --ot.bc_source_weight=0.5 is plain sim+real co-training).
+    bc_source_weight: float = 0.0
+    # Per-frame weight w/N per dataset (the seed's normalize_bc_weights_by_ds_size), so bc_source_weight is the
+    # share whatever the dataset sizes; false: every frame of a dataset weighs its dataset's weight.
+    bc_normalize_by_size: bool = True
     # DTW pairings between target and source episodes (`otplug pair ... --out pair_info.json`).
     pair_info: str | None = None
     # single-pass: the BC batch is [src | tgt | bc] rows and OT embeddings are captured from the BC forward
@@ -41,6 +50,8 @@ class OTSection:
     layout: str = "single-pass"
     # OT pairs (src/tgt rows) per step and process.
     batch_size: int = 8
+    # Worker processes of the OT pair loader (default: none on machines with <= 4 cores, else num_workers // 2).
+    num_workers: int | None = None
     # rank: each process solves OT on its own pairs; global: the plan covers the pairs of all processes.
     scope: str = "rank"
     # Cross-dataloader alignment policy (separate layout): `otplug list-alignments`.
@@ -76,6 +87,11 @@ class OTSection:
         return bool(self.enabled) and (self.lambda_ot > 0 or self.cotrain_only)
 
     @property
+    def needs_source(self) -> bool:
+        """The source dataset is opened (pairs, or source rows in the BC mixture)."""
+        return self.active or self.bc_source_weight > 0
+
+    @property
     def has_loss(self) -> bool:
         """An OT loss is added to the BC loss."""
         return self.active and not self.cotrain_only
@@ -105,9 +121,24 @@ class OTSection:
             _integer("top_k", self.top_k, minimum=1)
         if self.window_size is not None:
             _integer("window_size", self.window_size, minimum=0)
+        _number("bc_source_weight", self.bc_source_weight, minimum=0.0)
+        if self.bc_source_weight > 1:
+            raise OtplugError(f"--ot.bc_source_weight must be in [0, 1] (the expected share of source rows in BC "
+                              f"batches), got {self.bc_source_weight!r}")
+        if self.num_workers is not None:
+            _integer("num_workers", self.num_workers, minimum=0)
+        if not isinstance(self.source_rename_map, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) and k and v for k, v in self.source_rename_map.items()):
+            raise OtplugError("--ot.source_rename_map must map source feature names to target feature names, e.g. "
+                              "'{\"observation.images.cam_high\": \"observation.images.top\"}'")
         if not isinstance(self.sinks, list) or not all(isinstance(n, str) and n for n in self.sinks):
             raise OtplugError(f"--ot.sinks must be a list of sink names like '[console,plan-heatmap]', got {self.sinks!r}")
         self.__dict__["_loss_config"] = None
+        if not self.active and self.needs_source and not self.source_repo_id:
+            raise OtplugError("--ot.bc_source_weight > 0 needs the source dataset: set --ot.source_repo_id "
+                              "(and --ot.source_root)")
+        if self.source_root and not Path(self.source_root).expanduser().is_dir():
+            raise OtplugError(f"--ot.source_root: no such directory {self.source_root}")
         if not self.active:
             return
         if self.cotrain_only and self.layout != "single-pass":

@@ -35,8 +35,9 @@ from lerobot.utils.constants import TRAINING_STATE_DIR
 from lerobot.utils.random_utils import load_rng_state, set_seed
 from tqdm import tqdm
 
+from otplug.lerobot.mixture import source_fraction
 from otplug.lerobot.train import setup
-from otplug.lerobot.train.batches import images_to_float
+from otplug.lerobot.train.batches import check_image_range, images_to_float
 from otplug.lerobot.train.metrics import Window, reduce_metrics
 from otplug.lerobot.train.ot_step import OTSide
 from otplug.lerobot.train.step import update_policy
@@ -86,7 +87,7 @@ def train(cfg: Any, accelerator: Any = None) -> dict[str, Any]:
     step = 0
     if cfg.resume:
         step, optimizer, lr_scheduler = load_training_state(cfg.checkpoint_path, optimizer, lr_scheduler)
-    dataloader = setup.make_bc_dataloader(cfg, dataset, device, step, accelerator)
+    dataloader = setup.make_bc_dataloader(cfg, dataset, source, device, step, accelerator)
     accelerator.wait_for_everyone()
     policy, optimizer, dataloader, lr_scheduler = accelerator.prepare(policy, optimizer, dataloader, lr_scheduler)
     ot_side = OTSide(cfg, dataset, source, policy, preprocessor, accelerator, step) if ot.active else None
@@ -96,7 +97,7 @@ def train(cfg: Any, accelerator: Any = None) -> dict[str, Any]:
     sinks = None
     if is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
-        sinks = setup.make_run_sinks(output_dir, ot)
+        sinks = setup.make_run_sinks(output_dir, ot, start_step=step)
         setup.write_run_info(output_dir, cfg, accelerator, dataset, source)
     log_every = ot.log_every or cfg.log_freq
     window, first, last = Window(), {}, {}
@@ -108,10 +109,12 @@ def train(cfg: Any, accelerator: Any = None) -> dict[str, Any]:
         for _ in range(step, cfg.steps):
             t0 = time.perf_counter()
             batch = next(batches)
+            bc_source = source_fraction(batch)  # the mixture's part marker never reaches the policy
             if ot_side is not None:
                 batch, n_pairs = ot_side.build_batch(batch)
             else:
                 batch, n_pairs = images_to_float(batch, dataset.meta.camera_keys), 0
+            check_image_range(batch, dataset.meta.camera_keys)
             batch = preprocessor(batch)
             data_s = time.perf_counter() - t0
             result = update_policy(policy, batch, n_pairs, optimizer=optimizer, lr_scheduler=lr_scheduler,
@@ -120,6 +123,8 @@ def train(cfg: Any, accelerator: Any = None) -> dict[str, Any]:
                                    step=step + 1)
             step += 1
             metrics = {**result.metrics, "dataloading_s": data_s}
+            if bc_source is not None:
+                metrics["bc_source_fraction"] = bc_source
             window.add(metrics)
             first = first or dict(metrics)
             last = dict(metrics)

@@ -13,6 +13,7 @@ The scope (``rank`` / ``global``) is applied in one place, :func:`scoped_ot`.
 
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Any
 
@@ -23,7 +24,7 @@ from otplug.distributed import scoped_ot
 from otplug.errors import OtplugError
 from otplug.lerobot.capture import CapturedEncoder, FeatureCapture
 from otplug.lerobot.pair_dataset import OTPairDataset, PairSampling, cycle_epochs, make_pair_loader
-from otplug.lerobot.train.batches import concat_batches, images_to_float, rows
+from otplug.lerobot.train.batches import check_image_range, concat_batches, images_to_float, rows
 from otplug.plugins import get_registry
 from otplug.policy_encoder import resolve_encoder, unwrap_policy
 
@@ -38,6 +39,14 @@ def make_sampling(ot: Any) -> PairSampling:
         return PairSampling(**{k: v for k, v in wanted.items() if v is not None})
     except (TypeError, ValueError) as exc:
         raise OtplugError(f"--ot sampling options: {exc}") from exc
+
+
+def pair_workers(ot: Any, bc_workers: int) -> int:
+    """Worker processes of the OT pair loader: ``--ot.num_workers`` when set; none on machines with <= 4 cores
+    (each worker holds a copy of both datasets, ~1 GB with video); else half the BC loader's."""
+    if ot.num_workers is not None:
+        return ot.num_workers
+    return 0 if (os.cpu_count() or 1) <= 4 else bc_workers // 2
 
 
 class OTSide:
@@ -57,7 +66,7 @@ class OTSide:
                                           seed=(cfg.seed or 0) + 7919 * rank)
         gen = torch.Generator()
         gen.manual_seed((cfg.seed or 0) * 1_000_003 + start_step + 104_729 * rank)
-        self.loader = make_pair_loader(self.pair_dataset, ot.batch_size, cfg.num_workers, gen)
+        self.loader = make_pair_loader(self.pair_dataset, ot.batch_size, pair_workers(ot, cfg.num_workers), gen)
         if len(self.loader) == 0:
             raise OtplugError(f"--ot.batch_size={ot.batch_size} is larger than the OT pair dataset "
                               f"({len(self.pair_dataset)} target frames)")
@@ -142,9 +151,10 @@ class OTSide:
         return scoped_ot(self.loss_fn, src, tgt, encoder=encoder, scope=self._scope())
 
     def _separate_loss(self, bc_batch: dict, policy: Any, device: torch.device) -> Any:
-        src, tgt = self.next_pairs()
-        src = self.preprocessor(images_to_float(src, self.camera_keys))
-        tgt = self.preprocessor(images_to_float(tgt, self.camera_keys))
+        src, tgt = (images_to_float(b, self.camera_keys) for b in self.next_pairs())
+        check_image_range(src, self.camera_keys, "source pairs")
+        check_image_range(tgt, self.camera_keys, "target pairs")
+        src, tgt = self.preprocessor(src), self.preprocessor(tgt)
         if self.alignment is not None:
             src = self.alignment(src, bc_batch, device)
             tgt = self.alignment(tgt, bc_batch, device)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from otplug.errors import OtplugError
+from otplug.lerobot.mixture import MixtureDataset, WeightedFrameSampler, mixture_probabilities
 from otplug.lerobot.pair_dataset import make_source_dataset
 
 __all__ = [
@@ -69,9 +70,10 @@ def open_datasets(cfg: Any, accelerator: Any) -> tuple[Any, Any]:
     except (FileNotFoundError, ValueError, KeyError) as exc:
         raise OtplugError(f"could not open the dataset {cfg.dataset.repo_id!r} (root {cfg.dataset.root}): {exc}") from exc
     source = None
-    if cfg.ot.active:
+    if cfg.ot.needs_source:
         try:
-            source = make_source_dataset(cfg.ot.source_repo_id, cfg.ot.source_root, like=dataset)
+            source = make_source_dataset(cfg.ot.source_repo_id, cfg.ot.source_root, like=dataset,
+                                         rename_map=cfg.ot.source_rename_map)
         except OtplugError:
             raise
         except (FileNotFoundError, ValueError, KeyError) as exc:
@@ -140,17 +142,27 @@ def make_processors(cfg: Any, policy: Any, dataset: Any, source: Any, device: to
                                     pretrained_revision=getattr(cfg.policy, "pretrained_revision", None), **kwargs)
 
 
-def make_bc_dataloader(cfg: Any, dataset: Any, device: torch.device, step: int, accelerator: Any) -> Any:
-    """lerobot-train's episode-aware BC dataloader, fast-forwarded to ``step`` on resume."""
+def make_bc_dataloader(cfg: Any, dataset: Any, source: Any, device: torch.device, step: int, accelerator: Any) -> Any:
+    """lerobot-train's episode-aware BC dataloader, fast-forwarded to ``step`` on resume. With
+    ``--ot.bc_source_weight`` > 0 it draws from the target + source mixture instead
+    (:mod:`otplug.lerobot.mixture`), resumable the same way."""
     from lerobot.common.train_utils import load_training_batch_size, load_training_num_processes
     from lerobot.datasets import EpisodeAwareSampler, compute_sampler_state
     from lerobot.utils.collate import lerobot_collate_fn
 
-    sampler = EpisodeAwareSampler(
-        dataset.meta.episodes["dataset_from_index"], dataset.meta.episodes["dataset_to_index"],
-        episode_indices_to_use=dataset.episodes, drop_n_last_frames=getattr(cfg.policy, "drop_n_last_frames", 0),
-        shuffle=True, seed=cfg.seed if cfg.seed is not None else 0,
-        absolute_to_relative_idx=dataset.absolute_to_relative_idx)
+    drop_last = getattr(cfg.policy, "drop_n_last_frames", 0) or 0
+    seed = cfg.seed if cfg.seed is not None else 0
+    if cfg.ot.bc_source_weight > 0:
+        dataset = MixtureDataset([dataset, source])
+        probs = mixture_probabilities(dataset.sizes, cfg.ot.bc_source_weight, [1.0], cfg.ot.bc_normalize_by_size)
+        sampler = WeightedFrameSampler(dataset, probs, drop_n_last_frames=drop_last, seed=seed)
+        has_language = source.meta.has_language_columns if hasattr(source.meta, "has_language_columns") else False
+    else:
+        sampler = EpisodeAwareSampler(
+            dataset.meta.episodes["dataset_from_index"], dataset.meta.episodes["dataset_to_index"],
+            episode_indices_to_use=dataset.episodes, drop_n_last_frames=drop_last, shuffle=True, seed=seed,
+            absolute_to_relative_idx=dataset.absolute_to_relative_idx)
+        has_language = dataset.meta.has_language_columns
     if cfg.resume and step > 0:
         n_proc = load_training_num_processes(cfg.checkpoint_path) or accelerator.num_processes
         bs = load_training_batch_size(cfg.checkpoint_path) or cfg.batch_size
@@ -159,20 +171,20 @@ def make_bc_dataloader(cfg: Any, dataset: Any, device: torch.device, step: int, 
     return torch.utils.data.DataLoader(
         dataset, num_workers=cfg.num_workers, batch_size=cfg.batch_size, shuffle=False, sampler=sampler,
         pin_memory=device.type == "cuda", drop_last=False,
-        collate_fn=lerobot_collate_fn if dataset.meta.has_language_columns else None,
+        collate_fn=lerobot_collate_fn if has_language else None,
         prefetch_factor=cfg.prefetch_factor if workers else None,
         persistent_workers=cfg.persistent_workers and workers,
         multiprocessing_context=cfg.dataloader_multiprocessing_context if workers else None)
 
 
-def make_run_sinks(output_dir: Path, ot: Any) -> Any:
+def make_run_sinks(output_dir: Path, ot: Any, start_step: int = 0) -> Any:
     """The run's metric sinks (``metrics.jsonl`` always; ``--ot.sinks`` besides). The plan picture sink only
-    when there is a plan."""
+    when there is a plan. A run resumed at ``start_step`` keeps the metric rows up to that step, once each."""
     from otplug.sinks import make_sinks
 
     options = {"plan-heatmap": {"every": ot.plan_every}, "tensorboard": {"plan_every": ot.plan_every}}
     names = [n for n in ot.sinks if ot.has_loss or n != "plan-heatmap"]
-    return make_sinks(output_dir, names, options)
+    return make_sinks(output_dir, names, options, start_step=start_step)
 
 
 def write_run_info(output_dir: Path, cfg: Any, accelerator: Any, dataset: Any, source: Any) -> None:
