@@ -102,8 +102,10 @@ def rollout(policy: Any, env: BatchReachEnv, episode_seeds: Sequence[int], *, pr
             postprocessor: Any = None, keep_frames: int = 0) -> dict[str, Any]:
     """Play one batch of episodes (``len(episode_seeds) == env.num_envs``) until all are done.
 
-    Returns ``success`` (bool (N,)), ``steps`` (int (N,)) and, for the first ``keep_frames`` episodes, ``frames``:
-    a list of uint8 (T_i + 1, H, W, 3) arrays (every observation the policy saw, plus the final one).
+    Returns ``success`` (bool (N,)), ``steps`` (int (N,)), ``actions`` (float (N, T, 2): the commands sent at each
+    of the T steps run; rows of finished episodes keep being filled and are ignored by the env) and, for the first
+    ``keep_frames`` episodes, ``frames``: a list of uint8 (T_i + 1, H, W, 3) arrays (every observation the policy
+    saw, plus the final one).
     """
     import torch
 
@@ -113,6 +115,7 @@ def rollout(policy: Any, env: BatchReachEnv, episode_seeds: Sequence[int], *, pr
     keep = min(keep_frames, n)
     frames: list[list[np.ndarray]] = [[obs["pixels"][CAMERA][i]] for i in range(keep)]
     needs_state = bool(getattr(policy, "needs_env_state", False))
+    actions: list[np.ndarray] = []
     while not env.done.all():
         batch = to_policy_batch(obs, n)
         if needs_state:
@@ -124,11 +127,13 @@ def rollout(policy: Any, env: BatchReachEnv, episode_seeds: Sequence[int], *, pr
         if postprocessor is not None:
             action = postprocessor(action)
         live = ~env.done
-        obs, *_ = env.step(_to_numpy(action, n))
+        actions.append(_to_numpy(action, n))
+        obs, *_ = env.step(actions[-1])
         for i in range(keep):
             if live[i]:
                 frames[i].append(obs["pixels"][CAMERA][i])
     return {"success": env.success.copy(), "steps": env.steps.copy(),
+            "actions": np.stack(actions, axis=1) if actions else np.zeros((n, 0, 2)),
             "frames": [np.stack(f) for f in frames]}
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -143,6 +144,8 @@ def record_demos(root: str | Path, *, domain: str | DomainParams = "real", regio
     import datasets as hf_datasets
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
+    if use_videos:
+        os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 (lerobot's default encoder) logs every episode otherwise
     was = hf_datasets.is_progress_bar_enabled()
     hf_datasets.disable_progress_bars()
     ds = LeRobotDataset.create(repo_id, fps, features=_features(image_size, use_videos), root=root,
