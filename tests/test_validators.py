@@ -108,3 +108,21 @@ def test_reg_has_a_floor():
     (path, message), = info.value.problems
     assert path == "reg" and message.startswith("must be >= 1e-10, got 1e-300") and "cost_normalization" in message
     assert load_config({"terms": [{"type": "label", "src_key": "a"}], "reg": 1e-10}).reg == 1e-10
+
+
+def test_the_docs_example_of_validating_plugin_options(tmp_path):
+    import re
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text()
+    code = re.search(r"<!-- validators-example -->\n```python\n(.*?)\n```", page, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(code, "docs/plugins.md <validators-example>", "exec"), namespace)  # noqa: S102
+    cls = namespace["MarginConfig"]
+    assert cls(src_key="a").mix == 0.5
+    with pytest.raises(ValueError) as info:
+        cls(src_key="a", scale=0)
+    assert str(info.value) == "scale: must be > 0, got 0 (the cost's unit)"
+    for bad in ({"mix": 1.0}, {"steps": 8.0}, {"mode": "avg"}, {"margin": -1}, {"src_key": ""}):
+        with pytest.raises((TypeError, ValueError)):
+            cls(**{"src_key": "a", **bad})
