@@ -237,3 +237,18 @@ def test_messages_never_quote_huge_values():
     text = str(info.value)
     assert len(text) < 2000, text[:500]
     assert "an integer with about 401 digits" in text and "(10000 characters)" in text
+
+
+def test_read_json_file_hook_errors_pass_through(tmp_path):
+    from otplug.config.files import read_json_file
+    from otplug.errors import BatchError
+
+    def no_dupes(pairs):
+        keys = [k for k, _ in pairs]
+        if len(keys) != len(set(keys)):
+            raise BatchError("key listed twice in one object: " + "x" * 200)
+        return dict(pairs)
+
+    (tmp_path / "d.json").write_text('{"0": 1, "0": 2}')
+    with pytest.raises(BatchError, match="x{200}"):
+        read_json_file(tmp_path / "d.json", object_pairs_hook=no_dupes)

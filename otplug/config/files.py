@@ -35,7 +35,7 @@ from typing import Any
 import yaml
 
 from otplug.config.validators import show_value
-from otplug.errors import ConfigError, InputFileError
+from otplug.errors import ConfigError, InputFileError, OtplugError
 
 __all__ = [
     "CONFIG_MAX_BYTES",
@@ -313,7 +313,7 @@ def _load_json(text: str, object_pairs_hook: Any = None) -> Any:
     except RecursionError:
         raise _LimitError(f"not valid JSON: nested too deeply (at most {MAX_DEPTH} levels)") from None
     except ValueError as exc:
-        if isinstance(exc, json.JSONDecodeError):
+        if isinstance(exc, (json.JSONDecodeError, OtplugError)):  # OtplugError: the caller's hook, as raised
             raise
         raise _LimitError(f"not valid JSON: {show_value(str(exc))}") from None
 
