@@ -249,7 +249,8 @@ class OTLoss:
                         error: float) -> tuple[torch.Tensor, bool]:
         """A plan heavier than the problem allows is wrong: flag it (never "converged"), then on_collapse."""
         cfg = self.config
-        limit = f"{bound:.4g}, the largest mass the KL-unbalanced problem allows (exp(-min(M)/(reg + tau_src + tau_tgt)))"
+        limit = (f"{bound:.4g}, the largest mass the KL-unbalanced problem allows "
+                 "(exp(-min(M)/(reg + tau_src + tau_tgt)))")
         if converged:
             why = (f"OT plan mass {mass:.4g} from solver {cfg.solver!r} exceeds {limit}: the plan is wrong although "
                    "the solver reported convergence (ot_solver/converged = 0).")

@@ -134,7 +134,8 @@ def test_exceptions_in_cost_are_attributed(otplug_registry):
     with pytest.raises(PluginError) as info:
         loss_for()(*batches())
     msg = str(info.value)
-    assert msg == "term 't' (type 'fn', from boom-plugin): cost() raised ZeroDivisionError: division by zero second line"
+    assert msg == ("term 't' (type 'fn', from boom-plugin): cost() raised ZeroDivisionError: division by zero "
+                   "second line")
     assert isinstance(info.value.__cause__, ZeroDivisionError)
 
 
@@ -243,7 +244,8 @@ def test_solver_exceptions_are_attributed(otplug_registry):
         raise RuntimeError("singular")
 
     register_solver(otplug_registry, solve)
-    with pytest.raises(PluginError, match=r"^solver 'mine' \(from s-plugin\): solve\(\) raised RuntimeError: singular$"):
+    with pytest.raises(PluginError, match=r"^solver 'mine' \(from s-plugin\): solve\(\) raised RuntimeError: "
+                                          "singular$"):
         label_loss()(*batches())
 
 
