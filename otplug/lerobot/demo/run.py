@@ -28,6 +28,7 @@ from otplug.errors import OtplugError
 from otplug.lerobot.demo.data import ensure_demo_datasets
 from otplug.lerobot.demo.report import summarize
 from otplug.lerobot.train.cli import expand_short_flags, parse_config, run
+from otplug.lerobot.train.run_dir import RunLock
 
 __all__ = ["DEMO_OT_CONFIG", "demo_args", "main", "run_demo"]
 
@@ -83,6 +84,8 @@ def demo_args(data, ot_config: Path, output_dir: Path, steps: int) -> list[str]:
 def _prepare_output(output_dir: Path, resume: bool) -> None:
     if resume or not output_dir.exists():
         return
+    if _rank() == 0:
+        RunLock(output_dir, fresh=False).acquire().release()  # refuses while another run uses the folder
     if (output_dir / MARKER).exists():
         if _rank() == 0:
             shutil.rmtree(output_dir)

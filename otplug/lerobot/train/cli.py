@@ -19,6 +19,7 @@ from otplug.errors import OtplugError
 from otplug.lerobot.datasets import quiet_lerobot
 from otplug.lerobot.train.config import OTTrainConfig
 from otplug.lerobot.train.loop import train
+from otplug.lerobot.train.run_dir import complete_checkpoint
 
 __all__ = ["HELP", "expand_short_flags", "main", "parse_config", "run"]
 
@@ -102,15 +103,6 @@ def expand_short_flags(argv: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
     return out, opts
 
 
-def _last_checkpoint(output_dir: Path) -> Path:
-    last = output_dir / "checkpoints" / "last"
-    cfg = last / "pretrained_model" / "train_config.json"
-    if not cfg.is_file():
-        raise OtplugError(f"--resume: no checkpoint in {output_dir} (expected {cfg}); "
-                          "train first, or point --output-dir at the run to continue")
-    return last
-
-
 def parse_config(cli_args: Sequence[str], *, resume: bool = False, output_dir: str | None = None):
     """Parse lerobot-train style arguments into an :class:`OTTrainConfig` and validate it."""
     register_third_party_plugins()
@@ -120,7 +112,7 @@ def parse_config(cli_args: Sequence[str], *, resume: bool = False, output_dir: s
             output_dir = parser.parse_arg("output_dir", args)
         if not output_dir:
             raise OtplugError("--resume needs --output-dir DIR (the run to continue)")
-        ckpt = _last_checkpoint(Path(output_dir))
+        ckpt = complete_checkpoint(Path(output_dir))
         args = [a for a in args if not a.startswith("--output_dir")]
         args += ["--resume=true", f"--config_path={ckpt / 'pretrained_model' / 'train_config.json'}"]
     if not resume and not any(a.startswith("--policy.push_to_hub") for a in args) and any(

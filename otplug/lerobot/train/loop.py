@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,11 +41,23 @@ from otplug.lerobot.train import setup
 from otplug.lerobot.train.batches import check_image_range, images_to_float
 from otplug.lerobot.train.metrics import Window, reduce_metrics
 from otplug.lerobot.train.ot_step import OTSide
-from otplug.lerobot.train.step import update_policy
+from otplug.lerobot.train.run_dir import RunLock
+from otplug.lerobot.train.step import check_finite_weights, update_policy
 
 __all__ = ["train"]
 
 LOGGED_IN_BAR = ("bc_loss", "ot_loss", "ot_pi_sum")
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with non-finite floats as None (strict JSON, as metrics.jsonl)."""
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _seed_and_backends(cfg: Any, accelerator: Any) -> None:
@@ -76,9 +89,20 @@ def train(cfg: Any, accelerator: Any = None) -> dict[str, Any]:
     (steps, seconds, first and last metrics, world size, output dir)."""
     setup.check_supported(cfg)
     accelerator = accelerator if accelerator is not None else setup.make_accelerator(cfg)
-    is_main, device, ot = accelerator.is_main_process, accelerator.device, cfg.ot
     _seed_and_backends(cfg, accelerator)
+    output_dir = Path(cfg.output_dir)
+    # claim the run folder (atomic, exclusive, writable) before any data is loaded
+    lock = RunLock(output_dir, fresh=not cfg.resume).acquire() if accelerator.is_main_process else None
+    try:
+        return _train(cfg, accelerator, output_dir)
+    finally:
+        if lock is not None:
+            lock.release()
 
+
+def _train(cfg: Any, accelerator: Any, output_dir: Path) -> dict[str, Any]:
+    is_main, device, ot = accelerator.is_main_process, accelerator.device, cfg.ot
+    accelerator.wait_for_everyone()
     dataset, source = setup.open_datasets(cfg, accelerator)
     policy = make_policy(cfg=cfg.policy, ds_meta=dataset.meta, rename_map=cfg.rename_map)
     accelerator.wait_for_everyone()
@@ -93,10 +117,8 @@ def train(cfg: Any, accelerator: Any = None) -> dict[str, Any]:
     ot_side = OTSide(cfg, dataset, source, policy, preprocessor, accelerator, step) if ot.active else None
     batches = _batches(dataloader, cfg, step)
 
-    output_dir = Path(cfg.output_dir)
     sinks = None
     if is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
         sinks = setup.make_run_sinks(output_dir, ot, start_step=step)
         setup.write_run_info(output_dir, cfg, accelerator, dataset, source)
     log_every = ot.log_every or cfg.log_freq
@@ -141,6 +163,7 @@ def train(cfg: Any, accelerator: Any = None) -> dict[str, Any]:
 
             if cfg.save_checkpoint and should_save_checkpoint(step, cfg.save_freq, cfg.steps):
                 if is_main:
+                    check_finite_weights(policy, step)  # nothing non-finite is ever saved
                     ckpt = get_step_checkpoint_dir(output_dir, cfg.steps, step)
                     save_checkpoint(checkpoint_dir=ckpt, step=step, cfg=cfg, policy=accelerator.unwrap_model(policy),
                                     optimizer=optimizer, scheduler=lr_scheduler, preprocessor=preprocessor,
@@ -157,6 +180,6 @@ def train(cfg: Any, accelerator: Any = None) -> dict[str, Any]:
     summary = {"steps": step, "seconds": time.perf_counter() - t_start, "first": first, "last": last,
                "world_size": accelerator.num_processes, "output_dir": str(output_dir)}
     if is_main:
-        (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2, default=float))
+        (output_dir / "train_summary.json").write_text(json.dumps(strict_json(summary), indent=2, allow_nan=False))
     accelerator.end_training()
     return summary

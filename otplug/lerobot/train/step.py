@@ -19,7 +19,7 @@ import torch
 from otplug.errors import OtplugError
 from otplug.lerobot.train.metrics import finite_everywhere
 
-__all__ = ["NonFiniteStep", "StepResult", "update_policy"]
+__all__ = ["NonFiniteStep", "StepResult", "check_finite_weights", "update_policy"]
 
 
 class NonFiniteStep(OtplugError):
@@ -103,3 +103,15 @@ class _null:
 
     def __exit__(self, *exc: Any) -> None:
         return None
+
+
+def check_finite_weights(policy: Any, step: int) -> None:
+    """Refuse to save weights with a NaN/inf (one host sync): a checkpoint is never poisoned."""
+    params = [p.detach() for p in policy.parameters()]
+    if not params:
+        return
+    finite = torch.stack([torch.isfinite(p).all() for p in params]).all()
+    if not bool(finite):
+        bad = next(name for name, p in policy.named_parameters() if not bool(torch.isfinite(p).all()))
+        raise NonFiniteStep(f"not saving the checkpoint of step {step}: parameter {bad!r} holds NaN/inf values "
+                            "(lower the learning rate or --ot.lambda_ot); the last checkpoint is kept")

@@ -1,0 +1,167 @@
+"""The run folder: claimed exclusively by one run, checked writable before any data is loaded, and checkpoints
+checked complete before a resume uses them.
+
+* :class:`RunLock` — ``<output_dir>/.otplug.lock`` created with ``O_CREAT | O_EXCL`` (atomic) holding the PID and
+  host; a second run into the same folder fails at once naming the holder. A lock left by a process that no longer
+  exists (a crash, ``kill -9``) on this host is taken over with a warning; a lock from another host is reported
+  with the command to clear it. The lock is removed when the run ends, however it ends.
+* :func:`complete_checkpoint` — the newest checkpoint whose files are all there and readable (``last`` first);
+  a truncated one (disk full, a kill mid-save) is skipped with a warning naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import warnings
+from pathlib import Path
+from typing import Any
+
+from otplug.errors import OtplugError
+
+__all__ = ["LOCK_NAME", "RunLock", "check_writable", "complete_checkpoint"]
+
+LOCK_NAME = ".otplug.lock"
+
+
+def check_writable(folder: Path) -> None:
+    """``folder`` (created if needed) accepts a file; one message naming it otherwise."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".otplug-write-test.{os.getpid()}"
+        with open(probe, "w") as fh:
+            fh.write("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise OtplugError(f"output folder {folder} is not writable: {exc.strerror or exc}") from exc
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunLock:
+    """An exclusive claim on a run folder (see the module docstring). Use as a context manager."""
+
+    def __init__(self, folder: Path, *, fresh: bool) -> None:
+        self.folder = Path(folder)
+        self.fresh = fresh
+        self.path = self.folder / LOCK_NAME
+        self._held = False
+
+    def acquire(self) -> RunLock:
+        if self.fresh:
+            try:
+                self.folder.mkdir(parents=True)
+            except FileExistsError:
+                if any(p.name != LOCK_NAME for p in self.folder.iterdir()):
+                    raise OtplugError(f"output folder {self.folder} already exists (another run, or an earlier "
+                                      "one); pick a new --output-dir, or add --resume to continue it") from None
+            except OSError as exc:
+                raise OtplugError(f"cannot create the output folder {self.folder}: {exc.strerror or exc}") from exc
+        check_writable(self.folder)
+        info = {"pid": os.getpid(), "host": socket.gethostname()}
+        for _attempt in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                self._take_over_stale()
+                continue
+            except OSError as exc:
+                raise OtplugError(f"cannot create the lock file {self.path}: {exc.strerror or exc}") from exc
+            with os.fdopen(fd, "w") as fh:
+                fh.write(json.dumps(info))
+            self._held = True
+            return self
+        raise OtplugError(f"could not lock {self.folder}: another run is starting in it")
+
+    def _take_over_stale(self) -> None:
+        try:
+            holder = json.loads(self.path.read_text() or "{}")
+        except (OSError, ValueError):
+            holder = {}
+        pid, host = holder.get("pid"), holder.get("host")
+        if host == socket.gethostname() and isinstance(pid, int) and not _alive(pid):
+            warnings.warn(f"{self.path}: the run that held this folder (PID {pid}) ended without cleaning up "
+                          "(a crash or a kill); taking it over", stacklevel=3)
+            self.path.unlink(missing_ok=True)
+            return
+        if host != socket.gethostname() and host is not None:
+            raise OtplugError(f"{self.folder} is locked by PID {pid} on host {host}; if no run uses it any more, "
+                              f"delete {self.path}")
+        raise OtplugError(f"{self.folder} is in use by another otplug run (PID {pid}); wait for it to finish or "
+                          "pick another --output-dir")
+
+    def release(self) -> None:
+        if self._held:
+            self.path.unlink(missing_ok=True)
+            self._held = False
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# checkpoints
+
+_REQUIRED = ("pretrained_model/config.json", "pretrained_model/model.safetensors",
+             "pretrained_model/train_config.json")
+
+
+def _problem(ckpt: Path) -> str | None:
+    """Why ``ckpt`` cannot be resumed from, or None when it is complete."""
+    for rel in _REQUIRED:
+        if not (ckpt / rel).is_file():
+            return f"{rel} is missing"
+    for f in sorted(ckpt.rglob("*.json")):
+        try:
+            json.loads(f.read_text())
+        except (OSError, ValueError) as exc:
+            return f"{f.relative_to(ckpt)} is unreadable ({type(exc).__name__})"
+    try:
+        from safetensors import safe_open
+
+        for f in sorted(ckpt.rglob("*.safetensors")):
+            with safe_open(str(f), framework="pt") as st:
+                for key in st.keys():
+                    st.get_slice(key)  # parses the header and checks the data offsets against the file size
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+        return f"a weights file is unreadable ({type(exc).__name__}: {str(exc)[:80]})"
+    training_state = ckpt / "training_state"
+    if not training_state.is_dir():
+        return "training_state/ is missing"
+    return None
+
+
+def complete_checkpoint(output_dir: Path) -> Path:
+    """The checkpoint a resume should use: ``checkpoints/last`` when complete, else the newest complete numbered
+    checkpoint (with a warning). :class:`OtplugError` when there is none."""
+    root = Path(output_dir) / "checkpoints"
+    last = root / "last"
+    candidates = [last] if last.exists() else []
+    numbered = sorted((p for p in root.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name),
+                      reverse=True) if root.is_dir() else []
+    candidates += [p for p in numbered if not (last.exists() and p.resolve() == last.resolve())]
+    if not candidates:
+        raise OtplugError(f"--resume: no checkpoint in {output_dir} (expected {last}/pretrained_model/"
+                          "train_config.json); train first, or point --output-dir at the run to continue")
+    skipped = []
+    for ckpt in candidates:
+        why = _problem(ckpt)
+        if why is None:
+            if skipped:
+                warnings.warn("--resume: " + "; ".join(skipped) + f"; resuming from {ckpt.resolve().name} instead",
+                              stacklevel=2)
+            return ckpt
+        skipped.append(f"checkpoint {ckpt.resolve().name} is incomplete ({why})")
+    raise OtplugError(f"--resume: no complete checkpoint in {root}: " + "; ".join(skipped))
