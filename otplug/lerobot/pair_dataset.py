@@ -113,9 +113,11 @@ class PairSampling:
         if self.mode == "uniform":
             return np.zeros_like(d)
         if self.mode == "exp":
-            return -self.sharpness * d
-        # log(1 / (1 + exp(z))) = -softplus(z), stable for any z
-        return -np.logaddexp(0.0, self.sharpness * (d - cutoff))
+            # relative to the closest candidate (weights are normalised anyway): -sharpness * d would overflow to
+            # -inf for every candidate at huge distances and leave no distribution at all
+            return np.maximum(-self.sharpness * (d - d.min()), -1e300) if len(d) else d
+        # log(1 / (1 + exp(z))) = -softplus(z), stable for any z; clamped so huge distances keep a finite weight
+        return np.maximum(-np.logaddexp(0.0, self.sharpness * (d - cutoff)), -1e300)
 
 
 @attrs.frozen

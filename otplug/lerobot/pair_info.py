@@ -28,14 +28,15 @@ from typing import Any
 
 import numpy as np
 
+from otplug.config.files import PAIR_INFO_MAX_BYTES, read_json_file
 from otplug.errors import OtplugError
 from otplug.lerobot.datasets import dataset_label, episode_lengths
 
 __all__ = ["PairInfoError", "load_pair_info", "save_pair_info"]
 
-#: pair_info files larger than this are refused before parsing (a DTW of 1000 x 1000 episodes of 100 frames is
+#: pair_info files larger than this are refused before reading (a DTW of 1000 x 1000 episodes of 100 frames is
 #: far below it).
-MAX_PAIR_INFO_BYTES = 512 * 1024 * 1024
+MAX_PAIR_INFO_BYTES = PAIR_INFO_MAX_BYTES
 
 
 class PairInfoError(OtplugError, ValueError):
@@ -102,25 +103,15 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def _read(path: Path) -> Any:
-    if not path.exists():
-        raise PairInfoError(f"pair_info file {path} does not exist")
-    if not path.is_file():
-        raise PairInfoError(f"pair_info file {path} is not a regular file")
-    size = path.stat().st_size
-    if size > MAX_PAIR_INFO_BYTES:
-        raise PairInfoError(f"pair_info file {path} is {size} bytes; the limit is {MAX_PAIR_INFO_BYTES}")
+    """The bounded reader of every input file (regular files only, size cap, UTF-8, nesting and integer limits),
+    plus duplicate keys refused."""
     try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise PairInfoError(f"pair_info file {path} is not UTF-8 text (byte {exc.start})") from exc
-    except OSError as exc:
-        raise PairInfoError(f"pair_info file {path} cannot be read: {exc.strerror or exc}") from exc
-    try:
-        return json.loads(text, object_pairs_hook=_no_duplicate_keys)
-    except json.JSONDecodeError as exc:
-        raise PairInfoError(f"pair_info file {path} is not valid JSON: line {exc.lineno}: {exc.msg}") from exc
-    except (RecursionError, ValueError) as exc:  # nesting or integer-size limits of the json module
-        raise PairInfoError(f"pair_info file {path} cannot be parsed: {type(exc).__name__}: {_short(str(exc))}") from exc
+        return read_json_file(path, max_bytes=MAX_PAIR_INFO_BYTES, what="pair_info file",
+                              object_pairs_hook=_no_duplicate_keys)
+    except PairInfoError:
+        raise
+    except OtplugError as exc:
+        raise PairInfoError(str(exc)) from exc
 
 
 def load_pair_info(path_or_dict: str | Path | Mapping, *, source=None, target=None) -> dict[str, list[dict[str, Any]]]:
