@@ -159,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("pair", help="compute DTW pair_info between two LeRobot datasets", add_help=False)
     sub.add_parser("eval", help="closed-loop evaluation of a checkpoint on the reach benchmark", add_help=False)
     sub.add_parser("record", help="record expert demonstrations of the reach benchmark", add_help=False)
+    sub.add_parser("study", help="train and evaluate co-training methods with seeds on the reach benchmark",
+                   add_help=False)
     return parser
 
 
@@ -167,12 +169,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         # eval / record: the reach benchmark (otplug.bench); their own parsers too
-        if argv and argv[0] in ("eval", "record"):
+        if argv and argv[0] in ("eval", "record", "study"):
             _require_lerobot(argv[0])
             if argv[0] == "eval":
                 from otplug.bench.eval import main as eval_main
 
                 return int(eval_main(argv[1:]) or 0)
+            if argv[0] == "study":
+                from otplug.bench.study import main as study_main
+
+                return int(study_main(argv[1:]) or 0)
             from otplug.bench.record import main as record_main
 
             return int(record_main(argv[1:]) or 0)

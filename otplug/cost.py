@@ -170,8 +170,11 @@ def _dt(t: torch.Tensor) -> str:
 
 
 def compose_cost(terms: list[BoundTerm], src: Mapping[str, torch.Tensor], tgt: Mapping[str, torch.Tensor],
-                 encoder: Any) -> CostBreakdown:
+                 encoder: Any, *, normalize_terms: bool = False) -> CostBreakdown:
+    """``M = sum_k weight_k * M_k`` (``M_k`` divided by its own detached mean first with ``normalize_terms``), with
+    each term's share of M as the stat ``ot_cost_share/<term>`` (``weight_k * mean(M_k) / mean(M)``)."""
     cache: dict = {}
+    contributions: dict[str, torch.Tensor] = {}
     total: torch.Tensor | None = None
     per_term: dict[str, torch.Tensor] = {}
     stats: dict[str, float] = {}
@@ -191,7 +194,11 @@ def compose_cost(terms: list[BoundTerm], src: Mapping[str, torch.Tensor], tgt: M
                              f"{tuple(total.shape)}: every term must see the same src/tgt batch sizes")
         m = _check_values(term, out, m)
         per_term[term.name] = m
+        if normalize_terms:
+            scale = m.detach().mean()
+            m = m / torch.where(scale > 0, scale, torch.ones_like(scale))
         weighted = term.weight * m
+        contributions[term.name] = weighted.detach().mean()
         if total is None:
             total = weighted
         else:
@@ -199,4 +206,7 @@ def compose_cost(terms: list[BoundTerm], src: Mapping[str, torch.Tensor], tgt: M
             total = total.to(dtype) + weighted.to(dtype)
     if total is None:
         raise OtplugError("the OT config has no terms")
+    shares = torch.stack(list(contributions.values())).double()
+    shares = (shares / shares.sum() if float(shares.sum()) > 0 else torch.zeros_like(shares)).tolist()
+    stats.update({f"ot_cost_share/{name}": share for name, share in zip(contributions, shares, strict=True)})
     return CostBreakdown(total, per_term, stats)

@@ -155,9 +155,11 @@ class OTLoss:
 
     def __call__(self, src: Mapping[str, torch.Tensor], tgt: Mapping[str, torch.Tensor], encoder: Any = None) -> OTResult:
         cfg = self.config
-        breakdown = compose_cost(self.terms, src, tgt, self._encoder(encoder) if self.embedding_keys else encoder)
+        breakdown = compose_cost(self.terms, src, tgt, self._encoder(encoder) if self.embedding_keys else encoder,
+                                 normalize_terms=cfg.term_normalization == "mean")
         M = breakdown.matrix
         metrics: dict[str, float] = dict(breakdown.stats)
+        self._watch_shares(metrics)
         if cfg.cost_normalization != "none":
             with torch.no_grad():
                 scale = M.detach().mean() if cfg.cost_normalization == "mean" else M.detach().max()
@@ -165,6 +167,23 @@ class OTLoss:
             M = M / scale
             metrics["ot_cost_scale"] = scale
         return self.from_cost(M, breakdown.terms, metrics)
+
+    #: a term whose share of M stays below SMALL_SHARE for SMALL_SHARE_STEPS calls in a row is reported once
+    SMALL_SHARE = 0.05
+    SMALL_SHARE_STEPS = 50
+
+    def _watch_shares(self, metrics: Mapping[str, float]) -> None:
+        counts = self.__dict__.setdefault("_small_share_steps", {})
+        for key, share in metrics.items():
+            if not key.startswith("ot_cost_share/"):
+                continue
+            name = key.split("/", 1)[1]
+            counts[name] = counts.get(name, 0) + 1 if share < self.SMALL_SHARE else 0
+            if counts[name] == self.SMALL_SHARE_STEPS and len(self.terms) > 1:
+                warnings.warn(
+                    f"OT term {name!r} has been below {self.SMALL_SHARE:.0%} of the cost M for {counts[name]} steps "
+                    f"(share {share:.1%}, metric ot_cost_share/{name}): the other terms drown it. Raise its weight, "
+                    "or set term_normalization = 'mean' so that weights are shares of M", stacklevel=3)
 
     def from_cost(self, M: torch.Tensor, term_costs: Mapping[str, torch.Tensor] | None = None,
                   metrics: dict[str, float] | None = None) -> OTResult:

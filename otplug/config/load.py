@@ -34,7 +34,8 @@ from otplug.errors import ConfigError, OtplugError
 __all__ = ["describe_config", "dump_config", "load_config"]
 
 # top-level scalar settings, structured by their OTConfig field types
-_SCALARS = ("reg", "tau_src", "tau_tgt", "heuristic", "solver", "time_reduce", "cost_normalization", "on_collapse")
+_SCALARS = ("reg", "tau_src", "tau_tgt", "heuristic", "solver", "time_reduce", "cost_normalization",
+            "term_normalization", "on_collapse")
 _FIELDS = {a.name: a for a in attrs.fields(OTConfig)}
 _NATIVE_KEYS = ("terms", *_SCALARS, "solver_options")
 
@@ -292,7 +293,7 @@ class _Loader:
 
 
 _TYPES = {"reg": float, "tau_src": float, "tau_tgt": float, "heuristic": bool, "solver": str, "time_reduce": str,
-          "cost_normalization": str, "on_collapse": str}
+          "cost_normalization": str, "term_normalization": str, "on_collapse": str}
 
 
 def _why_nothing(options: Any) -> str | None:
@@ -344,6 +345,7 @@ def dump_config(cfg: OTConfig) -> dict[str, Any]:
         out["solver_options"] = unstructure(cfg.solver_options)
     out["time_reduce"] = cfg.time_reduce
     out["cost_normalization"] = cfg.cost_normalization
+    out["term_normalization"] = cfg.term_normalization
     out["on_collapse"] = cfg.on_collapse
     terms = []
     for term in cfg.terms:
@@ -382,7 +384,7 @@ def describe_config(cfg: OTConfig) -> str:
     opts = _describe_options(cfg.solver_options)
     lines.append(f"solver: {cfg.solver}{f' ({opts})' if opts else ''}")
     lines.append(f"time_reduce: {cfg.time_reduce}   cost_normalization: {cfg.cost_normalization}   "
-                 f"on_collapse: {cfg.on_collapse}")
+                 f"term_normalization: {cfg.term_normalization}   on_collapse: {cfg.on_collapse}")
     return "\n".join(lines)
 
 

@@ -15,6 +15,7 @@ from otplug.config import validators as v
 
 __all__ = [
     "COST_NORMALIZATIONS",
+    "TERM_NORMALIZATIONS",
     "DEFAULT_REG",
     "DEFAULT_TAU",
     "MIN_REG",
@@ -27,6 +28,9 @@ __all__ = [
 DEFAULT_REG = 0.01
 DEFAULT_TAU = 0.01
 COST_NORMALIZATIONS = ("none", "mean", "max")
+#: per-term normalisation before ``weight`` ("mean": each term's cost divided by its own detached mean, so the
+#: weights are the terms' shares of M)
+TERM_NORMALIZATIONS = ("none", "mean")
 ON_COLLAPSE = ("warn", "raise", "uniform")
 # keys of a native term table that belong to TermSpec, not to the term's own config class
 RESERVED_TERM_KEYS = ("type", "name", "weight", "time_reduce")
@@ -124,6 +128,7 @@ class OTConfig:
     solver_options: Any = None
     time_reduce: str = attrs.field(default="flatten", validator=_name)
     cost_normalization: str = attrs.field(default="none", validator=v.one_of(COST_NORMALIZATIONS))
+    term_normalization: str = attrs.field(default="none", validator=v.one_of(TERM_NORMALIZATIONS))
     on_collapse: str = attrs.field(default="warn", validator=v.one_of(ON_COLLAPSE))
     source: str | None = attrs.field(default=None, eq=False)
 

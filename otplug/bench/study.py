@@ -1,0 +1,456 @@
+"""``otplug study``: train and evaluate sim-to-real co-training methods on the reach benchmark, with seeds.
+
+Data (recorded once per study folder, deterministic): ``real`` expert demonstrations in region A only (the real
+robot's demos cover part of the start states), ``sim`` demonstrations over the whole space (A and B), and their
+DTW ``pair_info.json`` (``otplug pair`` on ``observation.state``).
+
+Methods (every one the same policy, steps, batch size and seeds; they differ only in data and loss):
+
+=====================  =============================================================================================
+``target-only``        BC on the real demos only
+``source-only``        BC on the sim demos only
+``cotrain``            BC on real + sim rows (``--ot.bc_source_weight``), no OT
+``cotrain-ot``         co-training + the OT loss (the recommended config, :data:`RECOMMENDED_OT`)
+``cotrain-ot-noprior`` co-training + OT without the diagonal prior (``heuristic = false``)
+=====================  =============================================================================================
+
+Every trained policy is evaluated in closed loop (:func:`otplug.bench.eval.evaluate`) in the real domain on
+regions A and B (and in the sim domain when asked), with the same episode seeds for every method. Outputs in
+``--output-dir``: ``study.json`` (one row per method x seed x domain x region), ``study.md`` (means over seeds with
+95% intervals), ``study.png`` and ``embeddings/<method>.png`` (PCA of the policy's image features of paired
+sim/real frames). A killed study continues where it stopped: finished trainings and evaluations are kept
+(each is written atomically), an unfinished training restarts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+
+from otplug.bench.eval import wilson_interval
+from otplug.errors import OtplugError
+
+__all__ = ["METHODS", "RECOMMENDED_OT", "StudyConfig", "main", "run_study", "summarize_rows"]
+
+CAMERA_KEY = "observation.images.front"
+
+#: The OT config of the ``cotrain-ot`` method (native format).
+RECOMMENDED_OT: dict[str, Any] = {
+    "reg": 0.05,
+    "tau_src": 1.0,
+    "tau_tgt": 1.0,
+    "heuristic": True,
+    "cost_normalization": "mean",
+    "terms": [
+        {"type": "image", "name": "img", "src_key": CAMERA_KEY, "weight": 1.0},
+        {"type": "action-slice", "name": "action", "weight": 0.5},
+    ],
+}
+
+METHODS = ("target-only", "source-only", "cotrain", "cotrain-ot", "cotrain-ot-noprior")
+
+
+class StudyError(OtplugError):
+    """The study cannot run as asked (bad options, a folder from another study, a failed run)."""
+
+
+@attrs.frozen
+class StudyConfig:
+    """Everything that fixes a study's results; a study folder refuses to continue with another one."""
+
+    methods: tuple[str, ...] = METHODS
+    seeds: int = 3
+    real_episodes: int = 20
+    sim_episodes: int = 100
+    image_size: int = 32
+    steps: int = 1500
+    batch_size: int = 16
+    ot_batch_size: int = 8
+    bc_source_weight: float = 0.5
+    lambda_ot: float = 0.1
+    eval_episodes: int = 100
+    eval_domains: tuple[str, ...] = ("real",)
+    eval_regions: tuple[str, ...] = ("A", "B")
+    data_seed: int = 0
+
+    @classmethod
+    def quick(cls, **over: Any) -> StudyConfig:
+        base = dict(methods=("target-only", "cotrain", "cotrain-ot"), seeds=1, steps=600, eval_episodes=50)
+        return cls(**{**base, **over})
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# data
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
+def ensure_data(out: Path, cfg: StudyConfig) -> dict[str, Path]:
+    """Record the real (region A) and sim (all) demos and their pair_info once; return their paths."""
+    from otplug.bench.record import record_demos
+    from otplug.lerobot.datasets import open_dataset
+    from otplug.lerobot.dtw import compute_pair_info
+    from otplug.lerobot.pair_info import save_pair_info
+
+    data = out / "data"
+    paths = {"real": data / "real_A", "sim": data / "sim_all", "pair_info": data / "pair_info.json"}
+    stamp = data / "complete.json"
+    want = {"real_episodes": cfg.real_episodes, "sim_episodes": cfg.sim_episodes, "image_size": cfg.image_size,
+            "data_seed": cfg.data_seed}
+    if stamp.is_file() and json.loads(stamp.read_text()) == want:
+        return paths
+    import shutil
+
+    shutil.rmtree(data, ignore_errors=True)
+    data.mkdir(parents=True)
+    record_demos(paths["real"], domain="real", region="A", n_episodes=cfg.real_episodes, seed=cfg.data_seed,
+                 scene_seed=cfg.data_seed, image_size=cfg.image_size, repo_id="otplug/study_real_A")
+    record_demos(paths["sim"], domain="sim", region="all", n_episodes=cfg.sim_episodes, seed=cfg.data_seed + 1,
+                 scene_seed=cfg.data_seed + 1000, image_size=cfg.image_size, repo_id="otplug/study_sim_all")
+    real = open_dataset("otplug/study_real_A", paths["real"])
+    sim = open_dataset("otplug/study_sim_all", paths["sim"])
+    save_pair_info(compute_pair_info(sim, real, key="observation.state", normalize="none", top_k=5),
+                   paths["pair_info"])
+    _write_json_atomic(stamp, want)
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# training
+
+def policy_args(cfg: StudyConfig) -> list[str]:
+    """The policy and schedule every method shares: a small ACT, no pretrained weights, CPU unless CUDA."""
+    device = "cuda" if _cuda() else "cpu"
+    return [
+        "--policy.type=act", f"--policy.device={device}", "--policy.push_to_hub=false",
+        "--policy.pretrained_backbone_weights=null", "--policy.dim_model=64", "--policy.n_heads=4",
+        "--policy.dim_feedforward=128", "--policy.n_encoder_layers=2", "--policy.n_decoder_layers=1",
+        "--policy.n_vae_encoder_layers=1", "--policy.latent_dim=16", "--policy.chunk_size=8",
+        "--policy.n_action_steps=8", "--policy.optimizer_lr=3e-4", "--policy.optimizer_lr_backbone=3e-4",
+        f"--batch_size={cfg.batch_size}", "--num_workers=0", f"--steps={cfg.steps}", f"--log_freq={max(cfg.steps // 20, 1)}",
+        f"--save_freq={cfg.steps}", "--wandb.enable=false", "--dataset.video_backend=pyav",
+    ]
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:  # pragma: no cover
+        return False
+
+
+def method_args(method: str, paths: dict[str, Path], cfg: StudyConfig, ot_config: Path) -> list[str]:
+    real = [f"--dataset.repo_id=otplug/study_real_A", f"--dataset.root={paths['real']}"]
+    sim_as_target = [f"--dataset.repo_id=otplug/study_sim_all", f"--dataset.root={paths['sim']}"]
+    source = [f"--ot.source_repo_id=otplug/study_sim_all", f"--ot.source_root={paths['sim']}"]
+    mix = [f"--ot.bc_source_weight={cfg.bc_source_weight}"]
+    ot = [f"--ot.pair_info={paths['pair_info']}", f"--ot.lambda_ot={cfg.lambda_ot}", "--ot.layout=single-pass",
+          f"--ot.batch_size={cfg.ot_batch_size}", "--ot.top_k=1", "--ot.sinks=[]"]
+    if method == "target-only":
+        return real + ["--ot.enabled=false"]
+    if method == "source-only":
+        return sim_as_target + ["--ot.enabled=false"]
+    if method == "cotrain":
+        return real + source + mix + ["--ot.enabled=false"]
+    if method in ("cotrain-ot", "cotrain-ot-noprior"):
+        return real + source + mix + ot + [f"--ot.config={ot_config}"]
+    raise StudyError(f"--methods: unknown method {method!r}; choose from {', '.join(METHODS)}")
+
+
+def ot_config_for(method: str) -> dict[str, Any] | None:
+    if method == "cotrain-ot":
+        return RECOMMENDED_OT
+    if method == "cotrain-ot-noprior":
+        return {**RECOMMENDED_OT, "heuristic": False}
+    return None
+
+
+def _train(run_dir: Path, args: list[str], log: Path) -> dict[str, Any]:
+    """One training in a child process (memory is returned after each run); returns train_summary.json."""
+    import shutil
+
+    summary = run_dir / "train_summary.json"
+    if summary.is_file():
+        return json.loads(summary.read_text())
+    shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished run restarts from scratch
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "otplug", "train", f"--output_dir={run_dir}", *args]
+    with log.open("w") as fh:
+        rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, check=False).returncode
+    if rc != 0 or not summary.is_file():
+        tail = log.read_text().strip().splitlines()[-1:] if log.is_file() else []
+        raise StudyError(f"training {run_dir} failed (exit {rc}): {tail[0] if tail else 'no output'}; log: {log}")
+    return json.loads(summary.read_text())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# evaluation and summary
+
+def _evaluate(ckpt: Path, domain: str, region: str, cfg: StudyConfig, out: Path, loaded: Any) -> dict[str, Any]:
+    from otplug.bench.eval import evaluate
+
+    if out.is_file():
+        return json.loads(out.read_text())
+    res = evaluate(loaded.policy, domain=domain, region=region, episodes=cfg.eval_episodes, seed=100_000,
+                   batch=min(cfg.eval_episodes, 100), image_size=cfg.image_size, preprocessor=loaded.preprocessor,
+                   postprocessor=loaded.postprocessor, keep_frames=0)
+    row = {"domain": domain, "region": region, "episodes": res.episodes, "successes": res.successes,
+           "success_rate": res.success_rate, "seconds": round(res.seconds, 2)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _write_json_atomic(out, row)
+    return row
+
+
+def summarize_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per method x domain x region: pooled success over seeds and episodes with a 95% Wilson interval, the
+    per-seed rates, and (with >= 2 seeds) a t interval of the seed means."""
+    cells: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        cells.setdefault((r["method"], r["domain"], r["region"]), []).append(r)
+    out = []
+    for (method, domain, region), rs in cells.items():
+        s, n = sum(r["successes"] for r in rs), sum(r["episodes"] for r in rs)
+        lo, hi = wilson_interval(s, n)
+        rates = [r["success_rate"] for r in sorted(rs, key=lambda r: r["seed"])]
+        cell = {"method": method, "domain": domain, "region": region, "seeds": len(rs), "episodes": n,
+                "successes": s, "success_rate": s / n, "ci95": [lo, hi], "per_seed": rates}
+        if len(rates) >= 2:
+            from statistics import mean, stdev
+
+            t = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776}.get(len(rates), 2.262)
+            half = t * stdev(rates) / math.sqrt(len(rates))
+            cell["seed_mean_ci95"] = [max(0.0, mean(rates) - half), min(1.0, mean(rates) + half)]
+        out.append(cell)
+    order = {m: i for i, m in enumerate(METHODS)}
+    return sorted(out, key=lambda c: (order.get(c["method"], 99), c["domain"], c["region"]))
+
+
+def write_table(out: Path, cells: list[dict[str, Any]], cfg: StudyConfig, meta: dict[str, Any]) -> str:
+    regions = [(d, r) for d in cfg.eval_domains for r in cfg.eval_regions]
+    head = "| method | " + " | ".join(f"{d} {r}" for d, r in regions) + " |"
+    lines = [
+        "# otplug study: closed-loop success on the reach benchmark",
+        "",
+        f"Real demos: {cfg.real_episodes} episodes in region A only; sim demos: {cfg.sim_episodes} episodes over A "
+        f"and B. Policy: small ACT (no pretrained weights), {cfg.steps} steps, batch {cfg.batch_size}"
+        f" (+{cfg.ot_batch_size} OT pairs for OT methods), bc_source_weight {cfg.bc_source_weight}, lambda_ot "
+        f"{cfg.lambda_ot}. Seeds: {cfg.seeds} (training seeds 0..{cfg.seeds - 1}); evaluation: "
+        f"{cfg.eval_episodes} episodes per seed and cell, the same episode seeds for every method.",
+        "",
+        "Success rate pooled over seeds and episodes, with a 95% Wilson interval; per-seed rates in brackets.",
+        "",
+        head,
+        "|---" * (len(regions) + 1) + "|",
+    ]
+    by = {(c["method"], c["domain"], c["region"]): c for c in cells}
+    for m in cfg.methods:
+        row = [m]
+        for d, r in regions:
+            c = by.get((m, d, r))
+            if c is None:
+                row.append("-")
+                continue
+            lo, hi = c["ci95"]
+            seeds = ", ".join(f"{x:.2f}" for x in c["per_seed"])
+            row.append(f"**{c['success_rate']:.2f}** ({lo:.2f}-{hi:.2f}) [{seeds}]")
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", f"Measured on {meta.get('device', '?')} in {meta.get('minutes', 0):.1f} min "
+              f"(peak resident memory of one training or evaluation process: {meta.get('peak_rss_gib', 0):.2f} GiB).",
+              "", "Recommended OT config (`cotrain-ot`):", "", "```json", json.dumps(RECOMMENDED_OT, indent=2), "```"]
+    text = "\n".join(lines) + "\n"
+    (out / "study.md").write_text(text)
+    return text
+
+
+def write_plot(out: Path, cells: list[dict[str, Any]], cfg: StudyConfig) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    regions = [(d, r) for d in cfg.eval_domains for r in cfg.eval_regions]
+    by = {(c["method"], c["domain"], c["region"]): c for c in cells}
+    fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(cfg.methods), 3.6), dpi=120)
+    width = 0.8 / max(1, len(regions))
+    colours = ["#4C72B0", "#DD8452", "#55A868", "#C44E52"]
+    for j, (d, r) in enumerate(regions):
+        xs, ys, lo, hi = [], [], [], []
+        for i, m in enumerate(cfg.methods):
+            c = by.get((m, d, r))
+            if c is None:
+                continue
+            xs.append(i + (j - (len(regions) - 1) / 2) * width)
+            ys.append(c["success_rate"])
+            lo.append(c["success_rate"] - c["ci95"][0])
+            hi.append(c["ci95"][1] - c["success_rate"])
+        ax.bar(xs, ys, width * 0.95, yerr=[lo, hi], capsize=3, label=f"{d} {r}", color=colours[j % len(colours)])
+    ax.set_xticks(range(len(cfg.methods)), cfg.methods, rotation=15)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("success rate (95% CI)")
+    ax.set_title(f"closed-loop success, {cfg.seeds} seed(s) x {cfg.eval_episodes} episodes per cell")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path = out / "study.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def embedding_picture(ckpt: Path, paths: dict[str, Path], out: Path, title: str, loaded: Any) -> Path | None:
+    """PCA of the policy's image features of real frames and their DTW sim partners, coloured by domain."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from otplug.lerobot.adapters import ACTEncoder
+    from otplug.lerobot.datasets import open_dataset
+    from otplug.lerobot.pair_dataset import OTPairDataset, PairSampling, collate_pairs
+
+    if out.is_file():
+        return out
+    real = open_dataset("otplug/study_real_A", paths["real"])
+    sim = open_dataset("otplug/study_sim_all", paths["sim"])
+    ds = OTPairDataset(real, sim, paths["pair_info"], PairSampling(top_k=1, window_size=0), seed=1)
+    idx = np.linspace(0, len(ds) - 1, min(96, len(ds))).astype(int).tolist()
+    src, tgt = collate_pairs([ds[i] for i in idx])
+    enc = ACTEncoder(loaded.policy)
+    feats = []
+    with torch.no_grad():
+        for b in (src, tgt):
+            x = loaded.preprocessor({CAMERA_KEY: b[CAMERA_KEY].float(), "observation.state": b["observation.state"]})
+            feats.append(enc.encode_feature_for_ot(CAMERA_KEY, x[CAMERA_KEY]).flatten(1).double().cpu().numpy())
+    all_f = np.concatenate(feats)
+    centred = all_f - all_f.mean(0)
+    _u, _s, vt = np.linalg.svd(centred, full_matrices=False)
+    xy = centred @ vt[:2].T
+    n = len(idx)
+    fig, ax = plt.subplots(figsize=(4.2, 4.0), dpi=120)
+    ax.scatter(xy[:n, 0], xy[:n, 1], s=12, c="#4C72B0", label="sim", alpha=0.8)
+    ax.scatter(xy[n:, 0], xy[n:, 1], s=12, c="#C44E52", label="real", alpha=0.8)
+    for i in range(0, n, max(1, n // 16)):
+        ax.plot([xy[i, 0], xy[n + i, 0]], [xy[i, 1], xy[n + i, 1]], c="grey", lw=0.5, alpha=0.6)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    ax.set_xlabel("PC 1")
+    ax.set_ylabel("PC 2")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the study
+
+def run_study(out: str | Path, cfg: StudyConfig, *, quiet: bool = False) -> dict[str, Any]:
+    from otplug.bench.eval import load_policy
+
+    out = Path(out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    cfg_path = out / "study_config.json"
+    mine = attrs.asdict(cfg)
+    mine = {k: list(v) if isinstance(v, tuple) else v for k, v in mine.items()}
+    if cfg_path.is_file():
+        theirs = json.loads(cfg_path.read_text())
+        if theirs != mine:
+            diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            raise StudyError(f"{out} holds a study with other settings ({', '.join(diff)}); use another --output-dir")
+    else:
+        _write_json_atomic(cfg_path, mine)
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+    t0 = time.perf_counter()
+    paths = ensure_data(out, cfg)
+    say(f"data: {paths['real']} (real, region A), {paths['sim']} (sim, A+B)")
+    rows: list[dict[str, Any]] = []
+    for method in cfg.methods:
+        ot_cfg = ot_config_for(method)
+        ot_path = out / "configs" / f"{method}.json"
+        if ot_cfg is not None:
+            ot_path.parent.mkdir(exist_ok=True)
+            _write_json_atomic(ot_path, ot_cfg)
+        for seed in range(cfg.seeds):
+            run_dir = out / "runs" / method / f"seed{seed}"
+            args = policy_args(cfg) + method_args(method, paths, cfg, ot_path) + [f"--seed={seed}"]
+            t1 = time.perf_counter()
+            _train(run_dir, args, out / "runs" / method / f"seed{seed}.log")
+            ckpt = run_dir / "checkpoints" / "last" / "pretrained_model"
+            loaded = load_policy(ckpt, "auto")
+            for domain in cfg.eval_domains:
+                for region in cfg.eval_regions:
+                    r = _evaluate(ckpt, domain, region, cfg, out / "evals" / method / f"seed{seed}" /
+                                  f"{domain}_{region}.json", loaded)
+                    rows.append({"method": method, "seed": seed, **r})
+                    say(f"{method:20s} seed {seed} {domain}/{region}: {r['successes']}/{r['episodes']}")
+            if seed == 0:
+                embedding_picture(ckpt, paths, out / "embeddings" / f"{method}.png", f"{method}: image features "
+                                  "(PCA), real frames and their DTW sim partners", loaded)
+            say(f"{method} seed {seed} done in {time.perf_counter() - t1:.0f} s")
+    keys = ("method", "seed", "domain", "region", "episodes", "successes", "success_rate")
+    table = [{k: r[k] for k in keys} for r in rows]
+    _write_json_atomic(out / "study.json", table)
+    cells = summarize_rows(rows)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    meta = {"minutes": (time.perf_counter() - t0) / 60, "device": "cuda" if _cuda() else "cpu",
+            "peak_rss_gib": max(children, me)}
+    _write_json_atomic(out / "study_summary.json", {"cells": cells, **meta})
+    text = write_table(out, cells, cfg, meta)
+    write_plot(out, cells, cfg)
+    say(text)
+    return {"rows": table, "cells": cells, **meta}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="otplug study", description=__doc__.split("\n\n")[0])
+    p.add_argument("--output-dir", required=True, help="study folder (created; an existing study continues)")
+    p.add_argument("--quick", action="store_true", help="3 methods, 1 seed, 600 steps, 50 episodes (~10 min on CPU)")
+    p.add_argument("--seeds", type=int, help="training seeds per method (default 3; --quick 1)")
+    p.add_argument("--methods", help=f"comma-separated subset of {','.join(METHODS)}")
+    p.add_argument("--steps", type=int, help="training steps per run")
+    p.add_argument("--episodes", type=int, help="evaluation episodes per seed, domain and region")
+    p.add_argument("--eval-sim", action="store_true", help="also evaluate in the sim domain")
+    p.add_argument("-q", "--quiet", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    over: dict[str, Any] = {}
+    if args.methods:
+        methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+        bad = [m for m in methods if m not in METHODS]
+        if bad or not methods:
+            raise StudyError(f"--methods: unknown {bad or args.methods!r}; choose from {', '.join(METHODS)}")
+        over["methods"] = methods
+    for name, value in (("seeds", args.seeds), ("steps", args.steps), ("eval_episodes", args.episodes)):
+        if value is not None:
+            if value < 1:
+                raise StudyError(f"--{name.replace('eval_', '')} must be >= 1, got {value}")
+            over[name] = value
+    if args.eval_sim:
+        over["eval_domains"] = ("real", "sim")
+    cfg = StudyConfig.quick(**over) if args.quick else StudyConfig(**over)
+    run_study(args.output_dir, cfg, quiet=args.quiet)
+    return 0
