@@ -110,13 +110,31 @@ def cmd_plugins(as_json: bool) -> int:
     return 0
 
 
-def cmd_check_config(path: str, quiet: bool) -> int:
+def cmd_check_config(path: str, quiet: bool, dataset: str | None = None, source: str | None = None,
+                     rename_map: str | None = None) -> int:
     from otplug.config import describe_config, load_config
 
     cfg = load_config(path)
+    if source is not None and dataset is None:
+        raise OtplugError("--source needs --dataset (the target dataset the config is checked against)")
+    if dataset is not None:
+        import json
+
+        from otplug.lerobot.features_check import check_against_datasets
+
+        try:
+            rename = json.loads(rename_map) if rename_map else {}
+        except ValueError as exc:
+            raise OtplugError(f"--source-rename-map is not a JSON object: {exc}") from None
+        if not isinstance(rename, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in rename.items()):
+            raise OtplugError("--source-rename-map must be a JSON object of source name -> target name")
+        problems = check_against_datasets(cfg, dataset, source, rename)
+        if problems:
+            raise OtplugError(f"{path} does not fit the datasets: " + "; ".join(problems))
     if not quiet:
         print(describe_config(cfg))
-    print(f"{path}: OK")
+    checked = f" against {dataset}" + (f" and {source}" if source else "") if dataset else ""
+    print(f"{path}: OK{checked}")
     return 0
 
 
@@ -154,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", help="validate an OT config file (JSON, TOML or YAML)")
     p.add_argument("file")
     p.add_argument("-q", "--quiet", action="store_true", help="print only OK / the problems")
+    p.add_argument("--dataset", metavar="ROOT", help="also check the keys against this (target) LeRobot dataset")
+    p.add_argument("--source", metavar="ROOT", help="... and the source keys against this source dataset")
+    p.add_argument("--source-rename-map", metavar="JSON", help="source name -> target name, as --ot.source_rename_map")
 
     sub.add_parser("train", help="train a LeRobot policy with the OT loss (see `otplug train --help`)", add_help=False)
     sub.add_parser("pair", help="compute DTW pair_info between two LeRobot datasets", add_help=False)
@@ -207,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "plugins":
             return cmd_plugins(args.json)
         if args.command == "check-config":
-            return cmd_check_config(args.file, args.quiet)
+            return cmd_check_config(args.file, args.quiet, args.dataset, args.source, args.source_rename_map)
     except OtplugError as exc:
         if os.environ.get("OTPLUG_DEBUG"):
             raise

@@ -202,3 +202,26 @@ def test_bc_source_fraction_tracks_the_weight(data, tmp_path, layout):
     assert main(_args(data, out0, real="real_png", sim="sim_top_png", steps=1,
                       extra=[f"--ot.layout={layout}"])) == 0
     assert "bc_source_fraction" not in _rows(out0)[0]
+
+
+# -- check-config against the datasets -------------------------------------------------------------------------------
+
+def test_check_config_against_datasets(tmp_path, capsys):
+    from otplug.cli import main as cli
+
+    _write(tmp_path, "real", camera=TOP, video=False, lengths=(3,))
+    _write(tmp_path, "sim", camera=HIGH, video=False, lengths=(3,), fps=15)
+    cfg = tmp_path / "ot.json"
+    cfg.write_text(json.dumps(OT_CONFIG))
+    base = ["check-config", str(cfg), "-q", "--dataset", str(tmp_path / "real")]
+    assert cli(base) == 0
+    assert "OK against" in capsys.readouterr().out
+    assert cli([*base, "--source", str(tmp_path / "sim")]) == 2
+    err = capsys.readouterr().err
+    assert f"terms read '{TOP}' on the source side" in err and f"(it has {HIGH})" in err and "15 fps" in err
+    assert err.count("\n") == 1 and err.startswith("otplug: error:")
+    rename = json.dumps({HIGH: TOP})
+    assert cli([*base, "--source", str(tmp_path / "sim"), "--source-rename-map", rename]) == 2  # still the fps
+    assert "runs at 15 fps and the target at 10" in capsys.readouterr().err
+    assert cli([*base, "--source", str(tmp_path / "nope")]) == 2
+    assert "not a LeRobot dataset" in capsys.readouterr().err

@@ -182,8 +182,10 @@ def ot_config_for(method: str) -> dict[str, Any] | None:
     return None
 
 
-def _train(run_dir: Path, args: list[str], log: Path) -> dict[str, Any]:
-    """One training in a child process (memory is returned after each run); returns train_summary.json."""
+def _train(run_dir: Path, args: list[str], log: Path, threads: int = 0) -> dict[str, Any]:
+    """One training in a child process (memory is returned after each run); returns train_summary.json.
+    ``threads`` > 0 pins the child's intra-op threads (several trainings side by side must not oversubscribe the
+    cores: OpenMP spin-waiting then costs 10x)."""
     import shutil
 
     summary = run_dir / "train_summary.json"
@@ -192,6 +194,8 @@ def _train(run_dir: Path, args: list[str], log: Path) -> dict[str, Any]:
     shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished run restarts from scratch
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
+    if threads > 0:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     cmd = [sys.executable, "-m", "otplug", "train", f"--output_dir={run_dir}", *args]
     with log.open("w") as fh:
         rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, check=False).returncode
@@ -364,7 +368,8 @@ def embedding_picture(ckpt: Path, paths: dict[str, Path], out: Path, title: str,
 # ---------------------------------------------------------------------------------------------------------------------
 # the study
 
-def run_study(out: str | Path, cfg: StudyConfig, *, quiet: bool = False) -> dict[str, Any]:
+def run_study(out: str | Path, cfg: StudyConfig, *, quiet: bool = False, jobs: int = 0) -> dict[str, Any]:
+    """Run (or continue) the study in ``out``; ``jobs`` trainings side by side (0: 2 on a CPU, 1 on CUDA)."""
     from otplug.bench.eval import load_policy
 
     out = Path(out).expanduser()
@@ -383,7 +388,8 @@ def run_study(out: str | Path, cfg: StudyConfig, *, quiet: bool = False) -> dict
     t0 = time.perf_counter()
     paths = ensure_data(out, cfg)
     say(f"data: {paths['real']} (real, region A), {paths['sim']} (sim, A+B)")
-    rows: list[dict[str, Any]] = []
+    # 1. every training, `jobs` side by side (children; one thread each on a CPU)
+    runs = []
     for method in cfg.methods:
         ot_cfg = ot_config_for(method)
         ot_path = out / "configs" / f"{method}.json"
@@ -391,22 +397,40 @@ def run_study(out: str | Path, cfg: StudyConfig, *, quiet: bool = False) -> dict
             ot_path.parent.mkdir(exist_ok=True)
             _write_json_atomic(ot_path, ot_cfg)
         for seed in range(cfg.seeds):
-            run_dir = out / "runs" / method / f"seed{seed}"
             args = policy_args(cfg) + method_args(method, paths, cfg, ot_path) + [f"--seed={seed}"]
-            t1 = time.perf_counter()
-            _train(run_dir, args, out / "runs" / method / f"seed{seed}.log")
-            ckpt = run_dir / "checkpoints" / "last" / "pretrained_model"
-            loaded = load_policy(ckpt, "auto")
-            for domain in cfg.eval_domains:
-                for region in cfg.eval_regions:
-                    r = _evaluate(ckpt, domain, region, cfg, out / "evals" / method / f"seed{seed}" /
-                                  f"{domain}_{region}.json", loaded)
-                    rows.append({"method": method, "seed": seed, **r})
-                    say(f"{method:20s} seed {seed} {domain}/{region}: {r['successes']}/{r['episodes']}")
-            if seed == 0:
-                embedding_picture(ckpt, paths, out / "embeddings" / f"{method}.png", f"{method}: image features "
-                                  "(PCA), real frames and their DTW sim partners", loaded)
-            say(f"{method} seed {seed} done in {time.perf_counter() - t1:.0f} s")
+            runs.append((method, seed, out / "runs" / method / f"seed{seed}", args))
+    n_jobs = max(1, jobs if jobs else (1 if _cuda() else min(2, os.cpu_count() or 1)))
+    threads = 0 if n_jobs == 1 else max(1, (os.cpu_count() or 1) // n_jobs)
+
+    def _one(run: tuple) -> None:
+        method, seed, run_dir, args = run
+        t1 = time.perf_counter()
+        done = (run_dir / "train_summary.json").is_file()
+        _train(run_dir, args, run_dir.parent / f"seed{seed}.log", threads)
+        if not done:
+            say(f"trained {method} seed {seed} in {time.perf_counter() - t1:.0f} s")
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(n_jobs) as pool:
+        for _ in pool.map(_one, runs):
+            pass
+    # 2. closed-loop evaluation of every policy (this process, all cores)
+    rows: list[dict[str, Any]] = []
+    for method, seed, run_dir, _args in runs:
+        t1 = time.perf_counter()
+        ckpt = run_dir / "checkpoints" / "last" / "pretrained_model"
+        loaded = load_policy(ckpt, "auto")
+        for domain in cfg.eval_domains:
+            for region in cfg.eval_regions:
+                r = _evaluate(ckpt, domain, region, cfg, out / "evals" / method / f"seed{seed}" /
+                              f"{domain}_{region}.json", loaded)
+                rows.append({"method": method, "seed": seed, **r})
+                say(f"{method:20s} seed {seed} {domain}/{region}: {r['successes']}/{r['episodes']}")
+        if seed == 0:
+            embedding_picture(ckpt, paths, out / "embeddings" / f"{method}.png", f"{method}: image features "
+                              "(PCA), real frames and their DTW sim partners", loaded)
+        say(f"evaluated {method} seed {seed} in {time.perf_counter() - t1:.0f} s")
     keys = ("method", "seed", "domain", "region", "episodes", "successes", "success_rate")
     table = [{k: r[k] for k in keys} for r in rows]
     _write_json_atomic(out / "study.json", table)
@@ -431,6 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="training steps per run")
     p.add_argument("--episodes", type=int, help="evaluation episodes per seed, domain and region")
     p.add_argument("--eval-sim", action="store_true", help="also evaluate in the sim domain")
+    p.add_argument("--jobs", type=int, default=0, help="trainings side by side (default: 2 on a CPU, 1 on CUDA)")
     p.add_argument("-q", "--quiet", action="store_true")
     return p
 
@@ -452,5 +477,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.eval_sim:
         over["eval_domains"] = ("real", "sim")
     cfg = StudyConfig.quick(**over) if args.quick else StudyConfig(**over)
-    run_study(args.output_dir, cfg, quiet=args.quiet)
+    run_study(args.output_dir, cfg, quiet=args.quiet, jobs=args.jobs)
     return 0
