@@ -145,6 +145,7 @@ def test_eval_tiny_act_end_to_end(tiny_act, tmp_path, capsys):
     assert "real/B: success" in out.out and "Wilson" in out.out
     info = json.loads((tmp_path / "ev" / "eval.json").read_text())
     assert info["episodes"] == 6 and info["policy_type"] == "act" and info["domain"] == "real"
+    assert info["device"] == "cpu" and info["torch_threads"] >= 1 and info["image_size"] == 32
     assert 0 <= info["successes"] <= 6 and len(info["ci95"]) == 2 and len(info["episode_success"]) == 6
     assert (tmp_path / "ev" / "frames.png").stat().st_size > 1000
     # the pretrained_model folder itself works too, and the default output dir is inside the run
