@@ -404,7 +404,8 @@ def run_eval(policy_path: str | Path, *, domain: str, region: str = "all", episo
     out = Path(output_dir).expanduser() if output_dir else _default_output_dir(loaded.path, domain, region, seed)
     out.mkdir(parents=True, exist_ok=True)
     info = {"policy": str(Path(policy_path)), "checkpoint": str(loaded.path), "policy_type": loaded.policy_type,
-            "device": loaded.device, "torch_threads": n_threads, "batch": batch, "image_size": loaded.image_size, "max_steps": max_steps,
+            "device": loaded.device, "torch_threads": n_threads, "batch": batch, "image_size": loaded.image_size,
+            "max_steps": max_steps,
             **res.to_dict()}
     strip = None
     if res.frames:
@@ -433,7 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=DEFAULT_SEED,
                    help="episode e uses episode seed SEED+e, as lerobot-eval (default %(default)s)")
     p.add_argument("--batch", type=int, default=50, help="episodes stepped together (default %(default)s)")
-    p.add_argument("--output-dir", help="where eval.json and frames.png go (default: <run>/eval/<domain>-<region>-seed<S>)")
+    p.add_argument("--output-dir",
+                   help="where eval.json and frames.png go (default: <run>/eval/<domain>-<region>-seed<S>)")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     p.add_argument("--max-steps", type=int, default=40)
     p.add_argument("--threads", type=int, help="torch CPU threads while evaluating (default: half the cores)")
