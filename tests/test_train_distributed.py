@@ -39,6 +39,16 @@ def test_two_processes(tmp_path, scope):
 
 
 @pytest.mark.slow
+def test_demo_with_baseline_under_torchrun(tmp_path):
+    """The documented command: OT run, baseline and summary in the same two processes (the baseline used to
+    fail after the first run had torn the process group down)."""
+    out = tmp_path / "demo"
+    proc = _torchrun(["--demo", "--steps", "2", "--output-dir", str(out)], tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert (out / "summary.md").is_file() and (out / "baseline" / "metrics.jsonl").is_file()
+
+
+@pytest.mark.slow
 def test_error_ends_every_process(tmp_path):
     proc = _torchrun(["--demo", "--steps", "2", "--no-baseline", "--output-dir", str(tmp_path / "x"),
                       "--ot.pair_info=/nope/pair_info.json"], tmp_path, timeout=180)

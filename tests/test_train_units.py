@@ -49,6 +49,13 @@ def test_rows_keeps_only_present_keys():
     assert set(got) == {"a", "a_is_pad"} and got["a"].tolist() == [2, 3]
 
 
+def test_resume_lists_become_json():
+    from otplug.lerobot.train.cli import _json_lists
+
+    assert _json_lists(["--ot.sinks=[console, plan-heatmap]", "--ot.sinks=[]", '--a=["x"]', "--steps=3", "[x]"]) == [
+        '--ot.sinks=["console", "plan-heatmap"]', "--ot.sinks=[]", '--a=["x"]', "--steps=3", "[x]"]
+
+
 # -- metrics ---------------------------------------------------------------------------------------------------------
 
 def test_window_means_sums_counters_and_skips_non_numbers():

@@ -29,6 +29,7 @@ from otplug.lerobot.demo.data import ensure_demo_datasets
 from otplug.lerobot.demo.report import summarize
 from otplug.lerobot.train.cli import expand_short_flags, parse_config, run
 from otplug.lerobot.train.run_dir import RunLock
+from otplug.lerobot.train.setup import make_accelerator
 
 __all__ = ["DEMO_OT_CONFIG", "demo_args", "main", "run_demo"]
 
@@ -114,7 +115,9 @@ def run_demo(user_args: Sequence[str], *, resume: bool = False, output_dir: str 
 
     base = demo_args(data, ot_config, out, n_steps)
     cfg = parse_config(base + user, resume=resume, output_dir=str(out))
-    ot_summary = run(cfg)  # creates the folder (after every process has parsed its config)
+    # one accelerator (one process group under torchrun) for both runs, ended after the summary
+    accelerator = make_accelerator(cfg)
+    ot_summary = run(cfg, accelerator, end_training=False)  # creates the folder (after every process parsed)
     if _rank() == 0:
         (out / MARKER).write_text("made by otplug train --demo; a new demo run replaces this folder\n")
         _write_atomic(out / "ot_config.json", json.dumps(DEMO_OT_CONFIG, indent=2))
@@ -128,11 +131,13 @@ def run_demo(user_args: Sequence[str], *, resume: bool = False, output_dir: str 
         bcfg = parse_config(demo_args(data, ot_config, bdir, n_steps) + user
                             + ["--ot.cotrain_only=true", "--ot.sinks=[]"],
                             resume=bres, output_dir=str(bdir))
-        base_summary = run(bcfg)
+        base_summary = run(bcfg, accelerator, end_training=False)
 
     if _rank() == 0:
         summary = summarize(out, data, cfg, ot_summary, base_summary, DEMO_OT_CONFIG)
         print(summary["text"])
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 import urllib.error
@@ -103,6 +104,23 @@ def expand_short_flags(argv: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
     return out, opts
 
 
+def _json_lists(args: Sequence[str]) -> list[str]:
+    """``--x=[a,b]`` -> ``--x=["a", "b"]``: draccus reads bracket lists of bare words on the command line, but
+    when it merges them into a saved config (``--resume``) only JSON lists."""
+    out = []
+    for a in args:
+        name, eq, val = a.partition("=")
+        v = val.strip()
+        if eq and name.startswith("--") and v.startswith("[") and v.endswith("]"):
+            try:
+                json.loads(v)
+            except ValueError:
+                items = [x.strip().strip("'\"") for x in v[1:-1].split(",") if x.strip()]
+                a = f"{name}={json.dumps(items)}"
+        out.append(a)
+    return out
+
+
 def parse_config(cli_args: Sequence[str], *, resume: bool = False, output_dir: str | None = None):
     """Parse lerobot-train style arguments into an :class:`OTTrainConfig` and validate it."""
     register_third_party_plugins()
@@ -114,7 +132,7 @@ def parse_config(cli_args: Sequence[str], *, resume: bool = False, output_dir: s
             raise OtplugError("--resume needs --output-dir DIR (the run to continue)")
         ckpt = complete_checkpoint(Path(output_dir))
         args = [a for a in args if not a.startswith("--output_dir")]
-        args += ["--resume=true", f"--config_path={ckpt / 'pretrained_model' / 'train_config.json'}"]
+        args = _json_lists(args) + ["--resume=true", f"--config_path={ckpt / 'pretrained_model' / 'train_config.json'}"]
     if not resume and not any(a.startswith("--policy.push_to_hub") for a in args) and any(
             a.startswith(("--policy.type", "--policy.path")) for a in args):
         args.append("--policy.push_to_hub=false")  # offline by default; lerobot would demand a hub repo_id
@@ -162,10 +180,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def run(cfg: Any) -> dict[str, Any]:
+def run(cfg: Any, accelerator: Any = None, *, end_training: bool = True) -> dict[str, Any]:
     """:func:`~otplug.lerobot.train.loop.train` with a failed download turned into one clear message."""
     try:
-        return train(cfg)
+        return train(cfg, accelerator, end_training=end_training)
     except OSError as exc:
         if not _is_network_error(exc):
             raise

@@ -84,9 +84,10 @@ def _batches(dataloader: Any, cfg: Any, step: int) -> Iterator[dict]:
     return it
 
 
-def train(cfg: Any, accelerator: Any = None) -> dict[str, Any]:
+def train(cfg: Any, accelerator: Any = None, *, end_training: bool = True) -> dict[str, Any]:
     """Run training for a validated :class:`~otplug.lerobot.train.config.OTTrainConfig`. Returns a small summary
-    (steps, seconds, first and last metrics, world size, output dir)."""
+    (steps, seconds, first and last metrics, world size, output dir). ``end_training=False`` keeps the accelerator
+    (and its process group) for another run in the same processes."""
     setup.check_supported(cfg)
     accelerator = accelerator if accelerator is not None else setup.make_accelerator(cfg)
     _seed_and_backends(cfg, accelerator)
@@ -94,10 +95,13 @@ def train(cfg: Any, accelerator: Any = None) -> dict[str, Any]:
     # claim the run folder (atomic, exclusive, writable) before any data is loaded
     lock = RunLock(output_dir, fresh=not cfg.resume).acquire() if accelerator.is_main_process else None
     try:
-        return _train(cfg, accelerator, output_dir)
+        summary = _train(cfg, accelerator, output_dir)
     finally:
         if lock is not None:
             lock.release()
+    if end_training:
+        accelerator.end_training()
+    return summary
 
 
 def _train(cfg: Any, accelerator: Any, output_dir: Path) -> dict[str, Any]:
@@ -181,5 +185,4 @@ def _train(cfg: Any, accelerator: Any, output_dir: Path) -> dict[str, Any]:
                "world_size": accelerator.num_processes, "output_dir": str(output_dir)}
     if is_main:
         (output_dir / "train_summary.json").write_text(json.dumps(strict_json(summary), indent=2, allow_nan=False))
-    accelerator.end_training()
     return summary
