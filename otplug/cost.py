@@ -51,6 +51,11 @@ class CostBreakdown:
     matrix: torch.Tensor
     terms: dict[str, torch.Tensor]  # M_term (before term_weight) per term name
     stats: dict[str, float] = attrs.field(factory=dict)  # metric name -> value, from the terms' stats
+    #: with ``within=True``: the within-domain costs ``{"src": M_ss (n, n), "tgt": M_tt (m, m)}``, composed with
+    #: the same weights and per-term normalisation as ``matrix``
+    within: dict[str, torch.Tensor] = attrs.field(factory=dict)
+    #: the terms' penalties (0-d, with gradients), ``"<penalty>/<term>" -> tensor``, to be added to the loss
+    penalties: dict[str, torch.Tensor] = attrs.field(factory=dict)
 
 
 def _str_keys(origin: Origin, call: str, value: Any) -> set[str]:
@@ -113,24 +118,28 @@ def _checked_reducer(term: BoundTerm) -> Any:
     return reduce
 
 
-def _check_matrix(term: BoundTerm, out: Any, n_src: int | None, n_tgt: int | None) -> torch.Tensor:
+def _check_matrix(term: BoundTerm, out: Any, n_src: int | None, n_tgt: int | None, call: str = "cost()",
+                  within: str | None = None) -> torch.Tensor:
     who = term.who
     m = out.matrix if isinstance(out, TermCost) else out
+    rows, cols = ("n_src", "n_tgt") if within is None else ("n", "n")
     if not isinstance(m, torch.Tensor):
-        raise contract_error(who, "cost()", f"must return a torch.Tensor (n_src, n_tgt) or a TermCost, got "
+        raise contract_error(who, call, f"must return a torch.Tensor ({rows}, {cols}) or a TermCost, got "
                              f"{type(m).__name__}")
     if not torch.is_floating_point(m):
-        raise contract_error(who, "cost()", f"returned a {str(m.dtype).removeprefix('torch.')} cost; costs must be "
+        raise contract_error(who, call, f"returned a {str(m.dtype).removeprefix('torch.')} cost; costs must be "
                              "a floating-point tensor")
     expected = (n_src, n_tgt)
     if m.ndim != 2 or any(e is not None and e != s for e, s in zip(expected, m.shape, strict=False)):
-        want = f"({n_src if n_src is not None else 'n_src'}, {n_tgt if n_tgt is not None else 'n_tgt'})"
-        raise contract_error(who, "cost()", f"must return a cost of shape {want} (one row per source sample, one "
-                             f"column per target sample; never broadcast), got {tuple(m.shape)}")
+        want = f"({n_src if n_src is not None else rows}, {n_tgt if n_tgt is not None else cols})"
+        layout = ("one row per source sample, one column per target sample" if within is None else
+                  f"one row and one column per {within} sample")
+        raise contract_error(who, call, f"must return a cost of shape {want} ({layout}; never broadcast), got "
+                             f"{tuple(m.shape)}")
     return m
 
 
-def _check_values(term: BoundTerm, out: Any, m: torch.Tensor) -> torch.Tensor:
+def _check_values(term: BoundTerm, out: Any, m: torch.Tensor, call: str = "cost()") -> torch.Tensor:
     """Finite, >= 0 (rounding-sized negatives clamped), and its weight neither underflows nor overflows."""
     who = term.who
     md = m.detach()
@@ -142,7 +151,7 @@ def _check_values(term: BoundTerm, out: Any, m: torch.Tensor) -> torch.Tensor:
     finfo = torch.finfo(m.dtype)
     tol = NEGATIVE_TOLERANCE * finfo.eps * max(1.0, hi)
     if lo < -tol:
-        raise contract_error(who, "cost()", f"returned negative costs (min {lo:.3g}, max {hi:.3g}); costs must be "
+        raise contract_error(who, call, f"returned negative costs (min {lo:.3g}, max {hi:.3g}); costs must be "
                              "finite and >= 0 (e.g. squared distances, 1 - cosine): shift or clamp them in the term")
     if lo < 0:
         m = m.clamp_min(0.0)
@@ -169,18 +178,60 @@ def _dt(t: torch.Tensor) -> str:
     return str(t.dtype).removeprefix("torch.")
 
 
+def _check_penalties(term: BoundTerm, out: Any) -> dict[str, torch.Tensor]:
+    """A TermCost's penalties: named, finite, 0-d floating tensors (added to the loss as they are)."""
+    if not isinstance(out, TermCost) or not out.penalties:
+        return {}
+    found: dict[str, torch.Tensor] = {}
+    for name, p in out.penalties.items():
+        if not isinstance(name, str) or not name:
+            raise contract_error(term.who, "cost()", f"returned a penalty named {name!r}; penalty names are "
+                                 "non-empty strings")
+        if not isinstance(p, torch.Tensor) or p.ndim != 0 or not torch.is_floating_point(p):
+            got = f"shape {tuple(p.shape)} {_dt(p)}" if isinstance(p, torch.Tensor) else type(p).__name__
+            raise contract_error(term.who, "cost()", f"returned penalty {name!r} as {got}; a penalty is a 0-d "
+                                 "floating-point tensor")
+        if not bool(torch.isfinite(p.detach())):
+            raise attribute(BatchError(f"term {term.name!r} produced a non-finite penalty {name!r} "
+                                       f"({float(p.detach())})"), term.who)
+        found[f"{name}/{term.name}"] = p
+    return found
+
+
+def _within_cost(term: BoundTerm, batch: Mapping[str, torch.Tensor], side: str, ctx: TermContext) -> torch.Tensor:
+    fn = getattr(term.impl, "within_cost", None)
+    if fn is None:
+        raise OtplugError(f"term {term.name!r} (type {term.type!r}) has no within_cost(batch, side, ctx), which "
+                          "debias = true needs")
+    call = f"within_cost({side!r})"
+    with calling(term.who, call):
+        out = fn(batch, side, ctx)
+    n = _batch_size(batch, term_keys(term, side))
+    m = _check_matrix(term, out, n, n, call, within="source" if side == "src" else "target")
+    if m.shape[0] != m.shape[1]:
+        raise contract_error(term.who, call, f"must return a square (n, n) cost, got {tuple(m.shape)}")
+    return _check_values(term, out, m, call)
+
+
 def compose_cost(terms: list[BoundTerm], src: Mapping[str, torch.Tensor], tgt: Mapping[str, torch.Tensor],
-                 encoder: Any, *, normalize_terms: bool = False) -> CostBreakdown:
+                 encoder: Any, *, normalize_terms: bool = False, ema_encoder: Any = None,
+                 within: bool = False) -> CostBreakdown:
     """``M = sum_k weight_k * M_k`` (``M_k`` divided by its own detached mean first with ``normalize_terms``), with
-    each term's share of M as the stat ``ot_cost_share/<term>`` (``weight_k * mean(M_k) / mean(M)``)."""
+    each term's share of M as the stat ``ot_cost_share/<term>`` (``weight_k * mean(M_k) / mean(M)``).
+
+    ``within=True`` also composes the within-domain costs ``M_ss``, ``M_tt`` from the terms' ``within_cost``
+    (each divided by the same detached scale as its ``M_k``), for the debiased loss.
+    """
     cache: dict = {}
     contributions: dict[str, torch.Tensor] = {}
     total: torch.Tensor | None = None
+    within_total: dict[str, torch.Tensor] = {}
     per_term: dict[str, torch.Tensor] = {}
     stats: dict[str, float] = {}
+    penalties: dict[str, torch.Tensor] = {}
     for term in terms:
         ctx = TermContext(reducer=_checked_reducer(term), reducer_name=term.reducer_name, encoder=encoder,
-                          cache=cache)
+                          cache=cache, ema_encoder=ema_encoder)
         with calling(term.who, "cost()"):
             out = term.impl.cost(src, tgt, ctx)
         n_src = _batch_size(src, term_keys(term, "src"))
@@ -193,20 +244,34 @@ def compose_cost(terms: list[BoundTerm], src: Mapping[str, torch.Tensor], tgt: M
             raise BatchError(f"term {term.name!r} gave a cost of shape {tuple(m.shape)} but earlier terms "
                              f"{tuple(total.shape)}: every term must see the same src/tgt batch sizes")
         m = _check_values(term, out, m)
+        penalties.update(_check_penalties(term, out))
         per_term[term.name] = m
+        scale = None
         if normalize_terms:
             scale = m.detach().mean()
-            m = m / torch.where(scale > 0, scale, torch.ones_like(scale))
+            scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+            m = m / scale
         weighted = term.weight * m
         contributions[term.name] = weighted.detach().mean()
-        if total is None:
-            total = weighted
-        else:
-            dtype = torch.promote_types(total.dtype, weighted.dtype)
-            total = total.to(dtype) + weighted.to(dtype)
+        total = weighted if total is None else _add(total, weighted)
+        if within:
+            for side, batch in (("src", src), ("tgt", tgt)):
+                wm = _within_cost(term, batch, side, ctx)
+                if scale is not None:
+                    wm = wm / scale.to(wm.dtype)
+                prev = within_total.get(side)
+                if prev is not None and wm.shape != prev.shape:
+                    raise BatchError(f"term {term.name!r} gave a within-{side} cost of shape {tuple(wm.shape)} but "
+                                     f"earlier terms {tuple(prev.shape)}")
+                within_total[side] = term.weight * wm if prev is None else _add(prev, term.weight * wm)
     if total is None:
         raise OtplugError("the OT config has no terms")
     shares = torch.stack(list(contributions.values())).double()
     shares = (shares / shares.sum() if float(shares.sum()) > 0 else torch.zeros_like(shares)).tolist()
     stats.update({f"ot_cost_share/{name}": share for name, share in zip(contributions, shares, strict=True)})
-    return CostBreakdown(total, per_term, stats)
+    return CostBreakdown(total, per_term, stats, within_total, penalties)
+
+
+def _add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    dtype = torch.promote_types(a.dtype, b.dtype)
+    return a.to(dtype) + b.to(dtype)

@@ -45,11 +45,21 @@ class OTSolverWarning(RuntimeWarning):
 
 @attrs.frozen
 class OTResult:
+    """``loss`` = the transport loss (``sum(pi * M)``, or the debiased ``S`` with ``debias = true``) + ``regularizer``.
+
+    ``regularizer``: the sum of the terms' penalties (variance/covariance floors), a 0-d tensor with gradients, or
+    ``None`` when no term has one. With ``debias = true``, ``within_plans`` holds the within-domain plans
+    ``{"src": pi_ss, "tgt": pi_tt}`` and ``within_costs`` their costs.
+    """
+
     loss: torch.Tensor
     plan: torch.Tensor
     cost: torch.Tensor
     metrics: dict[str, float]
     term_costs: dict[str, torch.Tensor] = attrs.field(factory=dict, repr=False)
+    regularizer: torch.Tensor | None = attrs.field(default=None, repr=False)
+    within_plans: dict[str, torch.Tensor] = attrs.field(factory=dict, repr=False)
+    within_costs: dict[str, torch.Tensor] = attrs.field(factory=dict, repr=False)
 
 
 class _RateLimiter:
@@ -97,10 +107,28 @@ class OTLoss:
         factory = solver.load()
         with calling(self.solver_origin, "the factory"):
             self.solver = factory(options)
+        # debias: the within-domain problems get their own solvers (their own warm starts)
+        self._within_solvers: dict[str, Any] = {}
+        if self.config.debias:
+            self._check_within_costs()
+            for side in ("src", "tgt"):
+                with calling(self.solver_origin, "the factory"):
+                    self._within_solvers[side] = factory(options)
         self._bound_warn = _RateLimiter()
         self._collapse_warn = _RateLimiter()
         self._cap_warn = _RateLimiter()
         self._encoders: dict[int, Any] = {}
+        self._ema_encoders: dict[int, Any] = {}
+
+    def _check_within_costs(self) -> None:
+        missing = [(i, t) for i, t in enumerate(self.terms) if getattr(t.impl, "within_cost", None) is None]
+        if missing:
+            from otplug.errors import ConfigError
+
+            raise ConfigError([(f"terms[{i}]", f"term {t.name!r} (type {t.type!r}{_provider(t)}) cannot compute "
+                                "within-domain costs (it has no within_cost(batch, side, ctx)), which debias = true "
+                                "needs for OT(a, a) and OT(b, b); set debias = false or drop the term")
+                               for i, t in missing], self.config.source)
 
     # -- introspection -----------------------------------------------------------------------------------
     def required_keys(self, side: str) -> set[str]:
@@ -137,12 +165,26 @@ class OTLoss:
             keys |= term_method_keys(term, "embedding_keys") or set()
         return keys
 
+    @property
+    def needs_ema_encoder(self) -> bool:
+        """Whether some term takes its constant side from an EMA copy of the policy (``stopgrad_encoder =
+        "ema"``): then keep an :class:`otplug.ema.EMAEncoder`, update it after every optimizer step with
+        ``config.ema_decay`` and pass it as ``ema_encoder``."""
+        for term in self.terms:
+            fn = getattr(term.impl, "uses_ema_encoder", None)
+            if fn is not None:
+                with calling(term.who, "uses_ema_encoder()"):
+                    if fn():
+                        return True
+        return False
+
     def reset(self) -> None:
         """Forget warm-start state (e.g. after loading a checkpoint with different batch shapes)."""
-        reset = getattr(self.solver, "reset", None)
-        if reset is not None:
-            with calling(self.solver_origin, "reset()"):
-                reset()
+        for solver in (self.solver, *self._within_solvers.values()):
+            reset = getattr(solver, "reset", None)
+            if reset is not None:
+                with calling(self.solver_origin, "reset()"):
+                    reset()
 
     # -- the loss ----------------------------------------------------------------------------------------
     def _encoder(self, encoder: Any) -> Any:
@@ -153,11 +195,29 @@ class OTLoss:
             self._encoders = {key: resolve_encoder(encoder)}  # one policy per run; don't grow
         return self._encoders[key]
 
-    def __call__(self, src: Mapping[str, torch.Tensor], tgt: Mapping[str, torch.Tensor], encoder: Any = None) -> OTResult:
+    def _ema_encoder(self, ema: Any) -> Any:
+        if ema is None:
+            return None
+        from otplug.ema import EMAEncoder
+
+        module = ema.module if isinstance(ema, EMAEncoder) else ema
+        key = id(module)
+        if key not in self._ema_encoders:
+            self._ema_encoders = {key: resolve_encoder(module)}
+        return self._ema_encoders[key]
+
+    def __call__(self, src: Mapping[str, torch.Tensor], tgt: Mapping[str, torch.Tensor], encoder: Any = None,
+                 ema_encoder: Any = None) -> OTResult:
+        """The OT loss of one step. ``encoder``: the policy (features with gradients); ``ema_encoder``: an
+        :class:`otplug.ema.EMAEncoder` (or any encoder) for terms with ``stopgrad_encoder = "ema"``."""
         cfg = self.config
-        breakdown = compose_cost(self.terms, src, tgt, self._encoder(encoder) if self.embedding_keys else encoder,
-                                 normalize_terms=cfg.term_normalization == "mean")
+        embeds = bool(self.embedding_keys)
+        breakdown = compose_cost(self.terms, src, tgt, self._encoder(encoder) if embeds else encoder,
+                                 normalize_terms=cfg.term_normalization == "mean",
+                                 ema_encoder=self._ema_encoder(ema_encoder) if embeds else ema_encoder,
+                                 within=cfg.debias)
         M = breakdown.matrix
+        within = dict(breakdown.within)
         metrics: dict[str, float] = dict(breakdown.stats)
         self._watch_shares(metrics)
         if cfg.cost_normalization != "none":
@@ -165,8 +225,45 @@ class OTLoss:
                 scale = M.detach().mean() if cfg.cost_normalization == "mean" else M.detach().max()
                 scale = float(scale) if float(scale) > 0 else 1.0
             M = M / scale
+            within = {side: w / scale for side, w in within.items()}
             metrics["ot_cost_scale"] = scale
-        return self.from_cost(M, breakdown.terms, metrics)
+        if cfg.debias:
+            res = self._debiased(M, within, breakdown.terms, metrics)
+        else:
+            res = self.from_cost(M, breakdown.terms, metrics)
+        if not breakdown.penalties:
+            return res
+        reg = torch.stack([p.to(res.loss.dtype) for p in breakdown.penalties.values()]).sum()
+        res.metrics["ot_reg_loss"] = float(reg.detach())
+        return attrs.evolve(res, loss=res.loss + reg, regularizer=reg)
+
+    def _debiased(self, M: torch.Tensor, within: Mapping[str, torch.Tensor], term_costs: Mapping[str, torch.Tensor],
+                  metrics: dict[str, float]) -> OTResult:
+        """``S = OT(a, b) - 1/2 OT(a, a) - 1/2 OT(b, b)``, each ``OT = sum(pi * M)`` with its own plan of its own
+        ``M.detach()`` (same reg, tau, solver)."""
+        res = self.from_cost(M, term_costs, metrics)
+        metrics = res.metrics
+        ot_xy = res.loss
+        parts = {}
+        plans = {}
+        converged = metrics["ot_solver/converged"] > 0
+        for side, label in (("src", "xx"), ("tgt", "yy")):
+            Mw = within[side]
+            plan, health = self._plan(Mw, self._within_solvers[side], f"within-{'source' if side == 'src' else 'target'}")
+            plans[side] = plan
+            parts[label] = (plan * Mw).sum()
+            converged = converged and health["converged"] > 0
+            metrics[f"ot_debias/pi_sum_{label}"] = health["pi_sum"]
+            metrics[f"ot_debias/iterations_{label}"] = health["iterations"]
+            metrics[f"ot_debias/converged_{label}"] = health["converged"]
+            metrics[f"ot_debias/collapsed_{label}"] = health["collapsed"]
+        loss = ot_xy - 0.5 * (parts["xx"].to(ot_xy.dtype) + parts["yy"].to(ot_xy.dtype))
+        metrics["ot_debias/xy"] = float(ot_xy.detach())
+        metrics["ot_debias/xx"] = float(parts["xx"].detach())
+        metrics["ot_debias/yy"] = float(parts["yy"].detach())
+        metrics["ot_loss"] = float(loss.detach())
+        metrics["ot_solver/converged"] = float(converged)
+        return attrs.evolve(res, loss=loss, metrics=metrics, within_plans=plans, within_costs=dict(within))
 
     #: a term whose share of M stays below SMALL_SHARE for SMALL_SHARE_STEPS calls in a row is reported once
     SMALL_SHARE = 0.05
@@ -188,13 +285,38 @@ class OTLoss:
     def from_cost(self, M: torch.Tensor, term_costs: Mapping[str, torch.Tensor] | None = None,
                   metrics: dict[str, float] | None = None) -> OTResult:
         """Solve and build the loss from an already composed cost matrix (used by distributed scopes)."""
-        cfg = self.config
         metrics = dict(metrics or {})
         n, m = M.shape
+        plan, health = self._plan(M, self.solver, None)
+        loss = (plan * M).sum()
+        # the solver's own health numbers first: the core's keys below (converged, ...) are never overridden
+        metrics.update({f"ot_solver/{k}": v for k, v in health["info"].items()})
+        metrics.update({
+            "ot_loss": float(loss.detach()),
+            "ot_pi_sum": health["pi_sum"],
+            "ot_headroom": health["headroom"],
+            "ot_mass_bound": health["mass_bound"],
+            "ot_mass_excess": health["mass_excess"],
+            "ot_collapsed": health["collapsed"],
+            "ot_fallback": health["fallback"],
+            "ot_solver/iterations": health["iterations"],
+            "ot_solver/converged": health["converged"],
+            "ot_solver/error": health["error"],
+        })
+        if n == m:
+            metrics["ot_pi_diag"] = float(torch.diagonal(plan).sum())
+        for name, mt in (term_costs or {}).items():
+            metrics[f"ot_cost/{name}"] = float(mt.detach().mean())
+        return OTResult(loss=loss, plan=plan, cost=M, metrics=metrics, term_costs=dict(term_costs or {}))
+
+    def _plan(self, M: torch.Tensor, solver: Any, problem: str | None) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The checked plan of ``M.detach()`` (detached, M's device and dtype) and its health numbers; a collapsed
+        or too heavy plan goes through ``on_collapse``. ``problem`` names a within-domain problem in messages."""
+        cfg = self.config
         Md = M.detach()
         tau = (cfg.tau_src, cfg.tau_tgt)
         with calling(self.solver_origin, "solve()"):
-            result = self.solver.solve(Md, reg=cfg.reg, reg_m=tau, heuristic=cfg.heuristic)
+            result = solver.solve(Md, reg=cfg.reg, reg_m=tau, heuristic=cfg.heuristic)
         plan, iterations, converged, error, info = self._check_result(result, Md)
         plan = plan.to(device=M.device, dtype=M.dtype)
         mass = float(plan.sum()) if bool(torch.isfinite(plan).all()) else float("nan")
@@ -206,35 +328,29 @@ class OTLoss:
         collapsed = not math.isfinite(mass) or mass < COLLAPSE_MASS
         fallback = False
         if collapsed:
-            plan, fallback = self._on_collapse(plan, Md, mass)
+            plan, fallback = self._on_collapse(plan, Md, mass, problem)
         elif over:
-            plan, fallback = self._on_mass_excess(plan, mass, math.exp(log_bound), converged, iterations, error)
-        loss = (plan * M).sum()
-        # the solver's own health numbers first: the core's keys below (converged, ...) are never overridden
-        metrics.update({f"ot_solver/{k}": v for k, v in info.items()})
-        metrics.update({
-            "ot_loss": float(loss.detach()),
-            "ot_pi_sum": float(plan.sum()),
-            "ot_headroom": m_min / cfg.reg,
-            "ot_mass_bound": math.exp(log_bound),
-            "ot_mass_excess": excess,
-            "ot_collapsed": float(collapsed),
-            "ot_fallback": float(fallback),
-            "ot_solver/iterations": float(iterations),
-            "ot_solver/converged": float(converged and not over),
-            "ot_solver/error": error,
-        })
-        if n == m:
-            metrics["ot_pi_diag"] = float(torch.diagonal(plan).sum())
-        for name, mt in (term_costs or {}).items():
-            metrics[f"ot_cost/{name}"] = float(mt.detach().mean())
+            plan, fallback = self._on_mass_excess(plan, mass, math.exp(log_bound), converged, iterations, error,
+                                                  problem)
         if not converged and not collapsed and not over and self._cap_warn():
             warnings.warn(
-                f"OT solver {cfg.solver!r} stopped unconverged ({iterations} iterations, error {error:.3g}); "
-                "the plan is approximate (ot_solver/converged = 0). Raise solver_options.max_iter, or reg / "
-                "tau_src / tau_tgt, or set cost_normalization.",
-                OTSolverWarning, stacklevel=3)
-        return OTResult(loss=loss, plan=plan.detach(), cost=M, metrics=metrics, term_costs=dict(term_costs or {}))
+                f"OT solver {cfg.solver!r} stopped unconverged{_on(problem)} ({iterations} iterations, error "
+                f"{error:.3g}); the plan is approximate (ot_solver/converged = 0). Raise solver_options.max_iter, "
+                "or reg / tau_src / tau_tgt, or set cost_normalization.",
+                OTSolverWarning, stacklevel=4)
+        health = {
+            "info": info,
+            "pi_sum": float(plan.sum()),
+            "headroom": m_min / cfg.reg,
+            "mass_bound": math.exp(log_bound),
+            "mass_excess": excess,
+            "collapsed": float(collapsed),
+            "fallback": float(fallback),
+            "iterations": float(iterations),
+            "converged": float(converged and not over),
+            "error": error,
+        }
+        return plan.detach(), health
 
     def _check_result(self, result: Any, M: torch.Tensor) -> tuple[torch.Tensor, int, bool, float, dict[str, float]]:
         """The solver's result, checked against the solver contract: a plan of M's shape, floating, >= 0."""
@@ -265,17 +381,17 @@ class OTLoss:
         return plan, iterations, converged, error, info
 
     def _on_mass_excess(self, plan: torch.Tensor, mass: float, bound: float, converged: bool, iterations: int,
-                        error: float) -> tuple[torch.Tensor, bool]:
+                        error: float, problem: str | None = None) -> tuple[torch.Tensor, bool]:
         """A plan heavier than the problem allows is wrong: flag it (never "converged"), then on_collapse."""
         cfg = self.config
         limit = (f"{bound:.4g}, the largest mass the KL-unbalanced problem allows "
                  "(exp(-min(M)/(reg + tau_src + tau_tgt)))")
         if converged:
-            why = (f"OT plan mass {mass:.4g} from solver {cfg.solver!r} exceeds {limit}: the plan is wrong although "
-                   "the solver reported convergence (ot_solver/converged = 0).")
+            why = (f"OT plan mass {mass:.4g}{_on(problem)} from solver {cfg.solver!r} exceeds {limit}: the plan is "
+                   "wrong although the solver reported convergence (ot_solver/converged = 0).")
         else:
-            why = (f"OT solver {cfg.solver!r} stopped at its iteration cap or stalled ({iterations} iterations, error "
-                   f"{error:.3g}) with a plan mass {mass:.4g} above {limit}: the plan is wrong "
+            why = (f"OT solver {cfg.solver!r} stopped at its iteration cap or stalled{_on(problem)} ({iterations} "
+                   f"iterations, error {error:.3g}) with a plan mass {mass:.4g} above {limit}: the plan is wrong "
                    "(ot_solver/converged = 0).")
         why += (" Raise reg / solver_options.max_iter or normalise the cost (cost_normalization = 'mean'); "
                 "ot_mass_excess = mass / bound.")
@@ -284,16 +400,19 @@ class OTLoss:
         if cfg.on_collapse == "uniform":
             if self._bound_warn():
                 warnings.warn(why + " Using the uniform coupling instead (on_collapse = 'uniform').",
-                              OTSolverWarning, stacklevel=4)
+                              OTSolverWarning, stacklevel=5)
             n, m = plan.shape
             return torch.full_like(plan, 1.0 / (n * m)), True
         if self._bound_warn():
-            warnings.warn(why, OTSolverWarning, stacklevel=4)
+            warnings.warn(why, OTSolverWarning, stacklevel=5)
         return plan, False
 
-    def _on_collapse(self, plan: torch.Tensor, M: torch.Tensor, mass: float) -> tuple[torch.Tensor, bool]:
+    def _on_collapse(self, plan: torch.Tensor, M: torch.Tensor, mass: float,
+                     problem: str | None = None) -> tuple[torch.Tensor, bool]:
         cfg = self.config
         why = collapse_message(mass, float(M.min()) / cfg.reg, cfg.solver)
+        if problem is not None:
+            why = f"({problem} problem of debias = true) " + why
         if cfg.on_collapse == "raise":
             raise OtplugError(why + " (on_collapse = 'raise')")
         if cfg.on_collapse == "uniform":
@@ -301,9 +420,18 @@ class OTLoss:
             uniform = torch.full_like(plan, 1.0 / (n * m))
             if self._collapse_warn():
                 warnings.warn(why + " Using the uniform coupling instead (on_collapse = 'uniform'; "
-                              "ot_fallback = 1 in the metrics).", OTCollapseWarning, stacklevel=3)
+                              "ot_fallback = 1 in the metrics).", OTCollapseWarning, stacklevel=5)
             return uniform, True
         if self._collapse_warn():
-            warnings.warn(why, OTCollapseWarning, stacklevel=3)
+            warnings.warn(why, OTCollapseWarning, stacklevel=5)
         plan = torch.nan_to_num(plan, nan=0.0, posinf=0.0, neginf=0.0)
         return plan, False
+
+
+def _on(problem: str | None) -> str:
+    return f" on the {problem} problem (debias = true)" if problem else ""
+
+
+def _provider(term: BoundTerm) -> str:
+    provider = term.origin.provider if term.origin is not None else ""
+    return f", from {provider}" if provider else ""

@@ -26,7 +26,7 @@ from otplug.config.convert import (
     unstructure,
 )
 from otplug.config.files import read_config_file
-from otplug.config.schema import RESERVED_TERM_KEYS, OTConfig, TermSpec
+from otplug.config.schema import DEBIAS_WITH_HEURISTIC, RESERVED_TERM_KEYS, OTConfig, TermSpec
 from otplug.config.validators import show_value
 from otplug.config.seed import SEED_TOP_LEVEL_KEYS, SeedFeature
 from otplug.errors import ConfigError, OtplugError
@@ -35,7 +35,7 @@ __all__ = ["describe_config", "dump_config", "load_config"]
 
 # top-level scalar settings, structured by their OTConfig field types
 _SCALARS = ("reg", "tau_src", "tau_tgt", "heuristic", "solver", "time_reduce", "cost_normalization",
-            "term_normalization", "on_collapse")
+            "term_normalization", "on_collapse", "debias", "ema_decay")
 _FIELDS = {a.name: a for a in attrs.fields(OTConfig)}
 _NATIVE_KEYS = ("terms", *_SCALARS, "solver_options")
 
@@ -118,6 +118,8 @@ class _Loader:
                 continue
             settings[name] = value
 
+        if settings.get("debias") is True and settings.get("heuristic") is True:
+            self.problems.append(("debias", DEBIAS_WITH_HEURISTIC))
         for name, kind in (("solver", "solver"), ("time_reduce", "reducer")):
             if name in settings:
                 if self._lookup(kind, settings[name], name) is None:
@@ -293,7 +295,8 @@ class _Loader:
 
 
 _TYPES = {"reg": float, "tau_src": float, "tau_tgt": float, "heuristic": bool, "solver": str, "time_reduce": str,
-          "cost_normalization": str, "term_normalization": str, "on_collapse": str}
+          "cost_normalization": str, "term_normalization": str, "on_collapse": str, "debias": bool,
+          "ema_decay": float}
 
 
 def _why_nothing(options: Any) -> str | None:
@@ -347,6 +350,8 @@ def dump_config(cfg: OTConfig) -> dict[str, Any]:
     out["cost_normalization"] = cfg.cost_normalization
     out["term_normalization"] = cfg.term_normalization
     out["on_collapse"] = cfg.on_collapse
+    out["debias"] = cfg.debias
+    out["ema_decay"] = cfg.ema_decay
     terms = []
     for term in cfg.terms:
         entry: dict[str, Any] = {"type": term.type, "name": term.name, "weight": term.weight}
@@ -385,6 +390,11 @@ def describe_config(cfg: OTConfig) -> str:
     lines.append(f"solver: {cfg.solver}{f' ({opts})' if opts else ''}")
     lines.append(f"time_reduce: {cfg.time_reduce}   cost_normalization: {cfg.cost_normalization}   "
                  f"term_normalization: {cfg.term_normalization}   on_collapse: {cfg.on_collapse}")
+    if cfg.debias:
+        lines.append("debias: true -- loss S = OT(a, b) - 1/2 OT(a, a) - 1/2 OT(b, b) (Sinkhorn-divergence style)")
+    if any(getattr(t.options, "stopgrad_encoder", None) == "ema" and getattr(t.options, "grad", "both") != "both"
+           for t in cfg.terms):
+        lines.append(f"ema_decay: {_fmt(cfg.ema_decay)} (EMA target encoder of terms with stopgrad_encoder = 'ema')")
     return "\n".join(lines)
 
 
@@ -399,8 +409,13 @@ def _describe_options(options: Any) -> str:
         src = fields.pop("src_key")
         tgt = fields.pop("tgt_key", None)
         parts.append(f"{src} -> {tgt if tgt is not None else '(same key)'}")
+    defaults = {a.name: a.default for a in attrs.fields(type(options))}
     for name, value in fields.items():
-        if value is None:
+        if value is None or (name in _QUIET_AT_DEFAULT and value == defaults.get(name)):
             continue
         parts.append(f"{name}={_fmt(value)}")
     return "  ".join(parts)
+
+
+# options of the embedding terms shown only when set (their defaults change nothing)
+_QUIET_AT_DEFAULT = frozenset({"grad", "stopgrad_encoder", "variance_floor", "variance_weight", "covariance_weight"})

@@ -16,6 +16,7 @@ from otplug.config import validators as v
 __all__ = [
     "COST_NORMALIZATIONS",
     "TERM_NORMALIZATIONS",
+    "DEFAULT_EMA_DECAY",
     "DEFAULT_REG",
     "DEFAULT_TAU",
     "MIN_REG",
@@ -27,6 +28,8 @@ __all__ = [
 
 DEFAULT_REG = 0.01
 DEFAULT_TAU = 0.01
+#: decay of the EMA target encoder (``stopgrad_encoder = "ema"``), as in ROT / BYOL-style target networks
+DEFAULT_EMA_DECAY = 0.99
 COST_NORMALIZATIONS = ("none", "mean", "max")
 #: per-term normalisation before ``weight`` ("mean": each term's cost divided by its own detached mean, so the
 #: weights are the terms' shares of M)
@@ -90,6 +93,22 @@ def _terms(_instance: Any, _attribute: Any, value: Any) -> None:
         seen[term.name] = i
 
 
+DEBIAS_WITH_HEURISTIC = ("has no effect with heuristic = true: the diagonal prior puts the within-domain plans on "
+                         "their zero-cost diagonal, so OT(a, a) = OT(b, b) = 0 and S = OT(a, b); use one or the other")
+
+
+def _debias(instance: Any, _attribute: Any, value: Any) -> None:
+    # instance is None when the loader checks the field alone; it checks the pair itself
+    if value is True and instance is not None and instance.heuristic is True:
+        raise v.FieldValueError(DEBIAS_WITH_HEURISTIC, "debias")
+
+
+_ema_decay = v.in_range(0, 1).with_hint(
+    "the EMA target encoder's decay: ema = decay * ema + (1 - decay) * param after each optimizer step; "
+    "used only by terms with stopgrad_encoder = 'ema'"
+)
+
+
 def _to_float(value: Any) -> Any:
     # ints are fine for floats; keep everything else as is for the validator to report
     if isinstance(value, int) and not isinstance(value, bool):
@@ -130,6 +149,8 @@ class OTConfig:
     cost_normalization: str = attrs.field(default="none", validator=v.one_of(COST_NORMALIZATIONS))
     term_normalization: str = attrs.field(default="none", validator=v.one_of(TERM_NORMALIZATIONS))
     on_collapse: str = attrs.field(default="warn", validator=v.one_of(ON_COLLAPSE))
+    debias: bool = attrs.field(default=False, validator=[v.boolean, _debias])
+    ema_decay: float = attrs.field(default=DEFAULT_EMA_DECAY, converter=_to_float, validator=_ema_decay)
     source: str | None = attrs.field(default=None, eq=False)
 
     def term(self, name: str) -> TermSpec:

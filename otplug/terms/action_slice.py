@@ -38,27 +38,39 @@ class ActionSliceTerm:
         src_pad, tgt_pad = self.config.pad_keys
         return {src_pad if side == "src" else tgt_pad}
 
+    def _side(self, batch, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The side's sliced action chunk (B, T, D), detached, and its valid-step mask (B, T)."""
+        c = self.config
+        key = c.src_key if side == "src" else c.target_key
+        pad = c.pad_keys[0 if side == "src" else 1]
+        a = slice_last(read_value(batch, key, side), c.dim_slice, key, side).detach()
+        if a.ndim != 3:
+            raise BatchError(f"action-slice needs {side} batch[{key!r}] as an action chunk (B, T, D), "
+                             f"got shape {tuple(a.shape)}")
+        va = pad_mask(batch, key, a, side, pad)
+        va = torch.ones(a.shape[:2], dtype=torch.bool, device=a.device) if va is None else va
+        return a, va
+
+    def _dist(self, a, b, va, vb, ctx: TermContext, what: str) -> torch.Tensor:
+        if ctx.reducer_name == "flatten":
+            dtype = torch.promote_types(a.dtype, b.dtype)
+            return masked_sq_dist(a.to(dtype), b.to(dtype), va, vb)
+        return ctx.sq_dist(ctx.reducer(a, va), ctx.reducer(b, vb), what=what)
+
     def cost(self, src, tgt, ctx: TermContext) -> TermCost:
         c = self.config
-        src_pad, tgt_pad = c.pad_keys
-        a = slice_last(read_value(src, c.src_key, "src"), c.dim_slice, c.src_key, "src").detach()
-        b = slice_last(read_value(tgt, c.target_key, "tgt"), c.dim_slice, c.target_key, "tgt").detach()
-        for side, x, key in (("src", a, c.src_key), ("tgt", b, c.target_key)):
-            if x.ndim != 3:
-                raise BatchError(f"action-slice needs {side} batch[{key!r}] as an action chunk (B, T, D), "
-                                 f"got shape {tuple(x.shape)}")
+        a, va = self._side(src, "src")
+        b, vb = self._side(tgt, "tgt")
         if a.shape[1:] != b.shape[1:]:
             raise BatchError(f"action-slice: src {c.src_key!r} has shape {tuple(a.shape)} but tgt "
                              f"{c.target_key!r} has {tuple(b.shape)} (chunk length and slice must match)")
-        va = pad_mask(src, c.src_key, a, "src", src_pad)
-        vb = pad_mask(tgt, c.target_key, b, "tgt", tgt_pad)
-        va = torch.ones(a.shape[:2], dtype=torch.bool, device=a.device) if va is None else va
-        vb = torch.ones(b.shape[:2], dtype=torch.bool, device=b.device) if vb is None else vb
-        if ctx.reducer_name == "flatten":
-            dtype = torch.promote_types(a.dtype, b.dtype)
-            m = masked_sq_dist(a.to(dtype), b.to(dtype), va, vb)
-        else:
-            x = ctx.reducer(a, va)
-            y = ctx.reducer(b, vb)
-            m = ctx.sq_dist(x, y, what=f"action-slice {c.src_key!r}")
+        m = self._dist(a, b, va, vb, ctx, f"action-slice {c.src_key!r}")
+        return TermCost(c.weight_label * m, {"label": m})
+
+    def within_cost(self, batch, side: str, ctx: TermContext) -> TermCost:
+        """The same cost between the samples of one side, (n, n) (for ``debias = true``)."""
+        c = self.config
+        a, va = self._side(batch, side)
+        key = c.src_key if side == "src" else c.target_key
+        m = self._dist(a, a, va, va, ctx, f"action-slice {key!r}")
         return TermCost(c.weight_label * m, {"label": m})

@@ -40,27 +40,38 @@ def sq_dist(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 @attrs.frozen
 class TermCost:
-    """A term's cost with optional named parts (e.g. ``embed`` and ``label``) and scalar ``stats`` that the
-    core reports as ``ot_<stat>/<term name>`` metrics."""
+    """A term's cost with optional named parts (e.g. ``embed`` and ``label``), scalar ``stats`` that the
+    core reports as ``ot_<stat>/<term name>`` metrics, and ``penalties``: named 0-d tensors (with gradients)
+    that the core adds to the loss as they are -- not to M, not multiplied by the term's ``weight`` (e.g. the
+    variance/covariance regulariser of the embedding terms)."""
 
     matrix: torch.Tensor
     parts: Mapping[str, torch.Tensor] = attrs.field(factory=dict)
     stats: Mapping[str, float] = attrs.field(factory=dict)
+    penalties: Mapping[str, torch.Tensor] = attrs.field(factory=dict)
 
 
 @runtime_checkable
 class Term(Protocol):
+    """``cost(src, tgt, ctx)`` -> (n_src, n_tgt). Optional: ``within_cost(batch, side, ctx)`` -> (n, n), the same
+    cost between the samples of one side (``debias = true`` needs it; ``side`` is ``"src"`` or ``"tgt"``)."""
+
     def cost(self, src: Mapping[str, torch.Tensor], tgt: Mapping[str, torch.Tensor], ctx: TermContext) -> Any: ...
 
 
 class TermContext:
     """Per-call helpers for a term. One context per term per call; encoder outputs are cached per call
-    across terms (two terms on the same camera encode it once)."""
+    across terms (two terms on the same camera encode it once).
 
-    def __init__(self, *, reducer: Reducer, reducer_name: str, encoder: Any, cache: dict) -> None:
+    ``encoder`` computes the policy's own features (with gradients); ``ema_encoder``, when the caller gave one,
+    an EMA copy of the policy (features without gradients, for the side a term keeps constant)."""
+
+    def __init__(self, *, reducer: Reducer, reducer_name: str, encoder: Any, cache: dict,
+                 ema_encoder: Any = None) -> None:
         self.reducer = reducer
         self.reducer_name = reducer_name
         self.encoder = encoder
+        self.ema_encoder = ema_encoder
         self._cache = cache
 
     # -- raw values ------------------------------------------------------------------------------------
@@ -76,20 +87,37 @@ class TermContext:
         return reduce_time(x, self.reducer, time_axis=time_axis, mask=mask)
 
     # -- encoder features --------------------------------------------------------------------------------
-    def embed(self, batch: Mapping[str, torch.Tensor], key: str, side: str, *, embed_name: str | None = None) -> torch.Tensor:
-        """The policy's own features of ``batch[key]`` (with gradients) -> time reduce -> (B, F)."""
-        if self.encoder is None:
+    def embed(self, batch: Mapping[str, torch.Tensor], key: str, side: str, *, embed_name: str | None = None,
+              encoder: str = "policy") -> torch.Tensor:
+        """The policy's own features of ``batch[key]`` (with gradients) -> time reduce -> (B, F).
+
+        ``encoder = "ema"``: the features of the EMA copy of the policy instead (computed without gradients).
+        """
+        if encoder not in ("policy", "ema"):
+            raise ValueError(f"encoder must be 'policy' or 'ema', got {encoder!r}")
+        enc = self.encoder if encoder == "policy" else self.ema_encoder
+        if enc is None and encoder == "ema":
+            raise OtplugError(
+                f"term needs EMA-encoder features for {key!r} (stopgrad_encoder = 'ema') but no EMA encoder was "
+                "given: keep an otplug.ema.EMAEncoder of the policy, update it after each optimizer step and call "
+                "OTLoss(...)(src, tgt, encoder=policy, ema_encoder=ema)"
+            )
+        if enc is None:
             raise OtplugError(
                 f"term needs encoder features for {key!r} but no encoder was given: call OTLoss(...)(src, tgt, "
                 "encoder=policy) with a policy that has encode_feature_for_ot or a registered encoder adapter"
             )
         x = read_value(batch, key, side)
         name = embed_name or key
-        cache_key = (side, key, name, self.reducer_name)
+        cache_key = (side, key, name, self.reducer_name) + (("ema",) if encoder == "ema" else ())
         if cache_key in self._cache:
             return self._cache[cache_key]
         try:
-            feats = encode(self.encoder, side, key, x, name)
+            if encoder == "ema":
+                with torch.no_grad():
+                    feats = encode(enc, side, key, x, name)
+            else:
+                feats = encode(enc, side, key, x, name)
         except Exception as exc:
             # the policy's own code: its exception reaches the caller unchanged, not blamed on the term
             exc._otplug_passthrough = True  # type: ignore[attr-defined]

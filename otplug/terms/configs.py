@@ -16,6 +16,8 @@ from otplug.config.validators import dim_slice as check_dim_slice
 from otplug.config.validators import non_negative
 
 __all__ = [
+    "GRAD_SIDES",
+    "STOPGRAD_ENCODERS",
     "ActionSliceConfig",
     "EmbeddingConfig",
     "FeatureConfig",
@@ -64,22 +66,85 @@ class LabelConfig(FeatureConfig):
         return self.weight_label > 0
 
 
+#: ``grad``: which side's encoder features receive gradients (the other side's are a constant)
+GRAD_SIDES = ("both", "source", "target")
+#: ``stopgrad_encoder``: who computes the features of the side that gets no gradient
+STOPGRAD_ENCODERS = ("policy", "ema")
+
+
+def _needs_embedding(instance, attribute, value) -> None:
+    """A cross-field check: the option only acts on learned embeddings. (Without an instance it is skipped:
+    the loader runs it again once the whole term is built.)"""
+    if instance is None:
+        raise AttributeError("needs the instance")
+    if value != attribute.default and not instance.learned():
+        raise v.FieldValueError("acts on the policy's encoder features, but this term has none "
+                                f"({instance.why_no_embedding()}); remove it or give the term an embedding",
+                                attribute.name)
+
+
+def _stopgrad_encoder(instance, attribute, value) -> None:
+    if instance is None:
+        raise AttributeError("needs the instance")
+    if value == "ema" and instance.grad == "both":
+        raise v.FieldValueError("'ema' computes the features of the side that gets no gradient, but grad = 'both' "
+                                "has no such side: set grad = 'source' (target features from the EMA encoder) or "
+                                "grad = 'target'", attribute.name)
+
+
+def _variance_weight(instance, attribute, value) -> None:
+    if instance is None:
+        raise AttributeError("needs the instance")
+    if value == 0 and instance.variance_floor > 0:
+        raise v.FieldValueError(f"is 0, so variance_floor = {instance.variance_floor:g} does nothing; give it a "
+                                "weight > 0 or remove variance_floor", attribute.name)
+
+
 @attrs.frozen(kw_only=True)
 class EmbeddingConfig(FeatureConfig):
     """``embedding``: ``M = weight_embed * cdist(enc(src), enc(tgt))**2 + weight_label * label cost``.
 
     ``embed_name`` is passed to the encoder instead of the batch key when set (the seed's field).
-    ``embed_norm = "l2"`` compares unit-length embeddings (``|f/|f| - g/|g||^2 = 2 - 2 cos``): the encoder
-    can no longer lower the cost by shrinking all features (OT alone rewards that scale collapse).
+
+    Options against scale collapse (OT alone rewards shrinking every feature; ``docs/math.md``):
+
+    * ``embed_norm = "l2"`` compares unit-length embeddings (``|f/|f| - g/|g||^2 = 2 - 2 cos``), with
+      gradients through the normalisation: the encoder can no longer lower the cost by shrinking features.
+    * ``grad = "source" | "target"``: only that side's features receive gradients; the other side's are a
+      constant -- the policy's own features detached (``stopgrad_encoder = "policy"``) or the features of an
+      EMA copy of the policy (``stopgrad_encoder = "ema"``, given to the loss as ``ema_encoder``).
+    * ``variance_floor`` (gamma), ``variance_weight``, ``covariance_weight``: a VICReg-style regulariser on the
+      compared features of src and tgt together, added to the loss (not to M).
     """
 
     embed_name: str | None = attrs.field(default=None, validator=non_empty_key)
     weight_embed: float = attrs.field(default=1.0, validator=non_negative)
     weight_label: float = attrs.field(default=0.0, validator=non_negative)
     embed_norm: str = attrs.field(default="none", validator=v.one_of("none", "l2"))
+    grad: str = attrs.field(default="both", validator=[v.one_of(GRAD_SIDES), _needs_embedding])
+    stopgrad_encoder: str = attrs.field(default="policy", validator=[v.one_of(STOPGRAD_ENCODERS),
+                                                                      _stopgrad_encoder])
+    variance_floor: float = attrs.field(default=0.0, validator=[non_negative, _needs_embedding])
+    variance_weight: float = attrs.field(default=1.0, validator=[non_negative, _variance_weight])
+    covariance_weight: float = attrs.field(default=0.0, validator=[non_negative,
+                                                                    _needs_embedding])
 
     def contributes(self) -> bool:
         return self.weight_embed > 0 or self.weight_label > 0
+
+    def learned(self) -> bool:
+        """Whether the term compares the policy's encoder features."""
+        return self.weight_embed > 0
+
+    def why_no_embedding(self) -> str:
+        return "weight_embed = 0"
+
+    def frozen_side(self, side: str) -> bool:
+        """Whether ``side`` ("src" / "tgt") gets no gradient."""
+        return self.grad != "both" and self.grad != {"src": "source", "tgt": "target"}[side]
+
+    def uses_ema(self) -> bool:
+        return self.learned() and self.grad != "both" and self.stopgrad_encoder == "ema"
 
 
 @attrs.frozen(kw_only=True)
@@ -95,6 +160,12 @@ class ImageConfig(EmbeddingConfig):
 
     def contributes(self) -> bool:
         return (self.use_learned_embed and self.weight_embed > 0) or self.weight_label > 0
+
+    def learned(self) -> bool:
+        return self.use_learned_embed and self.weight_embed > 0
+
+    def why_no_embedding(self) -> str:
+        return "use_learned_embed = false" if not self.use_learned_embed else "weight_embed = 0"
 
 
 @attrs.frozen(kw_only=True)

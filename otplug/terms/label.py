@@ -19,3 +19,11 @@ class LabelTerm:
         y = ctx.label(tgt, c.target_key, "tgt", dim_slice=c.dim_slice)
         m = ctx.sq_dist(x, y, what=f"label {c.src_key!r}/{c.target_key!r}")
         return TermCost(c.weight_label * m, {"label": m})
+
+    def within_cost(self, batch, side: str, ctx: TermContext) -> TermCost:
+        """The same cost between the samples of one side, (n, n) (for ``debias = true``)."""
+        c = self.config
+        key = c.src_key if side == "src" else c.target_key
+        x = ctx.label(batch, key, side, dim_slice=c.dim_slice)
+        m = ctx.sq_dist(x, x, what=f"label {key!r}")
+        return TermCost(c.weight_label * m, {"label": m})
