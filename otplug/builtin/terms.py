@@ -16,13 +16,15 @@ def otplug_cost_terms() -> list[CostTerm]:
             name="embedding",
             factory="otplug.terms.embedding:EmbeddingTerm",
             config_cls="otplug.terms.configs:EmbeddingConfig",
-            summary="squared distance of the policy's own encoder features (with gradient) + optional label cost",
+            summary="squared distance of the policy's own encoder features (with gradient) + optional label cost; "
+                    "scale-collapse options embed_norm, grad, stopgrad_encoder, variance_floor, covariance_weight",
         ),
         CostTerm(
             name="image",
             factory="otplug.terms.image:ImageTerm",
             config_cls="otplug.terms.configs:ImageConfig",
-            summary="one camera (exact observation.images.* key): encoder embedding and/or raw-pixel cost",
+            summary="one camera (exact observation.images.* key): encoder embedding and/or raw-pixel cost; options "
+                    "as embedding",
         ),
         CostTerm(
             name="action-slice",
