@@ -35,7 +35,8 @@ __all__ = ["EMAEncoder"]
 
 
 def _check_decay(decay: Any) -> float:
-    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not math.isfinite(decay) or not 0 <= decay <= 1:
+    number = isinstance(decay, (int, float)) and not isinstance(decay, bool)
+    if not number or not math.isfinite(decay) or not 0 <= decay <= 1:
         raise OtplugError(f"EMA decay must be a number in [0, 1], got {decay!r}")
     return float(decay)
 

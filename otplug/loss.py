@@ -249,7 +249,8 @@ class OTLoss:
         converged = metrics["ot_solver/converged"] > 0
         for side, label in (("src", "xx"), ("tgt", "yy")):
             Mw = within[side]
-            plan, health = self._plan(Mw, self._within_solvers[side], f"within-{'source' if side == 'src' else 'target'}")
+            problem = "within-source" if side == "src" else "within-target"
+            plan, health = self._plan(Mw, self._within_solvers[side], problem)
             plans[side] = plan
             parts[label] = (plan * Mw).sum()
             converged = converged and health["converged"] > 0
