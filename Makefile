@@ -29,7 +29,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
 demo: $(STAMP)
-	$(VENV)/bin/otplug train --demo --output-dir outputs/demo
+	$(VENV)/bin/otplug study --demo --output-dir outputs/demo
 
 bench: $(STAMP)
 	$(PY) benchmarks/solvers.py

@@ -9,9 +9,11 @@ Methods (every one the same policy, steps, batch size and seeds; they differ onl
 =====================  =============================================================================================
 ``target-only``        BC on the real demos only
 ``source-only``        BC on the sim demos only
-``cotrain``            BC on real + sim rows (``--ot.bc_source_weight``), no OT
+``cotrain``            BC on real + sim rows (``--ot.bc_source_weight``) plus the DTW-paired rows the OT methods
+                       get (``--ot.cotrain_only``): exactly their rows, no OT loss
 ``cotrain-ot``         co-training + the OT loss (the recommended config, :data:`RECOMMENDED_OT`)
 ``cotrain-ot-noprior`` co-training + OT without the diagonal prior (``heuristic = false``)
+``cotrain-ot-l2``      co-training + OT on unit-length image features (``embed_norm = "l2"``), no prior
 =====================  =============================================================================================
 
 Every trained policy is evaluated in closed loop (:func:`otplug.bench.eval.evaluate`) in the real domain on
@@ -59,7 +61,7 @@ RECOMMENDED_OT: dict[str, Any] = {
     ],
 }
 
-METHODS = ("target-only", "source-only", "cotrain", "cotrain-ot", "cotrain-ot-noprior")
+METHODS = ("target-only", "source-only", "cotrain", "cotrain-ot", "cotrain-ot-noprior", "cotrain-ot-l2")
 
 
 class StudyError(OtplugError):
@@ -75,19 +77,25 @@ class StudyConfig:
     real_episodes: int = 20
     sim_episodes: int = 100
     image_size: int = 32
-    steps: int = 1500
+    steps: int = 500
     batch_size: int = 16
     ot_batch_size: int = 8
     bc_source_weight: float = 0.5
     lambda_ot: float = 0.1
-    eval_episodes: int = 100
+    eval_episodes: int = 200
     eval_domains: tuple[str, ...] = ("real",)
     eval_regions: tuple[str, ...] = ("A", "B")
     data_seed: int = 0
 
     @classmethod
+    def demo(cls, **over: Any) -> StudyConfig:
+        """``make demo``: co-training against co-training + OT, one seed (stated as such), ~5 min on a 2-core CPU."""
+        base = dict(methods=("cotrain", "cotrain-ot"), seeds=1, steps=400, eval_episodes=100)
+        return cls(**{**base, **over})
+
+    @classmethod
     def quick(cls, **over: Any) -> StudyConfig:
-        base = dict(methods=("target-only", "cotrain", "cotrain-ot"), seeds=1, steps=600, eval_episodes=50)
+        base = dict(methods=("target-only", "cotrain", "cotrain-ot"), seeds=1, steps=400, eval_episodes=100)
         return cls(**{**base, **over})
 
 
@@ -162,14 +170,16 @@ def method_args(method: str, paths: dict[str, Path], cfg: StudyConfig, ot_config
     source = [f"--ot.source_repo_id=otplug/study_sim_all", f"--ot.source_root={paths['sim']}"]
     mix = [f"--ot.bc_source_weight={cfg.bc_source_weight}"]
     ot = [f"--ot.pair_info={paths['pair_info']}", f"--ot.lambda_ot={cfg.lambda_ot}", "--ot.layout=single-pass",
-          f"--ot.batch_size={cfg.ot_batch_size}", "--ot.top_k=1", "--ot.sinks=[]"]
+          f"--ot.batch_size={cfg.ot_batch_size}", "--ot.top_k=1", "--ot.sinks=[plan-heatmap]",
+          f"--ot.plan_every={max(cfg.steps // 4, 1)}"]
     if method == "target-only":
         return real + ["--ot.enabled=false"]
     if method == "source-only":
         return sim_as_target + ["--ot.enabled=false"]
     if method == "cotrain":
-        return real + source + mix + ["--ot.enabled=false"]
-    if method in ("cotrain-ot", "cotrain-ot-noprior"):
+        # the same rows as the OT methods (mixture + DTW-paired sim/real rows), no OT loss: only the loss differs
+        return real + source + mix + ot + ["--ot.cotrain_only=true", "--ot.sinks=[]"]
+    if method in ("cotrain-ot", "cotrain-ot-noprior", "cotrain-ot-l2"):
         return real + source + mix + ot + [f"--ot.config={ot_config}"]
     raise StudyError(f"--methods: unknown method {method!r}; choose from {', '.join(METHODS)}")
 
@@ -179,6 +189,9 @@ def ot_config_for(method: str) -> dict[str, Any] | None:
         return RECOMMENDED_OT
     if method == "cotrain-ot-noprior":
         return {**RECOMMENDED_OT, "heuristic": False}
+    if method == "cotrain-ot-l2":  # collapse-proof: unit-length image features (gradient through the norm), no prior
+        terms = [{**t, "embed_norm": "l2"} if t["type"] == "image" else t for t in RECOMMENDED_OT["terms"]]
+        return {**RECOMMENDED_OT, "heuristic": False, "terms": terms}
     return None
 
 
@@ -217,7 +230,7 @@ def _evaluate(ckpt: Path, domain: str, region: str, cfg: StudyConfig, out: Path,
                    batch=min(cfg.eval_episodes, 100), image_size=cfg.image_size, preprocessor=loaded.preprocessor,
                    postprocessor=loaded.postprocessor, keep_frames=0)
     row = {"domain": domain, "region": region, "episodes": res.episodes, "successes": res.successes,
-           "success_rate": res.success_rate, "seconds": round(res.seconds, 2)}
+           "success_rate": res.success_rate, "seconds": round(res.wall_s, 2)}
     out.parent.mkdir(parents=True, exist_ok=True)
     _write_json_atomic(out, row)
     return row
@@ -276,8 +289,10 @@ def write_table(out: Path, cells: list[dict[str, Any]], cfg: StudyConfig, meta: 
             seeds = ", ".join(f"{x:.2f}" for x in c["per_seed"])
             row.append(f"**{c['success_rate']:.2f}** ({lo:.2f}-{hi:.2f}) [{seeds}]")
         lines.append("| " + " | ".join(row) + " |")
-    lines += ["", f"Measured on {meta.get('device', '?')} in {meta.get('minutes', 0):.1f} min "
-              f"(peak resident memory of one training or evaluation process: {meta.get('peak_rss_gib', 0):.2f} GiB).",
+    lines += ["", f"Measured on {meta.get('device', '?')}: this invocation took {meta.get('minutes', 0):.1f} min; "
+              f"training {meta.get('train_minutes', 0):.1f} min summed over runs ({meta.get('jobs', 1)} side by side), "
+              f"evaluation {meta.get('eval_minutes', 0):.1f} min; peak resident memory of one training or evaluation "
+              f"process {meta.get('peak_rss_gib', 0):.2f} GiB.",
               "", "Recommended OT config (`cotrain-ot`):", "", "```json", json.dumps(RECOMMENDED_OT, indent=2), "```"]
     text = "\n".join(lines) + "\n"
     (out / "study.md").write_text(text)
@@ -303,8 +318,8 @@ def write_plot(out: Path, cells: list[dict[str, Any]], cfg: StudyConfig) -> Path
                 continue
             xs.append(i + (j - (len(regions) - 1) / 2) * width)
             ys.append(c["success_rate"])
-            lo.append(c["success_rate"] - c["ci95"][0])
-            hi.append(c["ci95"][1] - c["success_rate"])
+            lo.append(max(0.0, c["success_rate"] - c["ci95"][0]))
+            hi.append(max(0.0, c["ci95"][1] - c["success_rate"]))
         ax.bar(xs, ys, width * 0.95, yerr=[lo, hi], capsize=3, label=f"{d} {r}", color=colours[j % len(colours)])
     ax.set_xticks(range(len(cfg.methods)), cfg.methods, rotation=15)
     ax.set_ylim(0, 1.05)
@@ -354,7 +369,7 @@ def embedding_picture(ckpt: Path, paths: dict[str, Path], out: Path, title: str,
     ax.scatter(xy[n:, 0], xy[n:, 1], s=12, c="#C44E52", label="real", alpha=0.8)
     for i in range(0, n, max(1, n // 16)):
         ax.plot([xy[i, 0], xy[n + i, 0]], [xy[i, 1], xy[n + i, 1]], c="grey", lw=0.5, alpha=0.6)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize=8, wrap=True)
     ax.legend(fontsize=8)
     ax.set_xlabel("PC 1")
     ax.set_ylabel("PC 2")
@@ -428,8 +443,8 @@ def run_study(out: str | Path, cfg: StudyConfig, *, quiet: bool = False, jobs: i
                 rows.append({"method": method, "seed": seed, **r})
                 say(f"{method:20s} seed {seed} {domain}/{region}: {r['successes']}/{r['episodes']}")
         if seed == 0:
-            embedding_picture(ckpt, paths, out / "embeddings" / f"{method}.png", f"{method}: image features "
-                              "(PCA), real frames and their DTW sim partners", loaded)
+            embedding_picture(ckpt, paths, out / "embeddings" / f"{method}.png", f"{method}: image features (PCA)\n"
+                              "real frames and their DTW sim partners", loaded)
         say(f"evaluated {method} seed {seed} in {time.perf_counter() - t1:.0f} s")
     keys = ("method", "seed", "domain", "region", "episodes", "successes", "success_rate")
     table = [{k: r[k] for k in keys} for r in rows]
@@ -437,8 +452,11 @@ def run_study(out: str | Path, cfg: StudyConfig, *, quiet: bool = False, jobs: i
     cells = summarize_rows(rows)
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
     me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    train_s = sum(json.loads((r[2] / "train_summary.json").read_text()).get("seconds", 0.0) for r in runs)
+    eval_s = sum(r.get("seconds", 0.0) for r in rows)
     meta = {"minutes": (time.perf_counter() - t0) / 60, "device": "cuda" if _cuda() else "cpu",
-            "peak_rss_gib": max(children, me)}
+            "peak_rss_gib": max(children, me), "train_minutes": train_s / 60, "eval_minutes": eval_s / 60,
+            "jobs": n_jobs}
     _write_json_atomic(out / "study_summary.json", {"cells": cells, **meta})
     text = write_table(out, cells, cfg, meta)
     write_plot(out, cells, cfg)
@@ -449,7 +467,8 @@ def run_study(out: str | Path, cfg: StudyConfig, *, quiet: bool = False, jobs: i
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="otplug study", description=__doc__.split("\n\n")[0])
     p.add_argument("--output-dir", required=True, help="study folder (created; an existing study continues)")
-    p.add_argument("--quick", action="store_true", help="3 methods, 1 seed, 600 steps, 50 episodes (~10 min on CPU)")
+    p.add_argument("--demo", action="store_true", help="cotrain vs cotrain-ot, 1 seed, 400 steps (make demo, ~5 min)")
+    p.add_argument("--quick", action="store_true", help="3 methods, 1 seed, 400 steps, 100 episodes (~9 min on a 2-core CPU)")
     p.add_argument("--seeds", type=int, help="training seeds per method (default 3; --quick 1)")
     p.add_argument("--methods", help=f"comma-separated subset of {','.join(METHODS)}")
     p.add_argument("--steps", type=int, help="training steps per run")
@@ -476,6 +495,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             over[name] = value
     if args.eval_sim:
         over["eval_domains"] = ("real", "sim")
-    cfg = StudyConfig.quick(**over) if args.quick else StudyConfig(**over)
-    run_study(args.output_dir, cfg, quiet=args.quiet, jobs=args.jobs)
+    if args.demo and args.quick:
+        raise StudyError("--demo and --quick are two presets; choose one")
+    cfg = StudyConfig.demo(**over) if args.demo else StudyConfig.quick(**over) if args.quick else StudyConfig(**over)
+    result = run_study(args.output_dir, cfg, quiet=args.quiet, jobs=args.jobs)
+    if args.demo:
+        surface_demo_run(Path(args.output_dir).expanduser(), result)
     return 0
+
+
+def surface_demo_run(out: Path, result: dict[str, Any]) -> None:
+    """The demo folder's top level holds the OT run's ``metrics.jsonl`` and ``plans/`` (links into
+    ``runs/cotrain-ot/seed0``) next to ``study.md``, so the main job's training record is where the README says."""
+    run = out / "runs" / "cotrain-ot" / "seed0"
+    for name in ("metrics.jsonl", "plans", "checkpoints"):
+        link = out / name
+        if link.is_symlink() or link.exists():
+            if link.is_symlink():
+                link.unlink()
+            else:
+                continue
+        if (run / name).exists():
+            link.symlink_to(Path("runs") / "cotrain-ot" / "seed0" / name)
