@@ -130,10 +130,13 @@ def global_ot(ot: Any, src: Mapping[str, torch.Tensor], tgt: Mapping[str, torch.
     return attrs.evolve(res, loss=res.loss * size, metrics=metrics)
 
 
-def scoped_ot(ot: Any, src, tgt, encoder: Any = None, *, scope: str = "rank"):
+def scoped_ot(ot: Any, src, tgt, encoder: Any = None, *, scope: str = "rank", ema_encoder: Any = None):
     """Dispatch on ``--ot-scope``: ``rank`` (each process alone) or ``global``."""
     if scope == "rank":
-        return ot(src, tgt, encoder=encoder)
+        return ot(src, tgt, encoder=encoder, ema_encoder=ema_encoder) if ema_encoder is not None else ot(
+            src, tgt, encoder=encoder)
+    if ema_encoder is not None:
+        raise OtplugError("an EMA target encoder (stopgrad_encoder = 'ema') works with --ot-scope=rank only")
     if scope == "global":
         return global_ot(ot, src, tgt, encoder=encoder)
     raise OtplugError(f"--ot-scope must be 'rank' or 'global', got {scope!r}")

@@ -119,6 +119,8 @@ def _train(cfg: Any, accelerator: Any, output_dir: Path) -> dict[str, Any]:
     accelerator.wait_for_everyone()
     policy, optimizer, dataloader, lr_scheduler = accelerator.prepare(policy, optimizer, dataloader, lr_scheduler)
     ot_side = OTSide(cfg, dataset, source, policy, preprocessor, accelerator, step) if ot.active else None
+    if ot_side is not None and cfg.resume and step > 0:
+        ot_side.load(cfg.checkpoint_path)
     batches = _batches(dataloader, cfg, step)
 
     sinks = None
@@ -173,6 +175,8 @@ def _train(cfg: Any, accelerator: Any, output_dir: Path) -> dict[str, Any]:
                                     optimizer=optimizer, scheduler=lr_scheduler, preprocessor=preprocessor,
                                     postprocessor=postprocessor, num_processes=accelerator.num_processes,
                                     batch_size=cfg.batch_size)
+                    if ot_side is not None:
+                        ot_side.save(ckpt)
                     update_last_checkpoint(ckpt)
                 accelerator.wait_for_everyone()
     finally:

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import os
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
 
 import otplug
 from otplug.distributed import scoped_ot
+from otplug.ema import EMAEncoder
 from otplug.errors import OtplugError
 from otplug.lerobot.capture import CapturedEncoder, FeatureCapture
 from otplug.lerobot.pair_dataset import OTPairDataset, PairSampling, cycle_epochs, make_pair_loader
@@ -78,6 +80,7 @@ class OTSide:
         self.fallback_keys: list[str] = []
         self.alignment = None
         self.encoder = None
+        self.ema: EMAEncoder | None = None
         if self.loss_fn is None:
             return
         self.src_keys = sorted(self.loss_fn.required_keys("src") | self.loss_fn.optional_keys("src"))
@@ -89,6 +92,9 @@ class OTSide:
             own = hasattr(unwrap_policy(policy), "encode_feature_for_ot")
             self.capture = FeatureCapture(None if own else self.encoder, embed_keys)
             self._plan_fallback(self.capture.unsupported, accelerator.is_main_process)
+        if self.loss_fn.needs_ema_encoder:
+            # a slowly updated copy of the policy gives the stop-gradient side's features (ROT's target encoder)
+            self.ema = EMAEncoder(policy, decay=self.loss_fn.config.ema_decay)
         if self.layout == "separate":
             factory = get_registry().get("alignment", ot.alignment, field="--ot.alignment").load()
             self.alignment = factory()
@@ -148,7 +154,7 @@ class OTSide:
         encoder = None
         if self.capture is not None:
             encoder = CapturedEncoder(self.capture, sides, fallback=self.encoder if self.fallback_keys else None)
-        return scoped_ot(self.loss_fn, src, tgt, encoder=encoder, scope=self._scope())
+        return scoped_ot(self.loss_fn, src, tgt, encoder=encoder, scope=self._scope(), ema_encoder=self.ema)
 
     def _separate_loss(self, bc_batch: dict, policy: Any, device: torch.device) -> Any:
         src, tgt = (images_to_float(b, self.camera_keys) for b in self.next_pairs())
@@ -159,7 +165,7 @@ class OTSide:
             src = self.alignment(src, bc_batch, device)
             tgt = self.alignment(tgt, bc_batch, device)
         return scoped_ot(self.loss_fn, src, tgt, encoder=policy if self.encoder is not None else None,
-                         scope=self._scope())
+                         scope=self._scope(), ema_encoder=self.ema)
 
     def _scope(self) -> str:
         return "rank" if self.accelerator.num_processes == 1 else self.scope
@@ -173,3 +179,22 @@ class OTSide:
     def after_backward(self) -> None:
         if self.capture is not None:
             self.capture.clear()
+
+    def after_step(self, policy: Any) -> None:
+        """After every optimizer step: move the EMA target encoder towards the policy."""
+        if self.ema is not None:
+            self.ema.update(policy)
+
+    EMA_FILE = "otplug_ema.pt"
+
+    def save(self, checkpoint_dir: Any) -> None:
+        """Extra training state of the OT side (the EMA encoder) next to lerobot's training state."""
+        if self.ema is not None:
+            torch.save(self.ema.state_dict(), Path(checkpoint_dir) / "training_state" / self.EMA_FILE)
+
+    def load(self, checkpoint_dir: Any) -> None:
+        if self.ema is not None:
+            path = Path(checkpoint_dir) / "training_state" / self.EMA_FILE
+            if not path.is_file():
+                raise OtplugError(f"--resume: {path} is missing (the run was saved without its EMA encoder)")
+            self.ema.load_state_dict(torch.load(path, map_location="cpu"))

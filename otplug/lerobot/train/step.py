@@ -89,6 +89,8 @@ def update_policy(policy: Any, batch: dict, n_pairs: int, *, optimizer: Any, lr_
     unwrapped = accelerator.unwrap_model(policy, keep_fp32_wrapper=True)
     if hasattr(unwrapped, "update") and callable(unwrapped.update):
         unwrapped.update()
+    if ot_side is not None:
+        ot_side.after_step(policy)
     metrics["skipped_steps"] = 0.0
     metrics["lr"] = optimizer.param_groups[0]["lr"]
     metrics["update_s"] = time.perf_counter() - t0
