@@ -103,7 +103,7 @@ def _prepare_output(output_dir: Path, resume: bool) -> None:
 def run_demo(user_args: Sequence[str], *, resume: bool = False, output_dir: str | None = None,
              steps: str | int | None = None, baseline: bool = True) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    out = Path(output_dir or "outputs/demo")
+    out = Path(output_dir or "outputs/demo_alignment")
     n_steps = int(steps) if steps is not None else DEFAULT_STEPS
     data = ensure_demo_datasets()
     if data.pair_info_path is None or not Path(data.pair_info_path).is_file():
