@@ -39,65 +39,12 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import numpy as np
 
 from otplug.bench.eval import wilson_interval
-from otplug.errors import OtplugError
+from otplug.bench.study_config import METHODS, RECOMMENDED_OT, StudyConfig, StudyError
+from otplug.bench.study_outputs import embedding_picture, write_plot, write_table
 
-__all__ = ["METHODS", "RECOMMENDED_OT", "StudyConfig", "main", "run_study", "summarize_rows"]
-
-CAMERA_KEY = "observation.images.front"
-
-#: The OT config of the ``cotrain-ot`` method (native format).
-RECOMMENDED_OT: dict[str, Any] = {
-    "reg": 0.05,
-    "tau_src": 1.0,
-    "tau_tgt": 1.0,
-    "heuristic": True,
-    "cost_normalization": "mean",
-    "terms": [
-        {"type": "image", "name": "img", "src_key": CAMERA_KEY, "weight": 1.0},
-        {"type": "action-slice", "name": "action", "weight": 0.5},
-    ],
-}
-
-METHODS = ("target-only", "source-only", "cotrain", "cotrain-ot", "cotrain-ot-noprior", "cotrain-ot-l2")
-
-
-class StudyError(OtplugError):
-    """The study cannot run as asked (bad options, a folder from another study, a failed run)."""
-
-
-@attrs.frozen
-class StudyConfig:
-    """Everything that fixes a study's results; a study folder refuses to continue with another one."""
-
-    methods: tuple[str, ...] = METHODS
-    seeds: int = 3
-    real_episodes: int = 20
-    sim_episodes: int = 100
-    image_size: int = 32
-    steps: int = 500
-    batch_size: int = 16
-    ot_batch_size: int = 8
-    bc_source_weight: float = 0.5
-    lambda_ot: float = 0.1
-    eval_episodes: int = 200
-    eval_domains: tuple[str, ...] = ("real",)
-    eval_regions: tuple[str, ...] = ("A", "B")
-    data_seed: int = 0
-
-    @classmethod
-    def demo(cls, **over: Any) -> StudyConfig:
-        """``make demo``: co-training against co-training + OT, one seed (stated as such), ~5 min on a 2-core CPU."""
-        base = dict(methods=("cotrain", "cotrain-ot"), seeds=1, steps=400, eval_episodes=100)
-        return cls(**{**base, **over})
-
-    @classmethod
-    def quick(cls, **over: Any) -> StudyConfig:
-        base = dict(methods=("target-only", "cotrain", "cotrain-ot"), seeds=1, steps=400, eval_episodes=100)
-        return cls(**{**base, **over})
-
+__all__ = ["METHODS", "RECOMMENDED_OT", "StudyConfig", "StudyError", "main", "run_study", "summarize_rows"]
 
 # ---------------------------------------------------------------------------------------------------------------------
 # data
@@ -165,9 +112,9 @@ def _cuda() -> bool:
 
 
 def method_args(method: str, paths: dict[str, Path], cfg: StudyConfig, ot_config: Path) -> list[str]:
-    real = [f"--dataset.repo_id=otplug/study_real_A", f"--dataset.root={paths['real']}"]
-    sim_as_target = [f"--dataset.repo_id=otplug/study_sim_all", f"--dataset.root={paths['sim']}"]
-    source = [f"--ot.source_repo_id=otplug/study_sim_all", f"--ot.source_root={paths['sim']}"]
+    real = ["--dataset.repo_id=otplug/study_real_A", f"--dataset.root={paths['real']}"]
+    sim_as_target = ["--dataset.repo_id=otplug/study_sim_all", f"--dataset.root={paths['sim']}"]
+    source = ["--ot.source_repo_id=otplug/study_sim_all", f"--ot.source_root={paths['sim']}"]
     mix = [f"--ot.bc_source_weight={cfg.bc_source_weight}"]
     ot = [f"--ot.pair_info={paths['pair_info']}", f"--ot.lambda_ot={cfg.lambda_ot}", "--ot.layout=single-pass",
           f"--ot.batch_size={cfg.ot_batch_size}", "--ot.top_k=1", "--ot.sinks=[plan-heatmap]",
@@ -258,126 +205,6 @@ def summarize_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out.append(cell)
     order = {m: i for i, m in enumerate(METHODS)}
     return sorted(out, key=lambda c: (order.get(c["method"], 99), c["domain"], c["region"]))
-
-
-def write_table(out: Path, cells: list[dict[str, Any]], cfg: StudyConfig, meta: dict[str, Any]) -> str:
-    regions = [(d, r) for d in cfg.eval_domains for r in cfg.eval_regions]
-    head = "| method | " + " | ".join(f"{d} {r}" for d, r in regions) + " |"
-    lines = [
-        "# otplug study: closed-loop success on the reach benchmark",
-        "",
-        f"Real demos: {cfg.real_episodes} episodes in region A only; sim demos: {cfg.sim_episodes} episodes over A "
-        f"and B. Policy: small ACT (no pretrained weights), {cfg.steps} steps, batch {cfg.batch_size}"
-        f" (+{cfg.ot_batch_size} OT pairs for OT methods), bc_source_weight {cfg.bc_source_weight}, lambda_ot "
-        f"{cfg.lambda_ot}. Seeds: {cfg.seeds} (training seeds 0..{cfg.seeds - 1}); evaluation: "
-        f"{cfg.eval_episodes} episodes per seed and cell, the same episode seeds for every method.",
-        "",
-        "Success rate pooled over seeds and episodes, with a 95% Wilson interval; per-seed rates in brackets.",
-        "",
-        head,
-        "|---" * (len(regions) + 1) + "|",
-    ]
-    by = {(c["method"], c["domain"], c["region"]): c for c in cells}
-    for m in cfg.methods:
-        row = [m]
-        for d, r in regions:
-            c = by.get((m, d, r))
-            if c is None:
-                row.append("-")
-                continue
-            lo, hi = c["ci95"]
-            seeds = ", ".join(f"{x:.2f}" for x in c["per_seed"])
-            row.append(f"**{c['success_rate']:.2f}** ({lo:.2f}-{hi:.2f}) [{seeds}]")
-        lines.append("| " + " | ".join(row) + " |")
-    lines += ["", f"Measured on {meta.get('device', '?')}: this invocation took {meta.get('minutes', 0):.1f} min; "
-              f"training {meta.get('train_minutes', 0):.1f} min summed over runs ({meta.get('jobs', 1)} side by side), "
-              f"evaluation {meta.get('eval_minutes', 0):.1f} min; peak resident memory of one training or evaluation "
-              f"process {meta.get('peak_rss_gib', 0):.2f} GiB.",
-              "", "Recommended OT config (`cotrain-ot`):", "", "```json", json.dumps(RECOMMENDED_OT, indent=2), "```"]
-    text = "\n".join(lines) + "\n"
-    (out / "study.md").write_text(text)
-    return text
-
-
-def write_plot(out: Path, cells: list[dict[str, Any]], cfg: StudyConfig) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    regions = [(d, r) for d in cfg.eval_domains for r in cfg.eval_regions]
-    by = {(c["method"], c["domain"], c["region"]): c for c in cells}
-    fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(cfg.methods), 3.6), dpi=120)
-    width = 0.8 / max(1, len(regions))
-    colours = ["#4C72B0", "#DD8452", "#55A868", "#C44E52"]
-    for j, (d, r) in enumerate(regions):
-        xs, ys, lo, hi = [], [], [], []
-        for i, m in enumerate(cfg.methods):
-            c = by.get((m, d, r))
-            if c is None:
-                continue
-            xs.append(i + (j - (len(regions) - 1) / 2) * width)
-            ys.append(c["success_rate"])
-            lo.append(max(0.0, c["success_rate"] - c["ci95"][0]))
-            hi.append(max(0.0, c["ci95"][1] - c["success_rate"]))
-        ax.bar(xs, ys, width * 0.95, yerr=[lo, hi], capsize=3, label=f"{d} {r}", color=colours[j % len(colours)])
-    ax.set_xticks(range(len(cfg.methods)), cfg.methods, rotation=15)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("success rate (95% CI)")
-    ax.set_title(f"closed-loop success, {cfg.seeds} seed(s) x {cfg.eval_episodes} episodes per cell")
-    ax.legend(loc="upper left", fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path = out / "study.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
-def embedding_picture(ckpt: Path, paths: dict[str, Path], out: Path, title: str, loaded: Any) -> Path | None:
-    """PCA of the policy's image features of real frames and their DTW sim partners, coloured by domain."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import torch
-
-    from otplug.lerobot.adapters import ACTEncoder
-    from otplug.lerobot.datasets import open_dataset
-    from otplug.lerobot.pair_dataset import OTPairDataset, PairSampling, collate_pairs
-
-    if out.is_file():
-        return out
-    real = open_dataset("otplug/study_real_A", paths["real"])
-    sim = open_dataset("otplug/study_sim_all", paths["sim"])
-    ds = OTPairDataset(real, sim, paths["pair_info"], PairSampling(top_k=1, window_size=0), seed=1)
-    idx = np.linspace(0, len(ds) - 1, min(96, len(ds))).astype(int).tolist()
-    src, tgt = collate_pairs([ds[i] for i in idx])
-    enc = ACTEncoder(loaded.policy)
-    feats = []
-    with torch.no_grad():
-        for b in (src, tgt):
-            x = loaded.preprocessor({CAMERA_KEY: b[CAMERA_KEY].float(), "observation.state": b["observation.state"]})
-            feats.append(enc.encode_feature_for_ot(CAMERA_KEY, x[CAMERA_KEY]).flatten(1).double().cpu().numpy())
-    all_f = np.concatenate(feats)
-    centred = all_f - all_f.mean(0)
-    _u, _s, vt = np.linalg.svd(centred, full_matrices=False)
-    xy = centred @ vt[:2].T
-    n = len(idx)
-    fig, ax = plt.subplots(figsize=(4.2, 4.0), dpi=120)
-    ax.scatter(xy[:n, 0], xy[:n, 1], s=12, c="#4C72B0", label="sim", alpha=0.8)
-    ax.scatter(xy[n:, 0], xy[n:, 1], s=12, c="#C44E52", label="real", alpha=0.8)
-    for i in range(0, n, max(1, n // 16)):
-        ax.plot([xy[i, 0], xy[n + i, 0]], [xy[i, 1], xy[n + i, 1]], c="grey", lw=0.5, alpha=0.6)
-    ax.set_title(title, fontsize=8, wrap=True)
-    ax.legend(fontsize=8)
-    ax.set_xlabel("PC 1")
-    ax.set_ylabel("PC 2")
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------------

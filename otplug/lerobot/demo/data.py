@@ -30,7 +30,6 @@ from pathlib import Path
 import attrs
 import numpy as np
 
-from otplug.errors import OtplugError
 from otplug.lerobot.datasets import DatasetError, no_progress_bars, open_dataset, quiet_lerobot
 from otplug.lerobot.dtw import compute_pair_info
 from otplug.lerobot.pair_info import save_pair_info
