@@ -182,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("record", help="record expert demonstrations of the reach benchmark", add_help=False)
     sub.add_parser("study", help="train and evaluate co-training methods with seeds on the reach benchmark",
                    add_help=False)
+    sub.add_parser("report", help="one self-contained HTML page about a run or study folder", add_help=False)
     return parser
 
 
@@ -203,6 +204,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from otplug.bench.record import main as record_main
 
             return int(record_main(argv[1:]) or 0)
+        # report: its own parser; needs matplotlib, not lerobot
+        if argv and argv[0] == "report":
+            from otplug.report import main as report_main
+
+            return int(report_main(argv[1:]) or 0)
         # train / pair own their argument parsing (they are heavy: torch + lerobot)
         if argv and argv[0] in ("train", "pair"):
             _require_lerobot(argv[0])

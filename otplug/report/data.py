@@ -1,0 +1,274 @@
+"""Reading run and study folders for the report: every file optional, every read bounded, nothing fatal but a
+folder that is neither a run nor a study."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+
+from otplug.config.files import read_json_file, read_text_file
+from otplug.diagnostics import embedding_files
+from otplug.errors import OtplugError
+
+__all__ = ["RunFolder", "StudyFolder", "classify", "open_run", "open_study", "series", "wilson"]
+
+JSON_MAX_BYTES = 16 << 20
+METRICS_MAX_BYTES = 1 << 30
+PNG_MAX_BYTES = 16 << 20
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+RUN_FILES = ("metrics.jsonl", "run_info.json", "train_summary.json")
+STUDY_FILES = ("study.json", "study_config.json")
+_PLAN = re.compile(r"^plan_(\d+)\.png$")
+_SEED = re.compile(r"^seed(\d+)$")
+
+
+def classify(path: Path) -> str:
+    """``"run"`` or ``"study"``; :class:`OtplugError` (one line) for anything else."""
+    if not path.exists():
+        raise OtplugError(f"no such folder: {path}")
+    if not path.is_dir():
+        raise OtplugError(f"{path} is not a folder; give a run folder (metrics.jsonl, run_info.json) or a study "
+                          "folder (study.json)")
+    if any((path / f).is_file() for f in STUDY_FILES):
+        return "study"
+    if any((path / f).is_file() for f in RUN_FILES):
+        return "run"
+    raise OtplugError(f"{path} is neither a run folder (metrics.jsonl, run_info.json, train_summary.json) nor a "
+                      "study folder (study.json)")
+
+
+def read_json(path: Path, what: str) -> tuple[Any, str | None]:
+    """``(data, None)``, ``(None, None)`` when the file is absent, ``(None, message)`` when it is unreadable."""
+    if not path.exists():
+        return None, None
+    try:
+        return read_json_file(path, max_bytes=JSON_MAX_BYTES, what=what), None
+    except OtplugError as exc:
+        return None, str(exc)
+
+
+def read_png(path: Path) -> bytes:
+    """The bytes of a PNG file (regular file, size-capped, PNG signature checked)."""
+    if not path.is_file():
+        raise OtplugError(f"{path}: not a regular file")
+    size = path.stat().st_size
+    if size > PNG_MAX_BYTES:
+        raise OtplugError(f"{path}: {size} bytes, larger than the {PNG_MAX_BYTES >> 20} MiB shown in a report")
+    data = path.read_bytes()
+    if not data.startswith(PNG_MAGIC):
+        raise OtplugError(f"{path}: not a PNG image")
+    return data
+
+
+def read_metrics(path: Path) -> tuple[list[dict[str, Any]], int, str | None]:
+    """Rows of ``metrics.jsonl`` (objects with an integer ``step``), the number of lines skipped (a torn last line,
+    corrupt lines), and an error when the file cannot be read at all."""
+    if not path.exists():
+        return [], 0, None
+    try:
+        text = read_text_file(path, max_bytes=METRICS_MAX_BYTES, what="metrics file")
+    except OtplugError as exc:
+        return [], 0, str(exc)
+    rows, skipped = [], 0
+    for line in text.split("\n"):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            skipped += 1
+            continue
+        step = row.get("step") if isinstance(row, dict) else None
+        if not isinstance(step, int) or isinstance(step, bool):
+            skipped += 1
+            continue
+        rows.append(row)
+    rows.sort(key=lambda r: r["step"])
+    return rows, skipped, None
+
+
+def series(rows: list[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(steps, values)`` of one metric over the rows that have it; ``null`` (non-finite) becomes NaN."""
+    steps, values = [], []
+    for r in rows:
+        if key not in r:
+            continue
+        v = r[key]
+        if v is None:
+            v = math.nan
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            continue
+        steps.append(r["step"])
+        values.append(float(v))
+    return np.asarray(steps, dtype=np.int64), np.asarray(values, dtype=np.float64)
+
+
+def metric_keys(rows: list[Mapping[str, Any]]) -> list[str]:
+    """Every numeric metric name in the rows, in first-seen order."""
+    seen: dict[str, None] = {}
+    for r in rows:
+        for k, v in r.items():
+            numeric = v is None or (isinstance(v, int | float) and not isinstance(v, bool))
+            if numeric and k not in ("step", "nonfinite"):
+                seen.setdefault(k, None)
+    return list(seen)
+
+
+@attrs.define
+class RunFolder:
+    path: Path
+    run_info: dict[str, Any] | None = None
+    summary: dict[str, Any] | None = None
+    rows: list[dict[str, Any]] = attrs.Factory(list)
+    skipped_rows: int = 0
+    problems: list[str] = attrs.Factory(list)
+    plans: list[tuple[int, Path]] = attrs.Factory(list)
+    embeddings: list[tuple[int, Path]] = attrs.Factory(list)
+    checkpoints: list[str] = attrs.Factory(list)
+
+    @property
+    def ot_options(self) -> dict[str, Any]:
+        ot = (self.run_info or {}).get("ot")
+        return ot if isinstance(ot, dict) else {}
+
+    @property
+    def ot_config(self) -> dict[str, Any] | None:
+        """The OT config as the run saved it (``run_info['ot_config_text']``), parsed when it is JSON/TOML/YAML."""
+        text = (self.run_info or {}).get("ot_config_text")
+        if not isinstance(text, str):
+            return None
+        from otplug.config.files import parse_text
+
+        for fmt in ("json", "toml", "yaml"):
+            try:
+                data = parse_text(text, fmt)
+            except OtplugError:  # not this format: try the next
+                data = None
+            if isinstance(data, dict):
+                return data
+        return None
+
+    @property
+    def ot_enabled(self) -> bool:
+        return bool(self.ot_options.get("enabled")) or any("ot_loss" in r for r in self.rows)
+
+    def keys(self) -> list[str]:
+        return metric_keys(self.rows)
+
+    def pair_info_path(self) -> Path | None:
+        """The pair_info file named in run_info (absolute, or relative to the working folder or the run)."""
+        raw = self.ot_options.get("pair_info")
+        if not isinstance(raw, str) or not raw:
+            return None
+        p = Path(raw).expanduser()
+        if p.is_absolute() or p.exists():
+            return p
+        return self.path / p
+
+
+def open_run(path: Path) -> RunFolder:
+    run = RunFolder(path=path)
+    for name, attr, what in (("run_info.json", "run_info", "run info"), ("train_summary.json", "summary",
+                                                                          "training summary")):
+        data, err = read_json(path / name, what)
+        if err:
+            run.problems.append(err)
+        elif data is not None and not isinstance(data, dict):
+            run.problems.append(f"{path / name}: expected a JSON object, got {type(data).__name__}")
+        else:
+            setattr(run, attr, data)
+    run.rows, run.skipped_rows, err = read_metrics(path / "metrics.jsonl")
+    if err:
+        run.problems.append(err)
+    plans_dir = path / "plans"
+    if plans_dir.is_dir():
+        run.plans = sorted((int(m.group(1)), p) for p in plans_dir.iterdir() if (m := _PLAN.match(p.name)))
+    run.embeddings = embedding_files(path)
+    ck = path / "checkpoints"
+    if ck.is_dir():
+        run.checkpoints = sorted((p.name for p in ck.iterdir() if p.is_dir() or p.is_symlink()),
+                                 key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))
+    return run
+
+
+@attrs.define
+class StudyFolder:
+    path: Path
+    config: dict[str, Any] | None = None
+    table: list[dict[str, Any]] | None = None
+    summary: dict[str, Any] | None = None
+    markdown: str | None = None
+    problems: list[str] = attrs.Factory(list)
+    runs: list[tuple[str, int, Path]] = attrs.Factory(list)  # (method, seed, run folder)
+    embedding_pictures: list[tuple[str, Path]] = attrs.Factory(list)
+
+    def cells(self) -> list[dict[str, Any]]:
+        """Per method x domain x region success with a 95% Wilson interval: study_summary.json's cells, else
+        pooled from study.json."""
+        if self.summary and isinstance(self.summary.get("cells"), list):
+            return [c for c in self.summary["cells"] if isinstance(c, dict)]
+        if not self.table:
+            return []
+        groups: dict[tuple, list[dict]] = {}
+        for r in self.table:
+            if isinstance(r, dict) and {"method", "domain", "region", "successes", "episodes"} <= set(r):
+                groups.setdefault((r["method"], r["domain"], r["region"]), []).append(r)
+        out = []
+        for (m, d, reg), rs in groups.items():
+            s, n = sum(int(r["successes"]) for r in rs), sum(int(r["episodes"]) for r in rs)
+            out.append({"method": m, "domain": d, "region": reg, "seeds": len(rs), "episodes": n, "successes": s,
+                        "success_rate": s / n if n else math.nan, "ci95": list(wilson(s, n)),
+                        "per_seed": [r.get("success_rate") for r in sorted(rs, key=lambda r: r.get("seed", 0))]})
+        return out
+
+
+def wilson(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """95% Wilson score interval of a binomial proportion."""
+    if n <= 0:
+        return math.nan, math.nan
+    p = successes / n
+    den = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def open_study(path: Path) -> StudyFolder:
+    st = StudyFolder(path=path)
+    for name, attr, what, kind in (("study_config.json", "config", "study config", dict),
+                                   ("study.json", "table", "study results", list),
+                                   ("study_summary.json", "summary", "study summary", dict)):
+        data, err = read_json(path / name, what)
+        if err:
+            st.problems.append(err)
+        elif data is not None and not isinstance(data, kind):
+            st.problems.append(f"{path / name}: expected a JSON {'object' if kind is dict else 'list'}")
+        else:
+            setattr(st, attr, data)
+    md = path / "study.md"
+    if md.is_file():
+        try:
+            st.markdown = read_text_file(md, max_bytes=JSON_MAX_BYTES, what="study table")
+        except OtplugError as exc:
+            st.problems.append(str(exc))
+    runs = path / "runs"
+    if runs.is_dir():
+        for method_dir in sorted(p for p in runs.iterdir() if p.is_dir()):
+            for seed_dir in method_dir.iterdir():
+                m = _SEED.match(seed_dir.name)
+                if m and seed_dir.is_dir():
+                    st.runs.append((method_dir.name, int(m.group(1)), seed_dir))
+    order = {m: i for i, m in enumerate((st.config or {}).get("methods") or [])}
+    st.runs.sort(key=lambda r: (order.get(r[0], len(order)), r[0], r[1]))
+    emb = path / "embeddings"
+    if emb.is_dir():
+        pics = [(p.stem, p) for p in emb.iterdir() if p.suffix == ".png" and p.is_file()]
+        st.embedding_pictures = sorted(pics, key=lambda t: (order.get(t[0], len(order)), t[0]))
+    return st
