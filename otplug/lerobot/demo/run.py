@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from otplug.bench.study_config import RECOMMENDED_OT
 from otplug.errors import OtplugError
 from otplug.lerobot.demo.data import ensure_demo_datasets
 from otplug.lerobot.demo.report import summarize
@@ -37,21 +38,11 @@ CAMERA = "observation.images.front"
 MARKER = ".otplug-demo"
 DEFAULT_STEPS = 150
 
-#: The demo's OT config (native format). Written next to the cached datasets as ``demo_ot.json``.
-DEMO_OT_CONFIG: dict[str, Any] = {
-    "reg": 0.05,
-    "tau_src": 1.0,
-    "tau_tgt": 1.0,
-    # diagonal prior: the plan may only couple each real row with its own DTW partner (docs/math.md §4). Without
-    # it the demo's OT couples frames of different scenes as readily as partners (measured: partner retrieval
-    # 0.16 vs 0.36 with it, baseline 0.06; see docs/training.md).
-    "heuristic": True,
-    "cost_normalization": "mean",
-    "terms": [
-        {"type": "image", "name": "img_front", "src_key": CAMERA, "weight": 1.0},
-        {"type": "action-slice", "name": "action", "weight": 0.5},
-    ],
-}
+#: The demo's OT config (native format), the benchmark's recommended one (an image-embedding term and an action
+#: term with the diagonal prior: each real row is coupled only with its own DTW partner, docs/math.md §4; without
+#: it this demo's OT couples frames of different scenes as readily as partners -- measured partner retrieval 0.16
+#: vs 0.36 with it, baseline 0.06). Written next to the cached datasets as ``demo_ot.json``.
+DEMO_OT_CONFIG: dict[str, Any] = RECOMMENDED_OT
 
 
 def _rank() -> int:
