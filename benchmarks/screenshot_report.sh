@@ -31,7 +31,7 @@ extra=()
 for f in "${folders[@]}"; do
   name=$(basename "$f")
   page="$OUT/$name.html"
-  "$PYTHON" -m otplug report "$f" --out "$page" -q "${extra[@]}"
+  "$PYTHON" -m otplug report "$f" --out "$page" -q "${extra[@]}" >/dev/null
   "$CHROMIUM" --headless --no-sandbox --disable-gpu --hide-scrollbars --screenshot="$OUT/$name.png" \
     --window-size="$WIDTH,$HEIGHT" "file://$(realpath "$page")" 2>/dev/null
   echo "$OUT/$name.png  <-  $page"

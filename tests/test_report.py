@@ -248,6 +248,17 @@ def test_run_without_ot(tmp_path):
     assert "it trained without the OT loss" in _section(page, "diagnostics")
 
 
+def test_ot_run_without_diagnostics(tmp_path):
+    run = make_run(tmp_path / "run", plan_every=400)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    (run / "metrics.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if not k.startswith("diag/")})
+                                               + "\n" for r in rows))
+    page = build_report(run, tsne=False, quiet=True).read_text()
+    diag = _section(page, "diagnostics")
+    assert "did not measure them" in diag and _images(diag) == 2  # ot_embed_scale, ot_cost_share
+    assert _images(_section(page, "plans")) == 2
+
+
 def test_bare_metrics_only(tmp_path):
     run = tmp_path / "run"
     run.mkdir()

@@ -165,7 +165,9 @@ def _diagnostics(page: Page, run: RunFolder) -> None:
         items.append((figures.curve_panel(run.rows, "Other diagnostics", other, {}), "Other diagnostics", ""))
     if items:
         page.grid(items)
-    if absent:
+    if not any(k.startswith("diag/") for k in keys):
+        page.missing("Not recorded: the probe-set diagnostics (diag/*); this run did not measure them.")
+    elif absent:
         page.missing("Not recorded: " + "; ".join(absent) + ".")
 
 
@@ -282,15 +284,18 @@ def _study_results(page: Page, st: StudyFolder) -> None:
         page.missing("Not recorded yet: no study.json / study_summary.json (the study has not finished its "
                      "evaluations).")
     else:
+        def rate(v: Any) -> str:
+            return f"{v:.2f}" if isinstance(v, int | float) and not isinstance(v, bool) else "–"
+
+        def interval(ci: Any) -> str:
+            return f"{rate(ci[0])}–{rate(ci[1])}" if isinstance(ci, list) and len(ci) == 2 else "–"
+
         rows = []
         for c in cells:
-            lo, hi = (c.get("ci95") or [None, None])[:2]
-            sm = c.get("seed_mean_ci95")
             rows.append([c.get("method"), c.get("domain"), c.get("region"), c.get("seeds"), c.get("episodes"),
-                         c.get("successes"), c.get("success_rate"),
-                         f"{fmt(lo)}–{fmt(hi)}" if lo is not None else "–",
-                         ", ".join(fmt(x) for x in c.get("per_seed") or []),
-                         f"{fmt(sm[0])}–{fmt(sm[1])}" if isinstance(sm, list) and len(sm) == 2 else "–"])
+                         c.get("successes"), ("html", f"<b>{esc(rate(c.get('success_rate')))}</b>"),
+                         interval(c.get("ci95")), ", ".join(rate(x) for x in c.get("per_seed") or []),
+                         interval(c.get("seed_mean_ci95"))])
         page.p("Success pooled over seeds and evaluation episodes with a 95% Wilson interval; with two or more "
                "seeds also a t interval of the per-seed rates (the seed-to-seed spread).", "note")
         page.table(["method", "domain", "region", "seeds", "episodes", "successes", "success rate", "95% CI",

@@ -127,7 +127,7 @@ def curve_panel(rows: list[Mapping[str, Any]], title: str, keys: Sequence[str], 
     ax.set_ylabel(opts.get("ylabel", ""))
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    if len(keys) > 1 or "hline" in opts:
+    if len(keys) > 1 or "hline" in opts or (keys and keys[0] != opts.get("ylabel")):
         ax.legend(fontsize=7.5, loc="best", framealpha=0.85)
     if nonfinite:
         ax.text(0.01, 0.01, "gaps: non-finite values in " + ", ".join(nonfinite), transform=ax.transAxes,
