@@ -28,7 +28,8 @@ def build_report(*args, **kwargs):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="otplug report", description=__doc__.split("\n\n")[0].strip("`"),
+    p = argparse.ArgumentParser(prog="otplug report", description="One self-contained HTML page about a training run or a study folder "
+                                "(docs/report.md).",
                                 epilog="A missing folder, or one that is neither a run nor a study, exits with code 2.")
     p.add_argument("folder", metavar="RUN_OR_STUDY_DIR", help="a run folder (otplug train --output_dir) or a study "
                    "folder (otplug study --output-dir)")
