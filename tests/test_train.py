@@ -49,8 +49,10 @@ def _args(pair, out, steps=3, extra=()):
     ]
 
 
-def _rows(out):
-    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+def _rows(out, with_probe=False):
+    """metrics.jsonl rows; the step-0 row of the alignment diagnostics (diag/*) only when asked."""
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return rows if with_probe else [r for r in rows if r["step"] > 0]
 
 
 @pytest.mark.parametrize("layout", ["single-pass", "separate"])
@@ -64,6 +66,9 @@ def test_train_with_ot(pair, tmp_path, layout):
     for r in rows:
         assert r["ot_loss"] > 0 and r["ot_pi_sum"] > 0 and "ot_cost/img" in r and "bc_loss" in r
         assert r["loss"] == pytest.approx(r["bc_loss"] + 0.1 * r["ot_loss"], rel=1e-4)
+    probe = _rows(out, with_probe=True)[0]
+    assert probe["step"] == 0 and probe["diag/embed_scale_ratio"] == 1.0 and 0 <= probe["diag/domain_probe_acc"] <= 1
+    assert "diag/embed_scale_ratio" in rows[-1] and (out / "embeddings" / "step_000003.npz").is_file()
     # both layouts encode the image term with gradients; single-pass reads it from the BC forward (no fallback)
     assert all(r["ot_capture_fallback"] == 0 for r in rows)
     assert all(r["skipped_steps"] == 0 for r in rows)

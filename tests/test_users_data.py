@@ -71,8 +71,10 @@ def _args(root, out, *, real, sim, steps=2, extra=()):
     ]
 
 
-def _rows(out):
-    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+def _rows(out, with_probe=False):
+    """metrics.jsonl rows; the step-0 row of the alignment diagnostics (diag/*) only when asked."""
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return rows if with_probe else [r for r in rows if r["step"] > 0]
 
 
 # -- the sampling law ------------------------------------------------------------------------------------------------

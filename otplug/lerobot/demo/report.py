@@ -86,9 +86,11 @@ def _eval_pairs(cfg, n: int = EVAL_PAIRS):
 
 
 def _rows(path: Path) -> list[dict]:
+    """The training rows of a metrics.jsonl (without the step-0 row of the alignment diagnostics)."""
     if not path.is_file():
         return []
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    return [r for r in rows if r.get("step", 1) > 0]
 
 
 def summarize(out: Path, data, cfg, ot_summary: dict, base_summary: dict | None,

@@ -77,6 +77,9 @@ class OTSection:
     plan_every: int = 50
     # Log metrics every N steps (defaults to --log_freq).
     log_every: int | None = None
+    # Alignment diagnostics (diag/* metrics, embeddings/step_*.npz for `otplug report`) every N steps on a fixed
+    # probe set of DTW pairs (rounded up to a multiple of the log interval); 0 = off.
+    diag_every: int = 100
     # A step whose loss or gradient is not finite: "stop" (default; nothing from it is applied or saved) or "skip"
     # (its gradients are dropped; the metric skipped_steps counts it).
     on_nonfinite: str = "stop"
@@ -112,6 +115,7 @@ class OTSection:
         _number("lambda_ot", self.lambda_ot, minimum=0.0)
         _integer("batch_size", self.batch_size, minimum=1)
         _integer("plan_every", self.plan_every, minimum=1)
+        _integer("diag_every", self.diag_every, minimum=0)
         if self.log_every is not None:
             _integer("log_every", self.log_every, minimum=1)
         for name in ("sharpness", "cutoff"):

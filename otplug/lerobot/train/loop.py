@@ -41,6 +41,7 @@ from otplug.lerobot.train import setup
 from otplug.lerobot.train.batches import check_image_range, images_to_float
 from otplug.lerobot.train.metrics import Window, reduce_metrics
 from otplug.lerobot.train.ot_step import OTSide
+from otplug.lerobot.train.probe import make_recorder
 from otplug.lerobot.train.run_dir import RunLock
 from otplug.lerobot.train.step import check_finite_weights, update_policy
 
@@ -128,6 +129,10 @@ def _train(cfg: Any, accelerator: Any, output_dir: Path) -> dict[str, Any]:
         sinks = setup.make_run_sinks(output_dir, ot, start_step=step)
         setup.write_run_info(output_dir, cfg, accelerator, dataset, source)
     log_every = ot.log_every or cfg.log_freq
+    probe = make_recorder(cfg, dataset, source, policy, preprocessor, output_dir, step) if is_main else None
+    unwrapped = accelerator.unwrap_model(policy)
+    if probe is not None and probe[0].due(step) and step == 0:
+        sinks.log(0, probe[0].record(0, probe[1], module=unwrapped))
     window, first, last = Window(), {}, {}
     progbar = tqdm(total=cfg.steps - step, desc="otplug train", unit="step", disable=not is_main, leave=True,
                    dynamic_ncols=True)
@@ -159,6 +164,8 @@ def _train(cfg: Any, accelerator: Any, output_dir: Path) -> dict[str, Any]:
 
             if log_every > 0 and (step % log_every == 0 or step == cfg.steps):
                 reduced = reduce_metrics(window.means(), accelerator)
+                if probe is not None and probe[0].due(step):
+                    reduced.update(probe[0].record(step, probe[1], module=unwrapped))
                 if is_main:
                     sinks.log(step, reduced)
                     progbar.set_postfix({k: f"{reduced[k]:.3g}" for k in LOGGED_IN_BAR if k in reduced}, refresh=False)
