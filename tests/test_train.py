@@ -220,3 +220,18 @@ def test_ema_target_encoder_trains_saves_and_resumes(pair, tmp_path):
     assert saved and all(torch.isfinite(v).all() for v in saved.values() if torch.is_tensor(v) and v.is_floating_point())
     assert main(["--resume", "--output-dir", str(out), "--steps", "3"]) == 0
     assert [r["step"] for r in _rows(out)] == [1, 2, 3] and _rows(out)[-1]["ot_loss"] >= 0
+
+
+def test_diagnostics_do_not_change_training(pair, tmp_path):
+    """The probe is built under a forked RNG and measured in eval mode without gradients: a run with
+    diagnostics trains exactly like one without (same losses, bit for bit)."""
+    from otplug.lerobot.train import main
+
+    a, b = tmp_path / "with", tmp_path / "without"
+    assert main(_args(pair, a, steps=3, extra=["--ot.diag_every=1"])) == 0
+    assert main(_args(pair, b, steps=3, extra=["--ot.diag_every=0"])) == 0
+    ra, rb = _rows(a), _rows(b)
+    assert [r["step"] for r in ra] == [r["step"] for r in rb] == [1, 2, 3]
+    for x, y in zip(ra, rb, strict=True):
+        assert (x["bc_loss"], x["ot_loss"], x["grad_norm"]) == (y["bc_loss"], y["ot_loss"], y["grad_norm"])
+    assert "diag/retrieval_at_1" in ra[1] and not any(k.startswith("diag/") for k in rb[1])
