@@ -61,7 +61,7 @@ def write_plot(out: Path, cells: list[dict[str, Any]], cfg: StudyConfig) -> Path
 
     regions = [(d, r) for d in cfg.eval_domains for r in cfg.eval_regions]
     by = {(c["method"], c["domain"], c["region"]): c for c in cells}
-    fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(cfg.methods), 3.6), dpi=120)
+    fig, ax = plt.subplots(figsize=(max(5.5, 1.6 + 1.5 * len(cfg.methods)), 3.6), dpi=120)
     width = 0.8 / max(1, len(regions))
     colours = ["#4C72B0", "#DD8452", "#55A868", "#C44E52"]
     for j, (d, r) in enumerate(regions):
@@ -78,7 +78,8 @@ def write_plot(out: Path, cells: list[dict[str, Any]], cfg: StudyConfig) -> Path
     ax.set_xticks(range(len(cfg.methods)), cfg.methods, rotation=15)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("success rate (95% CI)")
-    ax.set_title(f"closed-loop success, {cfg.seeds} seed(s) x {cfg.eval_episodes} episodes per cell")
+    ax.set_title(f"closed-loop success ({' and '.join(cfg.eval_domains)} domain)\n"
+                 f"{cfg.seeds} seed(s) x {cfg.eval_episodes} episodes per cell", fontsize=10)
     ax.legend(loc="upper left", fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
