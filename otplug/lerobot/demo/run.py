@@ -111,7 +111,8 @@ def run_demo(user_args: Sequence[str], *, resume: bool = False, output_dir: str 
     ot_summary = run(cfg, accelerator, end_training=False)  # creates the folder (after every process parsed)
     if _rank() == 0:
         (out / MARKER).write_text("made by otplug train --demo; a new demo run replaces this folder\n")
-        _write_atomic(out / "ot_config.json", json.dumps(DEMO_OT_CONFIG, indent=2))
+        used = Path(cfg.ot.config).read_text() if cfg.ot.config else json.dumps(DEMO_OT_CONFIG, indent=2)
+        _write_atomic(out / "ot_config.json", used)  # the config this run used (--ot.config may replace the demo's)
 
     base_summary = None
     if baseline:
