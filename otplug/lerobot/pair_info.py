@@ -105,6 +105,8 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def _read(path: Path) -> Any:
     """The bounded reader of every input file (regular files only, size cap, UTF-8, nesting and integer limits),
     plus duplicate keys refused."""
+    if not path.exists():
+        raise PairInfoError(f"pair_info file {path} does not exist")
     try:
         return read_json_file(path, max_bytes=MAX_PAIR_INFO_BYTES, what="pair_info file",
                               object_pairs_hook=_no_duplicate_keys)
