@@ -171,7 +171,7 @@ def test_failed_download_is_one_clear_message(pair, tmp_path, capsys, monkeypatc
     from otplug.cli import main as cli
     from otplug.lerobot.train import cli as train_cli
 
-    def offline(cfg):
+    def offline(cfg, accelerator=None, **kw):
         raise urllib.error.URLError("Name or service not known")
 
     monkeypatch.setattr(train_cli, "train", offline)
