@@ -39,8 +39,14 @@ def _grad_norm(policy: Any, accelerator: Any, clip: float) -> torch.Tensor:
     return torch.nn.utils.clip_grad_norm_(policy.parameters(), float("inf"), error_if_nonfinite=False)
 
 
-def _describe(metrics: dict[str, float], ot_res: Any) -> str:
+def _describe(metrics: dict[str, float], ot_res: Any, lambda_ot: float = 0.0) -> str:
     parts = [f"{k} {metrics[k]:.4g}" for k in ("bc_loss", "ot_loss", "grad_norm") if k in metrics]
+    bc, ot, loss = metrics.get("bc_loss", math.nan), metrics.get("ot_loss", math.nan), metrics.get("loss", math.nan)
+    if math.isfinite(bc) and math.isfinite(ot) and not math.isfinite(loss):
+        parts.append(f"--ot.lambda_ot = {lambda_ot:g} times ot_loss overflows: lower --ot.lambda_ot")
+    elif math.isfinite(loss) and not math.isfinite(metrics.get("grad_norm", 0.0)):
+        parts.append("the loss is finite but its gradient is not (a term or the policy has an undefined "
+                     "derivative here" + (f"; --ot.lambda_ot = {lambda_ot:g} scales the OT part" if ot_res else "") + ")")
     if ot_res is not None:
         bad = [k for k, v in ot_res.metrics.items() if k.startswith("ot_cost/") and not math.isfinite(v)]
         if bad:
@@ -76,7 +82,7 @@ def update_policy(policy: Any, batch: dict, n_pairs: int, *, optimizer: Any, lr_
     if not finite_everywhere(0.0 if here else math.nan, accelerator):
         optimizer.zero_grad()
         if on_nonfinite == "stop":
-            where = "another process" if here else f"this process: {_describe(metrics, ot_res)}"
+            where = "another process" if here else f"this process: {_describe(metrics, ot_res, lambda_ot)}"
             raise NonFiniteStep(f"training stopped at step {step}: non-finite loss or gradient ({where}); nothing from "
                                 "this step was applied or saved (--ot.on_nonfinite=skip drops such steps instead)")
         metrics["skipped_steps"] = 1.0
