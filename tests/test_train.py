@@ -235,3 +235,14 @@ def test_diagnostics_do_not_change_training(pair, tmp_path):
     for x, y in zip(ra, rb, strict=True):
         assert (x["bc_loss"], x["ot_loss"], x["grad_norm"]) == (y["bc_loss"], y["ot_loss"], y["grad_norm"])
     assert "diag/retrieval_at_1" in ra[1] and not any(k.startswith("diag/") for k in rb[1])
+
+
+def test_overflowing_lambda_is_named_and_nothing_is_saved(pair, tmp_path, capsys):
+    from otplug.cli import main as cli
+
+    out = tmp_path / "big"
+    rc = cli(["train", *_args(pair, out, steps=2, extra=["--ot.lambda_ot=1e308"])])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and "--ot.lambda_ot = 1e+308" in err, err
+    assert "training stopped at step 1" in err
+    assert not (out / "checkpoints").exists()  # nothing non-finite was saved
