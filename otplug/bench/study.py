@@ -292,6 +292,7 @@ def run_study(out: str | Path, cfg: StudyConfig, *, quiet: bool = False, jobs: i
     text = write_table(out, cells, cfg, meta)
     write_plot(out, cells, cfg)
     say(text)
+    say(f"the study's page (tables, curves, embeddings, every run): otplug report {out}")
     return {"rows": table, "cells": cells, **meta}
 
 

@@ -128,6 +128,7 @@ def run_demo(user_args: Sequence[str], *, resume: bool = False, output_dir: str 
     if _rank() == 0:
         summary = summarize(out, data, cfg, ot_summary, base_summary, DEMO_OT_CONFIG)
         print(summary["text"])
+        print(f"\nthe run's page: otplug report {out}")
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return 0

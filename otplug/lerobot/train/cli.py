@@ -176,7 +176,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, opts = expand_short_flags(argv)
     if opts["demo"]:  # `otplug train --demo` is dispatched to otplug.lerobot.demo by the top-level CLI
         raise OtplugError("--demo: run `otplug train --demo` (the demo builds on training, not the other way round)")
-    run(parse_config(args, resume=opts["resume"], output_dir=opts.get("output_dir")))
+    cfg = parse_config(args, resume=opts["resume"], output_dir=opts.get("output_dir"))
+    run(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"otplug train: done; the run's page: otplug report {cfg.output_dir}")
     return 0
 
 
