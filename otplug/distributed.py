@@ -21,9 +21,9 @@ from typing import Any
 import attrs
 import torch
 
-from otplug.policy_encoder import encode, resolve_encoder
 from otplug.errors import BatchError, OtplugError
 from otplug.features.extract import read_value
+from otplug.policy_encoder import encode, resolve_encoder
 
 __all__ = ["all_gather_rows", "global_ot", "scoped_ot", "world"]
 

@@ -39,6 +39,7 @@ import torch
 
 from otplug.errors import BatchError
 from otplug.features.extract import is_image_key
+from otplug.lerobot.datasets import base_key
 
 __all__ = ["VECTOR_KEYS", "AlignmentError", "RankAlignment", "StrictAlignment"]
 
@@ -110,7 +111,7 @@ class RankAlignment(_Base):
         self.vector_keys = tuple(vector_keys)
 
     def _whitelisted(self, key: str) -> bool:
-        base = key[: -len("_is_pad")] if key.endswith("_is_pad") else key
+        base = base_key(key)
         return base in self.vector_keys and not is_image_key(base)
 
     def __call__(self, ot_batch: Mapping[str, Any], reference: Mapping[str, Any],

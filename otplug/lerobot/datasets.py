@@ -19,6 +19,7 @@ import numpy as np
 from otplug.errors import OtplugError
 
 __all__ = [
+    "PAD_SUFFIX",
     "DatasetError",
     "RenamedDataset",
     "check_rename_map",
@@ -26,10 +27,33 @@ __all__ = [
     "episode_arrays",
     "episode_lengths",
     "episode_rows",
+    "base_key",
+    "images_to_float",
     "no_progress_bars",
     "open_dataset",
     "quiet_lerobot",
 ]
+
+
+#: lerobot's mask of padded time steps of a key: ``<key>_is_pad``
+PAD_SUFFIX = "_is_pad"
+
+
+def base_key(key: str) -> str:
+    """The feature a ``<key>_is_pad`` mask belongs to (``key`` itself otherwise)."""
+    return key[: -len(PAD_SUFFIX)] if key.endswith(PAD_SUFFIX) else key
+
+
+def images_to_float(batch: dict[str, Any], camera_keys: Any) -> dict[str, Any]:
+    """lerobot-train's uint8 -> float32 [0, 1] step for camera values (in place, like lerobot), on a batch or a
+    single item: video frames decode to uint8, PNG frames to float already."""
+    import torch
+
+    for key in camera_keys:
+        value = batch.get(key)
+        if isinstance(value, torch.Tensor) and value.dtype == torch.uint8:
+            batch[key] = value.to(dtype=torch.float32) / 255.0
+    return batch
 
 
 class DatasetError(OtplugError, ValueError):
@@ -141,8 +165,8 @@ def _renamer(rename: dict[str, str]) -> Any:
     def key(k: str) -> str:
         if k in rename:
             return rename[k]
-        if k.endswith("_is_pad") and k[: -len("_is_pad")] in rename:
-            return rename[k[: -len("_is_pad")]] + "_is_pad"
+        if k.endswith(PAD_SUFFIX) and base_key(k) in rename:
+            return rename[base_key(k)] + PAD_SUFFIX
         return k
     return key
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from otplug.config.files import read_json_file
 from otplug.errors import OtplugError
+from otplug.lerobot.datasets import base_key
 
 __all__ = ["check_against_datasets", "read_features"]
 
@@ -29,10 +30,6 @@ def read_features(root: str | Path, flag: str) -> tuple[dict[str, Any], int | No
     if not isinstance(feats, Mapping):
         raise OtplugError(f"{info_path}: no 'features' table")
     return dict(feats), info.get("fps")
-
-
-def _base(key: str) -> str:
-    return key[: -len("_is_pad")] if key.endswith("_is_pad") else key
 
 
 def check_against_datasets(cfg: Any, target_root: str | Path, source_root: str | Path | None = None,
@@ -59,7 +56,7 @@ def check_against_datasets(cfg: Any, target_root: str | Path, source_root: str |
                             "multiple of the target's")
     for side, feats in sides.items():
         for key in sorted(loss.required_keys(side)):
-            if _base(key) not in feats:
+            if base_key(key) not in feats:
                 near = sorted(k for k in feats if k.split(".")[:2] == key.split(".")[:2])
                 hint = f" (it has {', '.join(near)})" if near else ""
                 problems.append(f"terms read {key!r} on the {'target' if side == 'tgt' else 'source'} side but "
@@ -75,7 +72,7 @@ def check_against_datasets(cfg: Any, target_root: str | Path, source_root: str |
                                 "not a camera")
     if "src" in sides:
         for key in sorted(loss.required_keys("src") & loss.required_keys("tgt")):
-            src_ft, tgt_ft = sides["src"].get(_base(key), {}), sides["tgt"].get(_base(key), {})
+            src_ft, tgt_ft = sides["src"].get(base_key(key), {}), sides["tgt"].get(base_key(key), {})
             a, b = src_ft.get("shape"), tgt_ft.get("shape")
             cameras = tgt_ft.get("dtype") in CAMERA_DTYPES  # image sizes may differ (the encoder pools them)
             if a is not None and b is not None and list(a) != list(b) and not cameras:

@@ -30,20 +30,12 @@ import torch
 import torch.utils.data
 
 from otplug.errors import OtplugError
-from otplug.lerobot.datasets import dataset_label, episode_rows
+from otplug.lerobot.datasets import dataset_label, episode_rows, images_to_float
 
 __all__ = ["PART_KEY", "MixtureDataset", "WeightedFrameSampler", "mixture_probabilities", "source_fraction"]
 
 #: the item / batch key naming the dataset a BC row came from (0 = target)
 PART_KEY = "otplug.bc_part"
-
-
-def _to_float_images(item: dict, camera_keys: Sequence[str]) -> dict:
-    for key in camera_keys:
-        v = item.get(key)
-        if isinstance(v, torch.Tensor) and v.dtype == torch.uint8:
-            item[key] = v.to(torch.float32) / 255.0
-    return item
 
 
 class MixtureDataset(torch.utils.data.Dataset):
@@ -86,7 +78,7 @@ class MixtureDataset(torch.utils.data.Dataset):
         # source-only extras would break collation: every row carries exactly the target's keys
         item = {k: v for k, v in self.parts[part][row].items() if k in self._keys}
         item[PART_KEY] = torch.tensor(part, dtype=torch.int64)
-        return _to_float_images(item, self.camera_keys)
+        return images_to_float(item, self.camera_keys)
 
 
 def _valid_rows(ds: Any, drop_n_last_frames: int) -> np.ndarray:

@@ -8,16 +8,9 @@ from typing import Any
 import torch
 
 from otplug.errors import OtplugError
+from otplug.lerobot.datasets import images_to_float  # re-exported: the step every batch part goes through
 
 __all__ = ["check_image_range", "concat_batches", "images_to_float", "rows"]
-
-
-def images_to_float(batch: dict[str, Any], camera_keys: Sequence[str]) -> dict[str, Any]:
-    """lerobot-train's uint8 -> float32 [0, 1] step (in place, like lerobot)."""
-    for key in camera_keys:
-        if key in batch and batch[key].dtype == torch.uint8:
-            batch[key] = batch[key].to(dtype=torch.float32) / 255.0
-    return batch
 
 
 #: tolerance on the [0, 1] range of camera values (image transforms may overshoot by rounding)

@@ -155,8 +155,6 @@ class OTSection:
                               "(or disable it with --ot.enabled=false)")
         if not Path(self.pair_info).expanduser().is_file():
             raise OtplugError(f"--ot.pair_info: no such file {self.pair_info}")
-        if self.source_root and not Path(self.source_root).expanduser().is_dir():
-            raise OtplugError(f"--ot.source_root: no such directory {self.source_root}")
         if dataset_root and not Path(dataset_root).expanduser().is_dir():
             raise OtplugError(f"--dataset.root: no such directory {dataset_root}")
         if self.has_loss:

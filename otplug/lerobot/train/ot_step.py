@@ -25,6 +25,7 @@ from otplug.distributed import scoped_ot
 from otplug.ema import EMAEncoder
 from otplug.errors import OtplugError
 from otplug.lerobot.capture import CapturedEncoder, FeatureCapture
+from otplug.lerobot.datasets import base_key
 from otplug.lerobot.pair_dataset import OTPairDataset, PairSampling, cycle_epochs, make_pair_loader
 from otplug.lerobot.train.batches import check_image_range, concat_batches, images_to_float, rows
 from otplug.plugins import get_registry
@@ -101,7 +102,7 @@ class OTSide:
 
     def _check_features(self, features: Any) -> None:
         for key in sorted(set(self.src_keys) | set(self.tgt_keys)):
-            base = key[: -len("_is_pad")] if key.endswith("_is_pad") else key
+            base = base_key(key)
             if base not in features:
                 raise OtplugError(f"the OT config uses {key!r} but the dataset has no feature {base!r} "
                                   f"(features: {', '.join(sorted(features))})")
