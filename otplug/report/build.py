@@ -119,19 +119,25 @@ def _final(page: Page, run: RunFolder) -> None:
                  Page.table_html(["metric", "value"], all_last))
 
 
-def _curves(page: Page, run: RunFolder) -> None:
-    page.section("curves", "Training curves")
-    if not run.rows:
-        page.missing("Not recorded: metrics.jsonl is missing or empty.")
-        return
+def _panels(run: RunFolder, panels: Any) -> tuple[list, list[str]]:
+    """One curve picture per panel whose metrics the run logged; the titles (and patterns) of the others."""
     keys = run.keys()
     items, absent = [], []
-    for title, pats, opts in figures.CURVE_PANELS:
+    for title, pats, opts in panels:
         found = figures.panel_keys(keys, pats)
         if found:
             items.append((figures.curve_panel(run.rows, title, found, opts), title, ""))
         else:
             absent.append(f"{title} ({', '.join(pats)})")
+    return items, absent
+
+
+def _curves(page: Page, run: RunFolder) -> None:
+    page.section("curves", "Training curves")
+    if not run.rows:
+        page.missing("Not recorded: metrics.jsonl is missing or empty.")
+        return
+    items, absent = _panels(run, figures.CURVE_PANELS)
     if items:
         page.grid(items)
     if absent:
@@ -154,13 +160,7 @@ def _diagnostics(page: Page, run: RunFolder) -> None:
            "Alignment shows as the probe falling towards 0.5 while retrieval, effective rank and the scale ratio "
            "hold; the probe falling together with the scale ratio is scale collapse. ot_embed_scale/* and "
            "ot_cost_share/* come from the OT batches of each step.", "note")
-    items, absent = [], []
-    for title, pats, opts in figures.DIAG_PANELS:
-        found = figures.panel_keys(keys, pats)
-        if found:
-            items.append((figures.curve_panel(run.rows, title, found, opts), title, ""))
-        else:
-            absent.append(f"{title} ({', '.join(pats)})")
+    items, absent = _panels(run, figures.DIAG_PANELS)
     if other:
         items.append((figures.curve_panel(run.rows, "Other diagnostics", other, {}), "Other diagnostics", ""))
     if items:
