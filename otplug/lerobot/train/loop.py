@@ -85,6 +85,20 @@ def _batches(dataloader: Any, cfg: Any, step: int) -> Iterator[dict]:
     return it
 
 
+def _save(cfg: Any, step: int, output_dir: Path, accelerator: Any, policy: Any, optimizer: Any, lr_scheduler: Any,
+          processors: tuple[Any, Any], ot_side: Any) -> None:
+    """lerobot's checkpoint of ``step`` (weights checked finite first: nothing non-finite is ever saved), the OT
+    side's own state beside it, then ``last`` moved to it."""
+    check_finite_weights(policy, step)
+    ckpt = get_step_checkpoint_dir(output_dir, cfg.steps, step)
+    save_checkpoint(checkpoint_dir=ckpt, step=step, cfg=cfg, policy=accelerator.unwrap_model(policy),
+                    optimizer=optimizer, scheduler=lr_scheduler, preprocessor=processors[0],
+                    postprocessor=processors[1], num_processes=accelerator.num_processes, batch_size=cfg.batch_size)
+    if ot_side is not None:
+        ot_side.save(ckpt)
+    update_last_checkpoint(ckpt)
+
+
 def train(cfg: Any, accelerator: Any = None, *, end_training: bool = True) -> dict[str, Any]:
     """Run training for a validated :class:`~otplug.lerobot.train.config.OTTrainConfig`. Returns a small summary
     (steps, seconds, first and last metrics, world size, output dir). ``end_training=False`` keeps the accelerator
@@ -176,15 +190,8 @@ def _train(cfg: Any, accelerator: Any, output_dir: Path) -> dict[str, Any]:
 
             if cfg.save_checkpoint and should_save_checkpoint(step, cfg.save_freq, cfg.steps):
                 if is_main:
-                    check_finite_weights(policy, step)  # nothing non-finite is ever saved
-                    ckpt = get_step_checkpoint_dir(output_dir, cfg.steps, step)
-                    save_checkpoint(checkpoint_dir=ckpt, step=step, cfg=cfg, policy=accelerator.unwrap_model(policy),
-                                    optimizer=optimizer, scheduler=lr_scheduler, preprocessor=preprocessor,
-                                    postprocessor=postprocessor, num_processes=accelerator.num_processes,
-                                    batch_size=cfg.batch_size)
-                    if ot_side is not None:
-                        ot_side.save(ckpt)
-                    update_last_checkpoint(ckpt)
+                    _save(cfg, step, output_dir, accelerator, policy, optimizer, lr_scheduler,
+                          (preprocessor, postprocessor), ot_side)
                 accelerator.wait_for_everyone()
     finally:
         progbar.close()
