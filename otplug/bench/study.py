@@ -210,6 +210,28 @@ def summarize_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------------------------------
 # the study
 
+def _train_all(runs: list[tuple], jobs: int, say: Any) -> int:
+    """Every unfinished training, ``jobs`` side by side (0: 2 on a CPU, 1 on CUDA) with the cores split between
+    them; returns the number of jobs used."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    n_jobs = max(1, jobs if jobs else (1 if _cuda() else min(2, os.cpu_count() or 1)))
+    threads = 0 if n_jobs == 1 else max(1, (os.cpu_count() or 1) // n_jobs)
+
+    def _one(run: tuple) -> None:
+        method, seed, run_dir, args = run
+        t1 = time.perf_counter()
+        done = (run_dir / "train_summary.json").is_file()
+        _train(run_dir, args, run_dir.parent / f"seed{seed}.log", threads)
+        if not done:
+            say(f"trained {method} seed {seed} in {time.perf_counter() - t1:.0f} s")
+
+    with ThreadPoolExecutor(n_jobs) as pool:
+        for _ in pool.map(_one, runs):
+            pass
+    return n_jobs
+
+
 def run_study(out: str | Path, cfg: StudyConfig, *, quiet: bool = False, jobs: int = 0) -> dict[str, Any]:
     """Run (or continue) the study in ``out``; ``jobs`` trainings side by side (0: 2 on a CPU, 1 on CUDA)."""
     from otplug.bench.eval import load_policy
@@ -245,22 +267,7 @@ def run_study(out: str | Path, cfg: StudyConfig, *, quiet: bool = False, jobs: i
         for seed in range(cfg.seeds):
             args = policy_args(cfg) + method_args(method, paths, cfg, ot_path) + [f"--seed={seed}"]
             runs.append((method, seed, out / "runs" / method / f"seed{seed}", args))
-    n_jobs = max(1, jobs if jobs else (1 if _cuda() else min(2, os.cpu_count() or 1)))
-    threads = 0 if n_jobs == 1 else max(1, (os.cpu_count() or 1) // n_jobs)
-
-    def _one(run: tuple) -> None:
-        method, seed, run_dir, args = run
-        t1 = time.perf_counter()
-        done = (run_dir / "train_summary.json").is_file()
-        _train(run_dir, args, run_dir.parent / f"seed{seed}.log", threads)
-        if not done:
-            say(f"trained {method} seed {seed} in {time.perf_counter() - t1:.0f} s")
-
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(n_jobs) as pool:
-        for _ in pool.map(_one, runs):
-            pass
+    n_jobs = _train_all(runs, jobs, say)
     # 2. closed-loop evaluation of every policy (this process, all cores)
     rows: list[dict[str, Any]] = []
     for method, seed, run_dir, _args in runs:
