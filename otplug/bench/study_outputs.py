@@ -99,15 +99,13 @@ def embedding_picture(ckpt: Path, paths: dict[str, Path], out: Path, title: str,
 
     from otplug.lerobot.adapters import ACTEncoder
     from otplug.lerobot.datasets import open_dataset
-    from otplug.lerobot.pair_dataset import OTPairDataset, PairSampling, collate_pairs
+    from otplug.lerobot.pair_dataset import partner_pairs
 
     if out.is_file():
         return out
     real = open_dataset("otplug/study_real_A", paths["real"])
     sim = open_dataset("otplug/study_sim_all", paths["sim"])
-    ds = OTPairDataset(real, sim, paths["pair_info"], PairSampling(top_k=1, window_size=0), seed=1)
-    idx = np.linspace(0, len(ds) - 1, min(96, len(ds))).astype(int).tolist()
-    src, tgt = collate_pairs([ds[i] for i in idx])
+    _ds, idx, (src, tgt) = partner_pairs(real, sim, paths["pair_info"], 96)
     enc = ACTEncoder(loaded.policy)
     feats = []
     with torch.no_grad():

@@ -49,6 +49,7 @@ __all__ = [
     "collate_pairs",
     "cycle_epochs",
     "make_pair_loader",
+    "partner_pairs",
     "make_source_dataset",
 ]
 
@@ -316,6 +317,16 @@ def _rename_hint(missing: Sequence[str], source: Any, target: Any) -> str:
         return " (map names with --ot.source_rename_map)"
     pairs = ", ".join(f'"{s}": "{t}"' for s, t in zip(src_cams, tgt_cams, strict=True))
     return f"; map them with --ot.source_rename_map='{{{pairs}}}'"
+
+
+def partner_pairs(target: Any, source: Any, pair_info: str | Path | Mapping, n: int, *,
+                  seed: int = 1) -> tuple[OTPairDataset, list[int], tuple[dict, dict]]:
+    """``n`` target frames spread evenly over the paired target frames, each with its DTW partner (the aligned
+    frame of the closest source episode, no jitter): ``(pair dataset, indices, (src batch, tgt batch))``. The
+    fixed probe set of the demo report, the study's embedding pictures and the training diagnostics."""
+    ds = OTPairDataset(target, source, pair_info, PairSampling(top_k=1, window_size=0), seed=seed)
+    idx = torch.linspace(0, len(ds) - 1, min(n, len(ds))).long().tolist()
+    return ds, idx, collate_pairs([ds[i] for i in idx])
 
 
 def make_pair_loader(pair_dataset: OTPairDataset, batch_size: int, num_workers: int,

@@ -15,7 +15,7 @@ from lerobot.policies.factory import get_policy_class
 from lerobot.utils.random_utils import set_seed
 
 from otplug.lerobot.adapters import ACTEncoder, DiffusionEncoder
-from otplug.lerobot.pair_dataset import OTPairDataset, PairSampling, collate_pairs, make_source_dataset
+from otplug.lerobot.pair_dataset import make_source_dataset, partner_pairs
 from otplug.lerobot.train.batches import images_to_float
 
 __all__ = ["embedding_alignment", "summarize"]
@@ -80,9 +80,8 @@ def _eval_pairs(cfg, n: int = EVAL_PAIRS):
     c.dataset.image_transforms.enable = False
     target = make_dataset(c)
     source = make_source_dataset(cfg.ot.source_repo_id, cfg.ot.source_root, like=target)
-    ds = OTPairDataset(target, source, cfg.ot.pair_info, PairSampling(top_k=1, window_size=0), seed=12345)
-    idx = torch.linspace(0, len(ds) - 1, min(n, len(ds))).long().tolist()
-    return collate_pairs([ds[i] for i in idx]), target
+    _ds, _idx, pairs = partner_pairs(target, source, cfg.ot.pair_info, n, seed=12345)
+    return pairs, target
 
 
 def _rows(path: Path) -> list[dict]:

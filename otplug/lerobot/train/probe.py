@@ -20,7 +20,7 @@ import torch
 from otplug.diagnostics import DiagnosticsRecorder
 from otplug.errors import OtplugError
 from otplug.lerobot.datasets import episode_lengths
-from otplug.lerobot.pair_dataset import OTPairDataset, PairSampling, collate_pairs
+from otplug.lerobot.pair_dataset import partner_pairs
 from otplug.lerobot.train.batches import images_to_float
 from otplug.policy_encoder import resolve_encoder, unwrap_policy
 
@@ -52,9 +52,7 @@ def make_recorder(cfg: Any, dataset: Any, source: Any, policy: Any, preprocessor
     except OtplugError:
         return None  # a policy type without an encoder adapter: nothing to embed
     with torch.random.fork_rng():
-        pairs = OTPairDataset(dataset, source, ot.pair_info, PairSampling(top_k=1, window_size=0), seed=1)
-        idx = np.linspace(0, len(pairs) - 1, min(PROBE_PAIRS, len(pairs))).round().astype(int).tolist()
-        src, tgt = collate_pairs([pairs[i] for i in idx])
+        pairs, idx, (src, tgt) = partner_pairs(dataset, source, ot.pair_info, PROBE_PAIRS)
         cams = list(dataset.meta.camera_keys)
         src, tgt = (preprocessor(images_to_float(dict(b), cams)) for b in (src, tgt))
     t_len, s_len = episode_lengths(dataset), episode_lengths(source)
