@@ -119,6 +119,7 @@ def run_demo(user_args: Sequence[str], *, resume: bool = False, output_dir: str 
         bdir = out / "baseline"
         if bdir.exists() and not (bdir / "checkpoints" / "last").exists() and _rank() == 0:
             shutil.rmtree(bdir)
+        accelerator.wait_for_everyone()  # no process parses the baseline config while the half-made folder goes
         bres = resume and (bdir / "checkpoints" / "last").exists()
         bcfg = parse_config(demo_args(data, ot_config, bdir, n_steps) + user
                             + ["--ot.cotrain_only=true", "--ot.sinks=[]"],

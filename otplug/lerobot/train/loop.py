@@ -107,7 +107,9 @@ def train(cfg: Any, accelerator: Any = None, *, end_training: bool = True) -> di
     accelerator = accelerator if accelerator is not None else setup.make_accelerator(cfg)
     _seed_and_backends(cfg, accelerator)
     output_dir = Path(cfg.output_dir)
-    # claim the run folder (atomic, exclusive, writable) before any data is loaded
+    # every process has parsed and validated its config (lerobot refuses an existing folder) before the main one
+    # claims the run folder (atomic, exclusive, writable) and before any data is loaded
+    accelerator.wait_for_everyone()
     lock = RunLock(output_dir, fresh=not cfg.resume).acquire() if accelerator.is_main_process else None
     try:
         summary = _train(cfg, accelerator, output_dir)
