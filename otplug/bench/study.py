@@ -312,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", help=f"comma-separated subset of {','.join(METHODS)}")
     p.add_argument("--steps", type=int, help="training steps per run")
     p.add_argument("--episodes", type=int, help="evaluation episodes per seed, domain and region")
+    p.add_argument("--lambda-ot", type=float, help="weight of the OT loss in the OT methods (default 0.1)")
     p.add_argument("--eval-sim", action="store_true", help="also evaluate in the sim domain")
     p.add_argument("--jobs", type=int, default=0, help="trainings side by side (default: 2 on a CPU, 1 on CUDA)")
     p.add_argument("-q", "--quiet", action="store_true")
@@ -332,6 +333,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if value < 1:
                 raise StudyError(f"--{name.replace('eval_', '')} must be >= 1, got {value}")
             over[name] = value
+    if args.lambda_ot is not None:
+        if not (args.lambda_ot > 0 and args.lambda_ot < float("inf")):
+            raise StudyError(f"--lambda-ot must be a finite number > 0, got {args.lambda_ot}")
+        over["lambda_ot"] = args.lambda_ot
     if args.eval_sim:
         over["eval_domains"] = ("real", "sim")
     if args.demo and args.quick:

@@ -17,7 +17,7 @@ LeRobot 0.6 cannot mix datasets with weights (``MultiLeRobotDataset`` is disable
   lerobot's sampler, so ``compute_sampler_state`` resumes a run sample-exactly.
 
 The training loop pops :data:`PART_KEY` from each BC batch and reports the realised share of source rows in each
-log window as the metric ``bc_source_fraction``.
+log window as the metric ``bc_source_fraction`` (with several sources also ``bc_source_fraction/<name>`` each).
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ import torch.utils.data
 from otplug.errors import OtplugError
 from otplug.lerobot.datasets import dataset_label, episode_rows, images_to_float
 
-__all__ = ["PART_KEY", "MixtureDataset", "WeightedFrameSampler", "mixture_probabilities", "source_fraction"]
+__all__ = ["PART_KEY", "MixtureDataset", "WeightedFrameSampler", "mixture_probabilities", "source_fraction",
+           "source_fractions"]
 
 #: the item / batch key naming the dataset a BC row came from (0 = target)
 PART_KEY = "otplug.bc_part"
@@ -158,7 +159,17 @@ class WeightedFrameSampler(torch.utils.data.Sampler):
 
 def source_fraction(batch: dict) -> float | None:
     """Pop :data:`PART_KEY` from a BC batch; the share of its rows drawn from a source dataset (None without it)."""
+    return source_fractions(batch).get("bc_source_fraction")
+
+
+def source_fractions(batch: dict, names: Sequence[str] = ()) -> dict[str, float]:
+    """Pop :data:`PART_KEY` from a BC batch: ``{"bc_source_fraction": share of source rows}`` plus, with several
+    sources (``names``, in part order), ``bc_source_fraction/<name>`` per source; ``{}`` without the key."""
     part = batch.pop(PART_KEY, None)
     if part is None:
-        return None
-    return float((part > 0).double().mean())
+        return {}
+    out = {"bc_source_fraction": float((part > 0).double().mean())}
+    if len(names) > 1:
+        for k, name in enumerate(names, start=1):
+            out[f"bc_source_fraction/{name}"] = float((part == k).double().mean())
+    return out

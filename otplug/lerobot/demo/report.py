@@ -79,8 +79,9 @@ def _eval_pairs(cfg, n: int = EVAL_PAIRS):
     c = copy.deepcopy(cfg)
     c.dataset.image_transforms.enable = False
     target = make_dataset(c)
-    source = make_source_dataset(cfg.ot.source_repo_id, cfg.ot.source_root, like=target)
-    _ds, _idx, pairs = partner_pairs(target, source, cfg.ot.pair_info, n, seed=12345)
+    spec = cfg.ot.sources[0]
+    source = make_source_dataset(spec.repo_id, spec.root, like=target, rename_map=spec.rename_map)
+    _ds, _idx, pairs = partner_pairs(target, source, spec.pair_info, n, seed=12345)
     return pairs, target
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from lerobot.configs.train import TrainPipelineConfig
 
 from otplug.errors import OtplugError
+from otplug.lerobot.sources import check_specs, read_sources_file, single_source
 
 __all__ = ["LAYOUTS", "SCOPES", "OTSection", "OTTrainConfig"]
 
@@ -37,6 +38,9 @@ class OTSection:
     # Source feature name -> target feature name (lerobot's rename_map shape), applied when the source dataset is
     # opened, e.g. '{"observation.images.cam_high": "observation.images.top"}'.
     source_rename_map: dict[str, str] = field(default_factory=dict)
+    # Several source datasets (each with its root, pair_info, weight and rename map): a JSON/TOML/YAML file, see
+    # otplug.lerobot.sources. Replaces the four --ot.source_* / --ot.pair_info options above.
+    sources_file: str | None = None
     # BC co-training mixture: expected share of BC rows drawn from the source dataset (0 = target only). Works with
     # OT on or off (--ot.enabled=false --ot.bc_source_weight=0.5 is plain sim+real co-training).
     bc_source_weight: float = 0.0
@@ -100,6 +104,12 @@ class OTSection:
         return self.active and not self.cotrain_only
 
     @property
+    def sources(self) -> list[Any]:
+        """The source datasets (:class:`otplug.lerobot.sources.SourceSpec`), from ``--ot.sources_file`` or the
+        ``--ot.source_*`` options; empty when no source is opened. Set by :meth:`validate`."""
+        return list(self.__dict__.get("_sources", []))
+
+    @property
     def loss_config(self) -> Any:
         """The parsed OT config (:class:`otplug.OTConfig`), or None without an OT loss; set by :meth:`validate`."""
         return self.__dict__.get("_loss_config")
@@ -138,22 +148,31 @@ class OTSection:
         if not isinstance(self.sinks, list) or not all(isinstance(n, str) and n for n in self.sinks):
             raise OtplugError(f"--ot.sinks must be a list of sink names like '[console,plan-heatmap]', got {self.sinks!r}")
         self.__dict__["_loss_config"] = None
-        if not self.active and self.needs_source and not self.source_repo_id:
+        self.__dict__["_sources"] = []
+        if self.sources_file is not None:
+            self._read_sources_file()
+        elif not self.active and self.needs_source and not self.source_repo_id:
             raise OtplugError("--ot.bc_source_weight > 0 needs the source dataset: set --ot.source_repo_id "
-                              "(and --ot.source_root)")
+                              "(and --ot.source_root), or --ot.sources_file")
         if self.source_root and not Path(self.source_root).expanduser().is_dir():
             raise OtplugError(f"--ot.source_root: no such directory {self.source_root}")
+        if self.sources_file is None and self.needs_source and self.source_repo_id:
+            self.__dict__["_sources"] = [single_source(self.source_repo_id, self.source_root, self.pair_info,
+                                                       self.source_rename_map)]
         if not self.active:
             return
         if self.cotrain_only and self.layout != "single-pass":
             raise OtplugError("--ot.cotrain_only needs --ot.layout=single-pass (the pairs become BC rows)")
-        missing = [f"--ot.{n}" for n in ("source_repo_id", "pair_info") if not getattr(self, n)]
+        missing = [] if self.sources_file else [f"--ot.{n}" for n in ("source_repo_id", "pair_info")
+                                                if not getattr(self, n)]
         if self.has_loss and not self.config:
             missing.append("--ot.config")
         if missing:
             raise OtplugError(f"OT is enabled but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set "
                               "(or disable it with --ot.enabled=false)")
-        if not Path(self.pair_info).expanduser().is_file():
+        if self.sources_file:
+            check_specs(self.sources, needs_pairs=True, flag=f"--ot.sources_file {self.sources_file}")
+        elif not Path(self.pair_info).expanduser().is_file():
             raise OtplugError(f"--ot.pair_info: no such file {self.pair_info}")
         if dataset_root and not Path(dataset_root).expanduser().is_dir():
             raise OtplugError(f"--dataset.root: no such directory {dataset_root}")
@@ -162,6 +181,17 @@ class OTSection:
 
             # parsed once, before datasets and the policy are built; everything downstream takes this object
             self.__dict__["_loss_config"] = load_config(self.config)
+
+
+    def _read_sources_file(self) -> None:
+        given = [f"--ot.{n}" for n in ("source_repo_id", "source_root", "pair_info", "source_rename_map")
+                 if getattr(self, n)]
+        if given:
+            raise OtplugError(f"--ot.sources_file lists the source datasets; drop {', '.join(given)} (or drop the "
+                              "file and give the one source with those options)")
+        if not isinstance(self.sources_file, str) or not self.sources_file.strip():
+            raise OtplugError(f"--ot.sources_file must be a file path, got {self.sources_file!r}")
+        self.__dict__["_sources"] = read_sources_file(self.sources_file)
 
 
 CAPTURE_FALLBACKS = ("encode", "error")

@@ -36,7 +36,7 @@ from lerobot.utils.constants import TRAINING_STATE_DIR
 from lerobot.utils.random_utils import load_rng_state, set_seed
 from tqdm import tqdm
 
-from otplug.lerobot.mixture import source_fraction
+from otplug.lerobot.mixture import source_fractions
 from otplug.lerobot.train import setup
 from otplug.lerobot.train.batches import check_image_range, images_to_float
 from otplug.lerobot.train.metrics import Window, reduce_metrics
@@ -124,18 +124,18 @@ def train(cfg: Any, accelerator: Any = None, *, end_training: bool = True) -> di
 def _train(cfg: Any, accelerator: Any, output_dir: Path) -> dict[str, Any]:
     is_main, device, ot = accelerator.is_main_process, accelerator.device, cfg.ot
     accelerator.wait_for_everyone()
-    dataset, source = setup.open_datasets(cfg, accelerator)
+    dataset, sources = setup.open_datasets(cfg, accelerator)
     policy = make_policy(cfg=cfg.policy, ds_meta=dataset.meta, rename_map=cfg.rename_map)
     accelerator.wait_for_everyone()
-    preprocessor, postprocessor = setup.make_processors(cfg, policy, dataset, source, device)
+    preprocessor, postprocessor = setup.make_processors(cfg, policy, dataset, sources, device)
     optimizer, lr_scheduler = make_optimizer_and_scheduler(cfg, policy)
     step = 0
     if cfg.resume:
         step, optimizer, lr_scheduler = load_training_state(cfg.checkpoint_path, optimizer, lr_scheduler)
-    dataloader = setup.make_bc_dataloader(cfg, dataset, source, device, step, accelerator)
+    dataloader = setup.make_bc_dataloader(cfg, dataset, sources, device, step, accelerator)
     accelerator.wait_for_everyone()
     policy, optimizer, dataloader, lr_scheduler = accelerator.prepare(policy, optimizer, dataloader, lr_scheduler)
-    ot_side = OTSide(cfg, dataset, source, policy, preprocessor, accelerator, step) if ot.active else None
+    ot_side = OTSide(cfg, dataset, sources, policy, preprocessor, accelerator, step) if ot.active else None
     if ot_side is not None and cfg.resume and step > 0:
         ot_side.load(cfg.checkpoint_path)
     batches = _batches(dataloader, cfg, step)
@@ -143,13 +143,14 @@ def _train(cfg: Any, accelerator: Any, output_dir: Path) -> dict[str, Any]:
     sinks = None
     if is_main:
         sinks = setup.make_run_sinks(output_dir, ot, start_step=step)
-        setup.write_run_info(output_dir, cfg, accelerator, dataset, source)
+        setup.write_run_info(output_dir, cfg, accelerator, dataset, sources)
     log_every = ot.log_every or cfg.log_freq
-    probe = make_recorder(cfg, dataset, source, policy, preprocessor, output_dir, step) if is_main else None
+    probe = make_recorder(cfg, dataset, sources, policy, preprocessor, output_dir, step) if is_main else None
     unwrapped = accelerator.unwrap_model(policy)
     if probe is not None and probe[0].due(step) and step == 0:
         sinks.log(0, probe[0].record(0, probe[1], module=unwrapped))
     window, first, last = Window(), {}, {}
+    source_names = [spec.name for spec in ot.sources] if sources else []
     progbar = tqdm(total=cfg.steps - step, desc="otplug train", unit="step", disable=not is_main, leave=True,
                    dynamic_ncols=True)
     t_start = time.perf_counter()
@@ -158,7 +159,7 @@ def _train(cfg: Any, accelerator: Any, output_dir: Path) -> dict[str, Any]:
         for _ in range(step, cfg.steps):
             t0 = time.perf_counter()
             batch = next(batches)
-            bc_source = source_fraction(batch)  # the mixture's part marker never reaches the policy
+            bc_source = source_fractions(batch, source_names)  # the mixture's part marker never reaches the policy
             if ot_side is not None:
                 batch, n_pairs = ot_side.build_batch(batch)
             else:
@@ -172,8 +173,7 @@ def _train(cfg: Any, accelerator: Any, output_dir: Path) -> dict[str, Any]:
                                    step=step + 1)
             step += 1
             metrics = {**result.metrics, "dataloading_s": data_s}
-            if bc_source is not None:
-                metrics["bc_source_fraction"] = bc_source
+            metrics.update(bc_source)
             window.add(metrics)
             first = first or dict(metrics)
             last = dict(metrics)

@@ -26,7 +26,8 @@ from otplug.ema import EMAEncoder
 from otplug.errors import OtplugError
 from otplug.lerobot.capture import CapturedEncoder, FeatureCapture
 from otplug.lerobot.datasets import base_key
-from otplug.lerobot.pair_dataset import OTPairDataset, PairSampling, cycle_epochs, make_pair_loader
+from otplug.lerobot.pair_dataset import PairSampling, cycle_epochs, make_pair_loader
+from otplug.lerobot.pair_mixture import make_pairs
 from otplug.lerobot.train.batches import check_image_range, concat_batches, images_to_float, rows
 from otplug.plugins import get_registry
 from otplug.policy_encoder import resolve_encoder, unwrap_policy
@@ -55,7 +56,7 @@ def pair_workers(ot: Any, bc_workers: int) -> int:
 class OTSide:
     """Everything the OT loss needs in the loop: pair loader, loss, capture, alignment."""
 
-    def __init__(self, cfg: Any, dataset: Any, source: Any, policy: Any, preprocessor: Any, accelerator: Any,
+    def __init__(self, cfg: Any, dataset: Any, sources: list[Any], policy: Any, preprocessor: Any, accelerator: Any,
                  start_step: int) -> None:
         ot = cfg.ot
         self.ot = ot
@@ -65,8 +66,8 @@ class OTSide:
         self.layout = ot.layout
         self.scope = ot.scope
         rank = accelerator.process_index
-        self.pair_dataset = OTPairDataset(dataset, source, ot.pair_info, make_sampling(ot),
-                                          seed=(cfg.seed or 0) + 7919 * rank)
+        self.pair_dataset = make_pairs(dataset, sources, ot.sources, make_sampling(ot),
+                                       seed=(cfg.seed or 0) + 7919 * rank)
         gen = torch.Generator()
         gen.manual_seed((cfg.seed or 0) * 1_000_003 + start_step + 104_729 * rank)
         self.loader = make_pair_loader(self.pair_dataset, ot.batch_size, pair_workers(ot, cfg.num_workers), gen)

@@ -39,10 +39,11 @@ def _probe_key(cfg: Any, camera_keys: list[str]) -> str | None:
     return camera_keys[0] if camera_keys else None
 
 
-def make_recorder(cfg: Any, dataset: Any, source: Any, policy: Any, preprocessor: Any, output_dir: Path,
+def make_recorder(cfg: Any, dataset: Any, sources: list[Any], policy: Any, preprocessor: Any, output_dir: Path,
                   step: int) -> tuple[DiagnosticsRecorder, Any] | None:
     """``(recorder, encode_fn)`` for this run, or None when there is nothing to probe (no pairs, no camera,
-    ``--ot.diag_every=0``, or a policy without an image encoder)."""
+    ``--ot.diag_every=0``, or a policy without an image encoder). With several sources the probe pairs come from
+    the one with the largest weight (the first among equals)."""
     ot = cfg.ot
     key = _probe_key(cfg, list(dataset.meta.camera_keys))
     if not ot.active or ot.diag_every == 0 or key is None:
@@ -52,7 +53,10 @@ def make_recorder(cfg: Any, dataset: Any, source: Any, policy: Any, preprocessor
     except OtplugError:
         return None  # a policy type without an encoder adapter: nothing to embed
     with torch.random.fork_rng():
-        pairs, idx, (src, tgt) = partner_pairs(dataset, source, ot.pair_info, PROBE_PAIRS)
+        specs = ot.sources
+        k = max(range(len(specs)), key=lambda n: (specs[n].weight, -n))
+        source = sources[k]
+        pairs, idx, (src, tgt) = partner_pairs(dataset, source, specs[k].pair_info, PROBE_PAIRS)
         cams = list(dataset.meta.camera_keys)
         src, tgt = (preprocessor(images_to_float(dict(b), cams)) for b in (src, tgt))
     t_len, s_len = episode_lengths(dataset), episode_lengths(source)

@@ -56,9 +56,10 @@ def make_accelerator(cfg: Any) -> Any:
                        kwargs_handlers=[ddp_kwargs], cpu=force_cpu)
 
 
-def open_datasets(cfg: Any, accelerator: Any) -> tuple[Any, Any]:
-    """The target (BC) dataset, built by lerobot's factory (main process first), and the source dataset when
-    pairs are loaded (with the target's time windows and transforms)."""
+def open_datasets(cfg: Any, accelerator: Any) -> tuple[Any, list[Any]]:
+    """The target (BC) dataset, built by lerobot's factory (main process first), and the source datasets
+    (``cfg.ot.sources``, in order) when pairs or source BC rows are loaded, with the target's time windows,
+    transforms and feature names."""
     from lerobot.datasets.factory import make_train_eval_datasets
 
     try:
@@ -69,41 +70,45 @@ def open_datasets(cfg: Any, accelerator: Any) -> tuple[Any, Any]:
             dataset, _eval = make_train_eval_datasets(cfg)
     except (FileNotFoundError, ValueError, KeyError) as exc:
         raise OtplugError(f"could not open the dataset {cfg.dataset.repo_id!r} (root {cfg.dataset.root}): {exc}") from exc
-    source = None
-    if cfg.ot.needs_source:
+    sources = []
+    for spec in cfg.ot.sources if cfg.ot.needs_source else []:
+        label = "the source dataset" if len(cfg.ot.sources) == 1 else f"source {spec.name!r}:"
         try:
-            source = make_source_dataset(cfg.ot.source_repo_id, cfg.ot.source_root, like=dataset,
-                                         rename_map=cfg.ot.source_rename_map)
-        except OtplugError:
-            raise
+            sources.append(make_source_dataset(spec.repo_id, spec.root, like=dataset, rename_map=spec.rename_map))
+        except OtplugError as exc:
+            if len(cfg.ot.sources) == 1:
+                raise
+            raise OtplugError(f"{label} {exc}") from exc
         except (FileNotFoundError, ValueError, KeyError) as exc:
-            raise OtplugError(f"could not open the source dataset {cfg.ot.source_repo_id!r} "
-                              f"(root {cfg.ot.source_root}): {exc}") from exc
-    return dataset, source
+            raise OtplugError(f"could not open {label} {spec.repo_id!r} (root {spec.root}): {exc}") from exc
+    return dataset, sources
 
 
-def combined_stats(dataset: Any, source: Any) -> dict:
-    """Normalisation statistics aggregated over target + source (lerobot's ``aggregate_stats``) for the features
-    both have; the target's own for the rest."""
+def combined_stats(dataset: Any, sources: Any) -> dict:
+    """Normalisation statistics aggregated over target + sources (lerobot's ``aggregate_stats``) for the features
+    all have; the target's own for the rest."""
     from lerobot.datasets import aggregate_stats
 
     def _np(stats: dict) -> dict:
         return {k: {s: np.asarray(v.cpu() if hasattr(v, "cpu") else v) for s, v in ft.items()}
                 for k, ft in stats.items()}
 
-    keys = set(dataset.meta.stats) & set(source.meta.stats)
+    sources = list(sources) if isinstance(sources, list | tuple) else [sources]
+    keys = set(dataset.meta.stats).intersection(*(set(src.meta.stats) for src in sources))
     tgt = _np({k: v for k, v in dataset.meta.stats.items() if k in keys})
-    src = _np({k: v for k, v in source.meta.stats.items() if k in keys})
-    for k in sorted(keys):
-        shapes = {s: (np.shape(tgt[k].get(s)), np.shape(src[k].get(s))) for s in ("mean", "min") if s in tgt[k]}
-        bad = {s: sh for s, sh in shapes.items() if sh[0] != sh[1]}
-        if bad:
-            s, (a, b) = next(iter(bad.items()))
-            raise OtplugError(f"feature {k!r} has statistics of shape {a} in the target but {b} in the source "
-                              "(different dimensions); the source must have the target's features "
-                              "(or use --ot.combine_stats=false)")
+    srcs = [_np({k: v for k, v in src.meta.stats.items() if k in keys}) for src in sources]
+    for n, src in enumerate(srcs):
+        what = "the source" if len(srcs) == 1 else f"source {n}"
+        for k in sorted(keys):
+            shapes = {s: (np.shape(tgt[k].get(s)), np.shape(src[k].get(s))) for s in ("mean", "min") if s in tgt[k]}
+            bad = {s: sh for s, sh in shapes.items() if sh[0] != sh[1]}
+            if bad:
+                s, (a, b) = next(iter(bad.items()))
+                raise OtplugError(f"feature {k!r} has statistics of shape {a} in the target but {b} in {what} "
+                                  "(different dimensions); a source must have the target's features "
+                                  "(or use --ot.combine_stats=false)")
     try:
-        combined = aggregate_stats([tgt, src])
+        combined = aggregate_stats([tgt, *srcs])
     except (ValueError, KeyError) as exc:
         raise OtplugError(f"could not combine target and source statistics ({exc}); use --ot.combine_stats=false "
                           "to normalise with the target's statistics only") from exc
@@ -112,15 +117,15 @@ def combined_stats(dataset: Any, source: Any) -> dict:
     return out
 
 
-def make_processors(cfg: Any, policy: Any, dataset: Any, source: Any, device: torch.device) -> tuple[Any, Any]:
-    """lerobot-train's pre/post processors; with a source dataset and ``--ot.combine_stats`` (default) they
-    normalise with target+source statistics."""
+def make_processors(cfg: Any, policy: Any, dataset: Any, sources: list[Any], device: torch.device) -> tuple[Any, Any]:
+    """lerobot-train's pre/post processors; with source datasets and ``--ot.combine_stats`` (default) they
+    normalise with target+sources statistics."""
     from lerobot.policies import make_pre_post_processors
 
     pretrained = cfg.policy.pretrained_path
     stats = dataset.meta.stats
-    if source is not None and cfg.ot.combine_stats:
-        stats = combined_stats(dataset, source)
+    if sources and cfg.ot.combine_stats:
+        stats = combined_stats(dataset, sources)
     kwargs: dict[str, Any] = {}
     if (pretrained and not cfg.resume) or not pretrained:
         kwargs["dataset_stats"] = stats
@@ -142,10 +147,11 @@ def make_processors(cfg: Any, policy: Any, dataset: Any, source: Any, device: to
                                     pretrained_revision=getattr(cfg.policy, "pretrained_revision", None), **kwargs)
 
 
-def make_bc_dataloader(cfg: Any, dataset: Any, source: Any, device: torch.device, step: int, accelerator: Any) -> Any:
+def make_bc_dataloader(cfg: Any, dataset: Any, sources: list[Any], device: torch.device, step: int,
+                       accelerator: Any) -> Any:
     """lerobot-train's episode-aware BC dataloader, fast-forwarded to ``step`` on resume. With
-    ``--ot.bc_source_weight`` > 0 it draws from the target + source mixture instead
-    (:mod:`otplug.lerobot.mixture`), resumable the same way."""
+    ``--ot.bc_source_weight`` > 0 it draws from the target + sources mixture instead (the source share split by
+    the sources' weights; :mod:`otplug.lerobot.mixture`), resumable the same way."""
     from lerobot.common.train_utils import load_training_batch_size, load_training_num_processes
     from lerobot.datasets import EpisodeAwareSampler, compute_sampler_state
     from lerobot.utils.collate import lerobot_collate_fn
@@ -153,10 +159,11 @@ def make_bc_dataloader(cfg: Any, dataset: Any, source: Any, device: torch.device
     drop_last = getattr(cfg.policy, "drop_n_last_frames", 0) or 0
     seed = cfg.seed if cfg.seed is not None else 0
     if cfg.ot.bc_source_weight > 0:
-        dataset = MixtureDataset([dataset, source])
-        probs = mixture_probabilities(dataset.sizes, cfg.ot.bc_source_weight, [1.0], cfg.ot.bc_normalize_by_size)
+        dataset = MixtureDataset([dataset, *sources])
+        probs = mixture_probabilities(dataset.sizes, cfg.ot.bc_source_weight, [s.weight for s in cfg.ot.sources],
+                                      cfg.ot.bc_normalize_by_size)
         sampler = WeightedFrameSampler(dataset, probs, drop_n_last_frames=drop_last, seed=seed)
-        has_language = source.meta.has_language_columns if hasattr(source.meta, "has_language_columns") else False
+        has_language = getattr(dataset.parts[0].meta, "has_language_columns", False)  # items carry its keys
     else:
         sampler = EpisodeAwareSampler(
             dataset.meta.episodes["dataset_from_index"], dataset.meta.episodes["dataset_to_index"],
@@ -187,8 +194,9 @@ def make_run_sinks(output_dir: Path, ot: Any, start_step: int = 0) -> Any:
     return make_sinks(output_dir, names, options, start_step=start_step)
 
 
-def write_run_info(output_dir: Path, cfg: Any, accelerator: Any, dataset: Any, source: Any) -> None:
-    """``run_info.json``: what was trained on (datasets with fps and size), with which OT options."""
+def write_run_info(output_dir: Path, cfg: Any, accelerator: Any, dataset: Any, sources: list[Any]) -> None:
+    """``run_info.json``: what was trained on (datasets with fps, size and weight), with which OT options.
+    ``sources`` lists every source dataset; ``source`` is the first (kept for readers of one-source runs)."""
     def _ds(ds: Any, repo_id: Any, root: Any) -> dict:
         return {"repo_id": repo_id, "root": str(root), "frames": ds.num_frames, "episodes": ds.num_episodes,
                 "fps": ds.fps}
@@ -198,10 +206,13 @@ def write_run_info(output_dir: Path, cfg: Any, accelerator: Any, dataset: Any, s
         "policy": cfg.policy.type,
         "world_size": accelerator.num_processes,
         "ot": {k: getattr(cfg.ot, k) for k in ("enabled", "config", "lambda_ot", "layout", "batch_size", "scope",
-                                                "source_repo_id", "source_root", "pair_info", "cotrain_only")},
+                                                "source_repo_id", "source_root", "pair_info", "sources_file",
+                                                "bc_source_weight", "cotrain_only")},
     }
-    if source is not None:
-        info["source"] = _ds(source, cfg.ot.source_repo_id, cfg.ot.source_root)
+    if sources:
+        info["sources"] = [{**spec.summary(), **_ds(src, spec.repo_id, spec.root)}
+                           for spec, src in zip(cfg.ot.sources, sources, strict=True)]
+        info["source"] = info["sources"][0]
     if cfg.ot.config and Path(cfg.ot.config).is_file():
         info["ot_config_text"] = Path(cfg.ot.config).read_text()
     (output_dir / "run_info.json").write_text(json.dumps(info, indent=2, default=str))

@@ -1,0 +1,148 @@
+"""Which source (sim) datasets a run trains with: one (``--ot.source_repo_id`` / ``--ot.source_root`` /
+``--ot.pair_info`` / ``--ot.source_rename_map``) or several (``--ot.sources_file=FILE``).
+
+A sources file (JSON, TOML or YAML, read within the limits of :mod:`otplug.config.files`) lists the sources::
+
+    # sources.toml
+    [[sources]]
+    name = "sim_flat"                 # optional; a label for logs and run_info.json (default: the folder name)
+    repo_id = "me/sim_flat"           # optional when root is given
+    root = "data/sim_flat"            # relative paths are relative to this file's folder
+    pair_info = "pairs/pair_info.sim_flat.json"   # DTW pairing with the target (needed when OT is on)
+    weight = 2.0                      # relative weight (default 1)
+    rename_map = { "observation.images.cam_high" = "observation.images.top" }
+
+    [[sources]]
+    root = "data/sim_textured"
+    pair_info = "pairs/pair_info.sim_textured.json"
+
+``otplug pair --target REAL --source SIM_A --source SIM_B --out DIR`` writes such a file (``DIR/sources.json``).
+Weights act twice: in the BC mixture the source share ``--ot.bc_source_weight`` is split among the sources in
+proportion to their weights, and in the OT batch a target frame's partner comes from source k with probability
+``w_k / sum(w)`` over the sources that pair that frame (:class:`otplug.lerobot.pair_mixture.PairMixture`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from otplug.config.convert import show_value, suggest_key
+from otplug.errors import ConfigError, OtplugError
+
+__all__ = ["SourceSpec", "read_sources_file", "single_source"]
+
+_KEYS = ("name", "repo_id", "root", "pair_info", "weight", "rename_map")
+
+
+@attrs.frozen
+class SourceSpec:
+    """One source dataset: where it is, how it pairs with the target, its weight and its feature-name map."""
+
+    name: str
+    repo_id: str
+    root: str | None = None
+    pair_info: str | None = None
+    weight: float = 1.0
+    rename_map: dict[str, str] = attrs.field(factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        return {"name": self.name, "repo_id": self.repo_id, "root": self.root, "pair_info": self.pair_info,
+                "weight": self.weight, "rename_map": dict(self.rename_map)}
+
+
+def single_source(repo_id: str | None, root: str | None, pair_info: str | None,
+                  rename_map: Mapping[str, str] | None) -> SourceSpec:
+    """The spec of the ``--ot.source_*`` options (one source, weight 1)."""
+    return SourceSpec(name="source", repo_id=repo_id or "", root=root, pair_info=pair_info,
+                      rename_map=dict(rename_map or {}))
+
+
+def read_sources_file(path: str | Path) -> list[SourceSpec]:
+    """Parse and check a sources file; :class:`ConfigError` lists every problem with its place in the file
+    (``sources[1].weight: ...``). Paths are resolved against the file's folder; files and folders must exist
+    (the pair_info check happens where OT needs it)."""
+    from otplug.config.files import read_config_file
+
+    data, where = read_config_file(path)
+    base = Path(path).expanduser().resolve().parent
+    problems: list[tuple[str, str]] = []
+    for key in data:
+        if key != "sources":
+            problems.append((str(key), suggest_key(key, ["sources"])))
+    raw = data.get("sources")
+    if not isinstance(raw, list) or not raw:
+        problems.append(("sources", f"must be a non-empty list of source tables, got {show_value(raw)}"))
+        raise ConfigError(problems, where)
+    specs: list[SourceSpec] = []
+    for i, entry in enumerate(raw):
+        at = f"sources[{i}]"
+        if not isinstance(entry, dict):
+            problems.append((at, f"must be a table with keys {', '.join(_KEYS)}, got {show_value(entry)}"))
+            continue
+        bad = [k for k in entry if k not in _KEYS]
+        problems += [(f"{at}.{k}", suggest_key(k, _KEYS)) for k in bad]
+        spec = _one(entry, at, base, problems) if not bad else None
+        if spec is not None:
+            specs.append(spec)
+    names = [s.name for s in specs]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(("sources", f"name {name!r} is used by more than one source (names label the sources in "
+                                    "logs and run_info.json; set distinct `name`s)"))
+    if problems:
+        raise ConfigError(problems, where)
+    return specs
+
+
+def _one(entry: dict, at: str, base: Path, problems: list[tuple[str, str]]) -> SourceSpec | None:
+    n0 = len(problems)
+
+    def text(key: str) -> str | None:
+        v = entry.get(key)
+        if v is not None and (not isinstance(v, str) or not v.strip()):
+            problems.append((f"{at}.{key}", f"must be a non-empty string, got {show_value(v)}"))
+            return None
+        return v
+
+    def path(key: str, want_dir: bool) -> str | None:
+        v = text(key)
+        if v is None:
+            return None
+        p = Path(v).expanduser()
+        p = p if p.is_absolute() else base / p
+        ok = p.is_dir() if want_dir else p.is_file()
+        if not ok:
+            problems.append((f"{at}.{key}", f"no such {'directory' if want_dir else 'file'} {p}"))
+        return str(p)
+
+    repo_id, root = text("repo_id"), path("root", want_dir=True)
+    pair_info = path("pair_info", want_dir=False)
+    if repo_id is None and root is None and "root" not in entry:
+        problems.append((at, "needs `root` (the dataset's folder) or `repo_id`"))
+    weight = entry.get("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight) or weight <= 0:
+        problems.append((f"{at}.weight", f"must be a finite number > 0, got {show_value(weight)}"))
+    rename = entry.get("rename_map", {})
+    if not isinstance(rename, dict) or not all(isinstance(k, str) and isinstance(v, str) and k and v
+                                               for k, v in rename.items()):
+        problems.append((f"{at}.rename_map", "must map source feature names to target feature names, e.g. "
+                                             "{\"observation.images.cam_high\": \"observation.images.top\"}"))
+    name = text("name")
+    if len(problems) > n0:
+        return None
+    label = name or (Path(root).name if root else str(repo_id).rsplit("/", 1)[-1])
+    return SourceSpec(name=label, repo_id=repo_id or f"local/{Path(str(root)).name}", root=root,
+                      pair_info=pair_info, weight=float(weight), rename_map=dict(rename))
+
+
+def check_specs(specs: list[SourceSpec], *, needs_pairs: bool, flag: str) -> None:
+    """Rules that depend on the run: every source needs its pair_info when OT pairs are loaded."""
+    if needs_pairs:
+        lacking = [s.name for s in specs if not s.pair_info]
+        if lacking:
+            raise OtplugError(f"{flag}: source(s) {lacking} have no pair_info; OT pairs need one per source "
+                              "(`otplug pair --target ... --source ... --out DIR` writes them)")
