@@ -178,6 +178,27 @@ class OTLoss:
                         return True
         return False
 
+    def state_dict(self) -> dict[str, dict[str, Any]]:
+        """The terms' own state (``{term name: term.state_dict()}``, terms that have one and a non-empty state),
+        e.g. ``scale_anchor``'s reference scale; saved with every checkpoint by ``otplug train``."""
+        out = {}
+        for t in self.terms:
+            get = getattr(t.impl, "state_dict", None)
+            if get is not None:
+                with calling(t.origin, "state_dict()"):
+                    state = get()
+                if state:
+                    out[t.name] = dict(state)
+        return out
+
+    def load_state_dict(self, state: Mapping[str, Mapping[str, Any]]) -> None:
+        """Give each term its saved state (terms without ``load_state_dict`` or without a saved entry keep theirs)."""
+        for t in self.terms:
+            load = getattr(t.impl, "load_state_dict", None)
+            if load is not None and t.name in state:
+                with calling(t.origin, "load_state_dict()"):
+                    load(state[t.name])
+
     def reset(self) -> None:
         """Forget warm-start state (e.g. after loading a checkpoint with different batch shapes)."""
         for solver in (self.solver, *self._within_solvers.values()):

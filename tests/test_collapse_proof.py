@@ -437,7 +437,8 @@ def test_debias_keeps_defaults_and_rejects_what_cannot_work(otplug_registry):
 
 
 # -- 5. the collapse experiment -----------------------------------------------------------------------------
-def _train_linear_encoder(embed_norm: str, steps: int = 200, lr: float = 0.05) -> float:
+def _train_linear_encoder(embed_norm: str, steps: int = 200, lr: float = 0.05, adam: bool = False,
+                          **term) -> float:
     g = torch.Generator().manual_seed(0)
     n, d_in, d_out = 16, 4, 3
     src = torch.randn(n, d_in, generator=g, dtype=torch.float64)
@@ -445,9 +446,9 @@ def _train_linear_encoder(embed_norm: str, steps: int = 200, lr: float = 0.05) -
         torch.tensor([1.5, 0.5, 1.0, 2.0], dtype=torch.float64)) + 0.5
     enc = Linear(d_in, d_out, seed=1)
     start = float(enc.W.detach().norm())
-    ot = otplug.OTLoss({"terms": [{"type": "embedding", "name": "e", "src_key": "x", "embed_norm": embed_norm}],
-                        "reg": 1.0, "tau_src": 1.0, "tau_tgt": 1.0})
-    opt = torch.optim.SGD(enc.parameters(), lr=lr)
+    ot = otplug.OTLoss({"terms": [{"type": "embedding", "name": "e", "src_key": "x", "embed_norm": embed_norm,
+                                   **term}], "reg": 1.0, "tau_src": 1.0, "tau_tgt": 1.0})
+    opt = torch.optim.Adam(enc.parameters(), lr=lr) if adam else torch.optim.SGD(enc.parameters(), lr=lr)
     for _ in range(steps):
         opt.zero_grad()
         res = ot({"x": src}, {"x": tgt}, encoder=enc)
@@ -461,3 +462,35 @@ def test_plain_cost_collapses_and_normalised_cost_does_not():
     normalised = _train_linear_encoder("l2")
     assert plain < 0.1, f"plain squared-Euclidean OT shrank |W| only to {plain:.3g} of its start"
     assert 0.5 <= normalised <= 2.0, f"normalised OT changed |W| to {normalised:.3g} of its start"
+
+
+def test_adam_grows_normalised_features_and_the_scale_anchor_holds_both_directions():
+    """With Adam (ACT's optimiser) the normalised cost's orthogonal gradient lengthens the features step after step
+    (the demo: x55); ``scale_anchor`` holds the scale within 0.5-2x with the plain cost (no collapse) and with the
+    normalised one (no growth)."""
+    grown = _train_linear_encoder("l2", steps=300, lr=0.1, adam=True)  # 2.17 (deterministic: float64, fixed seeds)
+    assert grown > 2.0, f"expected Adam to lengthen normalised features, |W| ratio {grown:.3g}"
+    assert _train_linear_encoder("none", steps=300, lr=0.1, adam=True) < 1e-3  # and to collapse plain ones
+    for norm in ("none", "l2"):
+        held = _train_linear_encoder(norm, steps=300, lr=0.1, adam=True, scale_anchor=1.0)
+        assert 0.5 <= held <= 2.0, f"scale_anchor with embed_norm={norm}: |W| ratio {held:.3g}"
+
+
+def test_scale_anchor_reference_is_term_state():
+    x, y = clouds()
+    ot = otplug.OTLoss(embed_cfg(scale_anchor=2.0))
+    enc = Scaled(1.0)
+    res = ot({"emb": x}, {"emb": y}, encoder=enc)
+    assert res.metrics["ot_scale_drift/e"] == pytest.approx(1.0) and float(res.regularizer.detach()) == 0.0
+    state = ot.state_dict()
+    ref = float(torch.cat([x, y]).pow(2).sum(-1).mean())
+    assert state == {"e": {"scale_ref": pytest.approx(ref)}}
+    res = ot({"emb": x}, {"emb": y}, encoder=Scaled(0.5))  # features halved: s = s0 / 4
+    assert res.metrics["ot_scale_drift/e"] == pytest.approx(0.25)
+    assert float(res.regularizer.detach()) == pytest.approx(2.0 * np.log(0.25) ** 2)
+    fresh = otplug.OTLoss(embed_cfg(scale_anchor=2.0))
+    fresh.load_state_dict(state)  # a resumed run keeps the first run's reference
+    assert fresh({"emb": x}, {"emb": y}, encoder=Scaled(0.5)).metrics["ot_scale_drift/e"] == pytest.approx(0.25)
+    with pytest.raises(OtplugError, match="scale_anchor"):
+        otplug.OTLoss({"terms": [{"type": "image", "name": "i", "src_key": "observation.images.a",
+                                  "use_learned_embed": False, "weight_label": 1.0, "scale_anchor": 1.0}]})

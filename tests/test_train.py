@@ -222,6 +222,29 @@ def test_ema_target_encoder_trains_saves_and_resumes(pair, tmp_path):
     assert [r["step"] for r in _rows(out)] == [1, 2, 3] and _rows(out)[-1]["ot_loss"] >= 0
 
 
+def test_scale_anchor_reference_is_saved_and_resumed(pair, tmp_path):
+    """scale_anchor's reference scale s0 is the term's state: saved with each checkpoint, and the resumed run
+    measures its drift against the first run's s0 (not against its own first batch)."""
+    from otplug.lerobot.train import main
+
+    cfg = tmp_path / "anchor.json"
+    cfg.write_text(json.dumps({"reg": 0.05, "tau_src": 1.0, "tau_tgt": 1.0, "cost_normalization": "mean",
+                               "terms": [{"type": "image", "name": "img", "src_key": CAM, "embed_norm": "l2",
+                                          "scale_anchor": 1.0}]}))
+    out = tmp_path / "anchor"
+    assert main(_args(pair, out, steps=2, extra=[f"--ot.config={cfg}"])) == 0
+    saved = json.loads((out / "checkpoints" / "last" / "training_state" / "otplug_terms.json").read_text())
+    first = _rows(out)[0]
+    assert first["ot_scale_drift/img"] == pytest.approx(1.0)
+    assert saved["img"]["scale_ref"] == pytest.approx(first["ot_embed_scale/img"], rel=1e-5)
+    (out / "checkpoints" / "last" / "training_state" / "otplug_terms.json").write_text(
+        json.dumps({"img": {"scale_ref": saved["img"]["scale_ref"] * 4}}))
+    assert main(["--resume", "--output-dir", str(out), "--steps", "3"]) == 0
+    last = _rows(out)[-1]
+    assert last["step"] == 3 and last["ot_scale_drift/img"] == pytest.approx(last["ot_embed_scale/img"]
+                                                                           / (4 * saved["img"]["scale_ref"]), rel=1e-4)
+
+
 def test_diagnostics_do_not_change_training(pair, tmp_path):
     """The probe is built under a forked RNG and measured in eval mode without gradients: a run with
     diagnostics trains exactly like one without (same losses, bit for bit)."""

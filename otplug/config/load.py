@@ -418,4 +418,5 @@ def _describe_options(options: Any) -> str:
 
 
 # options of the embedding terms shown only when set (their defaults change nothing)
-_QUIET_AT_DEFAULT = frozenset({"grad", "stopgrad_encoder", "variance_floor", "variance_weight", "covariance_weight"})
+_QUIET_AT_DEFAULT = frozenset({"grad", "stopgrad_encoder", "variance_floor", "variance_weight", "covariance_weight",
+                               "scale_anchor"})

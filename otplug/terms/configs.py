@@ -115,6 +115,10 @@ class EmbeddingConfig(FeatureConfig):
       EMA copy of the policy (``stopgrad_encoder = "ema"``, given to the loss as ``ema_encoder``).
     * ``variance_floor`` (gamma), ``variance_weight``, ``covariance_weight``: a VICReg-style regulariser on the
       compared features of src and tgt together, added to the loss (not to M).
+    * ``scale_anchor`` (weight): ``scale_anchor * log(s / s0)^2`` added to the loss, with ``s`` the mean squared
+      norm of the encoder features (src and tgt, before ``embed_norm``) and ``s0`` its value at the term's first
+      call (kept with the checkpoint): the features' scale can neither shrink (plain cost) nor grow (a free
+      direction under ``embed_norm = "l2"``) without a cost.
     """
 
     embed_name: str | None = attrs.field(default=None, validator=non_empty_key)
@@ -128,6 +132,7 @@ class EmbeddingConfig(FeatureConfig):
     variance_weight: float = attrs.field(default=1.0, validator=[non_negative, _variance_weight])
     covariance_weight: float = attrs.field(default=0.0, validator=[non_negative,
                                                                     _needs_embedding])
+    scale_anchor: float = attrs.field(default=0.0, validator=[non_negative, _needs_embedding])
 
     def contributes(self) -> bool:
         return self.weight_embed > 0 or self.weight_label > 0

@@ -6,11 +6,14 @@ values only, because the encoder needs its native input.
 Options against scale collapse (``docs/math.md``, "Scale collapse and the options against it"):
 ``embed_norm = "l2"`` (unit-length features, gradient through the normalisation), ``grad`` /
 ``stopgrad_encoder`` (one side's features are a constant: detached, or from an EMA copy of the policy), and
-``variance_floor`` / ``covariance_weight`` (a VICReg-style regulariser added to the loss).
+``variance_floor`` / ``covariance_weight`` (a VICReg-style regulariser added to the loss), and ``scale_anchor``
+(a penalty on the drift of the features' mean squared norm from its value at the first call; the reference is
+the term's state: :meth:`EmbeddingTerm.state_dict`, saved with each checkpoint).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -25,6 +28,15 @@ class EmbeddingTerm:
 
     def __init__(self, config: EmbeddingConfig) -> None:
         self.config = config
+        self._scale_ref: float | None = None  # scale_anchor's reference s0 (set at the first call)
+
+    # -- state (scale_anchor's reference) --------------------------------------------------------------
+    def state_dict(self) -> dict[str, float]:
+        return {} if self._scale_ref is None else {"scale_ref": self._scale_ref}
+
+    def load_state_dict(self, state: Mapping[str, float]) -> None:
+        ref = state.get("scale_ref")
+        self._scale_ref = None if ref is None else float(ref)
 
     def required_keys(self, side: str) -> set[str]:
         return {self.config.src_key if side == "src" else self.config.target_key}
@@ -85,6 +97,8 @@ class EmbeddingTerm:
             y = self._raw_embedding(tgt, "tgt", ctx)
             with torch.no_grad():  # watch for scale collapse: OT alone rewards shrinking every feature
                 stats["embed_scale"] = float(torch.cat([x, y.to(x.dtype)]).pow(2).sum(-1).mean())
+            if c.scale_anchor > 0:
+                penalties["scale_anchor"], stats["scale_drift"] = self._anchor(x, y)
             x, y = self._compared(x), self._compared(y)
             m_embed = ctx.sq_dist(x, y, what=f"embedding {c.src_key!r}/{c.target_key!r}")
             parts["embed"] = m_embed
@@ -103,6 +117,18 @@ class EmbeddingTerm:
                                   what=f"label {c.src_key!r}/{c.target_key!r}")
             parts["label"] = m_label
         return TermCost(self._combine(m_embed, m_label), parts, stats, penalties)
+
+    def _anchor(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """``scale_anchor * log(s / s0)^2`` and ``s / s0``; ``s`` the mean squared norm of src and tgt features
+        (with gradients where the side has them), ``s0`` its first value."""
+        s = torch.cat([x, y.to(x.dtype)]).pow(2).sum(-1).mean()
+        if self._scale_ref is None:
+            ref = float(s.detach())
+            if not ref > 0 or ref != ref or ref == float("inf"):
+                return s.new_zeros(()), 1.0  # nothing to anchor to yet (all-zero or non-finite features)
+            self._scale_ref = ref
+        drift = torch.log(s.clamp_min(1e-30)) - math.log(self._scale_ref)
+        return self.config.scale_anchor * drift.pow(2), float(drift.detach().exp())
 
     def within_cost(self, batch, side: str, ctx: TermContext) -> TermCost:
         """The same cost between the samples of one side, (n, n) (for ``debias = true``): the side's features

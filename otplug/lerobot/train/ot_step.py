@@ -13,6 +13,7 @@ The scope (``rank`` / ``global``) is applied in one place, :func:`scoped_ot`.
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from pathlib import Path
@@ -188,15 +189,27 @@ class OTSide:
             self.ema.update(policy)
 
     EMA_FILE = "otplug_ema.pt"
+    TERMS_FILE = "otplug_terms.json"
 
     def save(self, checkpoint_dir: Any) -> None:
-        """Extra training state of the OT side (the EMA encoder) next to lerobot's training state."""
+        """Extra training state of the OT side next to lerobot's training state: the EMA encoder, and the terms'
+        own state (e.g. ``scale_anchor``'s reference scale)."""
+        state_dir = Path(checkpoint_dir) / "training_state"
         if self.ema is not None:
-            torch.save(self.ema.state_dict(), Path(checkpoint_dir) / "training_state" / self.EMA_FILE)
+            torch.save(self.ema.state_dict(), state_dir / self.EMA_FILE)
+        terms = self.loss_fn.state_dict() if self.loss_fn is not None else {}
+        if terms:
+            (state_dir / self.TERMS_FILE).write_text(json.dumps(terms, allow_nan=False))
 
     def load(self, checkpoint_dir: Any) -> None:
+        state_dir = Path(checkpoint_dir) / "training_state"
         if self.ema is not None:
-            path = Path(checkpoint_dir) / "training_state" / self.EMA_FILE
+            path = state_dir / self.EMA_FILE
             if not path.is_file():
                 raise OtplugError(f"--resume: {path} is missing (the run was saved without its EMA encoder)")
             self.ema.load_state_dict(torch.load(path, map_location="cpu"))
+        path = state_dir / self.TERMS_FILE
+        if self.loss_fn is not None and path.is_file():
+            from otplug.config.files import read_json_file
+
+            self.loss_fn.load_state_dict(read_json_file(path, what="OT terms state"))
