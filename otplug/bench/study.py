@@ -14,6 +14,7 @@ Methods (every one the same policy, steps, batch size and seeds; they differ onl
 ``cotrain-ot``         co-training + the OT loss (the recommended config, :data:`RECOMMENDED_OT`)
 ``cotrain-ot-noprior`` co-training + OT without the diagonal prior (``heuristic = false``)
 ``cotrain-ot-l2``      co-training + OT on unit-length image features (``embed_norm = "l2"``), no prior
+``cotrain-ot-anchor``  the recommended config with the image features' scale held (``scale_anchor = 1``)
 =====================  =============================================================================================
 
 Every trained policy is evaluated in closed loop (:func:`otplug.bench.eval.evaluate`) in the real domain on
@@ -126,7 +127,7 @@ def method_args(method: str, paths: dict[str, Path], cfg: StudyConfig, ot_config
     if method == "cotrain":
         # the same rows as the OT methods (mixture + DTW-paired sim/real rows), no OT loss: only the loss differs
         return real + source + mix + ot + ["--ot.cotrain_only=true", "--ot.sinks=[]"]
-    if method in ("cotrain-ot", "cotrain-ot-noprior", "cotrain-ot-l2"):
+    if method in ("cotrain-ot", "cotrain-ot-noprior", "cotrain-ot-l2", "cotrain-ot-anchor"):
         return real + source + mix + ot + [f"--ot.config={ot_config}"]
     raise StudyError(f"--methods: unknown method {method!r}; choose from {', '.join(METHODS)}")
 
@@ -139,6 +140,9 @@ def ot_config_for(method: str) -> dict[str, Any] | None:
     if method == "cotrain-ot-l2":  # collapse-proof: unit-length image features (gradient through the norm), no prior
         terms = [{**t, "embed_norm": "l2"} if t["type"] == "image" else t for t in RECOMMENDED_OT["terms"]]
         return {**RECOMMENDED_OT, "heuristic": False, "terms": terms}
+    if method == "cotrain-ot-anchor":  # the recommended config without the scale collapse (docs/math.md §7.4)
+        terms = [{**t, "scale_anchor": 1.0} if t["type"] == "image" else t for t in RECOMMENDED_OT["terms"]]
+        return {**RECOMMENDED_OT, "terms": terms}
     return None
 
 

@@ -26,7 +26,8 @@ RECOMMENDED_OT: dict[str, Any] = {
     ],
 }
 
-METHODS = ("target-only", "source-only", "cotrain", "cotrain-ot", "cotrain-ot-noprior", "cotrain-ot-l2")
+METHODS = ("target-only", "source-only", "cotrain", "cotrain-ot", "cotrain-ot-noprior", "cotrain-ot-l2",
+           "cotrain-ot-anchor")
 
 
 class StudyError(OtplugError):
