@@ -72,6 +72,12 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, monkeypatch):
     # another configuration into the same folder is refused
     with pytest.raises(StudyError, match="other settings"):
         main([*args[:-3], "--episodes", "8", "-q"])
+    # more seeds are a selection, not a setting: seed 0 is kept, seed 1 is trained and evaluated
+    more = [a if a != "1" else "2" for a in args]
+    assert main(more) == 0
+    assert ckpt.stat().st_mtime == mtime
+    assert sorted({r["seed"] for r in json.loads((out / "study.json").read_text())}) == [0, 1]
+    assert json.loads((out / "study_config.json").read_text())["seeds"] == 2
 
 
 def _with_defaults(init, over):

@@ -245,15 +245,17 @@ def run_study(out: str | Path, cfg: StudyConfig, *, quiet: bool = False, jobs: i
     cfg_path = out / "study_config.json"
     mine = attrs.asdict(cfg)
     mine = {k: list(v) if isinstance(v, tuple) else v for k, v in mine.items()}
-    # the methods are a selection, not a setting: a study may continue with more or fewer of them (each run
-    # depends only on its method and the shared settings); anything else must match
+    # the methods and the number of seeds are a selection, not a setting: a study may continue with more or fewer
+    # of them (each run depends only on its method, its seed and the shared settings); anything else must match
     if cfg_path.is_file():
         theirs = json.loads(cfg_path.read_text())
-        diff = sorted(k for k in set(mine) | set(theirs) if k != "methods" and mine.get(k) != theirs.get(k))
+        diff = sorted(k for k in set(mine) | set(theirs)
+                      if k not in ("methods", "seeds") and mine.get(k) != theirs.get(k))
         if diff:
             raise StudyError(f"{out} holds a study with other settings ({', '.join(diff)}); use another --output-dir")
         done = list(dict.fromkeys([*theirs.get("methods", []), *mine["methods"]]))
-        _write_json_atomic(cfg_path, {**mine, "methods": done})
+        seeds = max(int(theirs.get("seeds", 0)), mine["seeds"])
+        _write_json_atomic(cfg_path, {**mine, "methods": done, "seeds": seeds})
     else:
         _write_json_atomic(cfg_path, mine)
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
