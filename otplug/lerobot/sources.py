@@ -34,7 +34,7 @@ import attrs
 from otplug.config.convert import show_value, suggest_key
 from otplug.errors import ConfigError, OtplugError
 
-__all__ = ["SourceSpec", "read_sources_file", "single_source"]
+__all__ = ["SourceSpec", "check_specs", "read_sources_file", "single_source"]
 
 _KEYS = ("name", "repo_id", "root", "pair_info", "weight", "rename_map")
 

@@ -182,7 +182,6 @@ class OTSection:
             # parsed once, before datasets and the policy are built; everything downstream takes this object
             self.__dict__["_loss_config"] = load_config(self.config)
 
-
     def _read_sources_file(self) -> None:
         given = [f"--ot.{n}" for n in ("source_repo_id", "source_root", "pair_info", "source_rename_map")
                  if getattr(self, n)]
