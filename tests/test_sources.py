@@ -31,7 +31,7 @@ def _state(offset):
 def data(tmp_path_factory):
     """A PNG real dataset (camera `top`), a video sim dataset (camera `cam_high`) and a PNG sim dataset (`top`)."""
     root = tmp_path_factory.mktemp("sources")
-    common = dict(image_size=(24, 32))  # video encoders need even sizes of some height
+    common = {"image_size": (24, 32)}  # video encoders need even sizes of some height
     make_dataset(root / "real", repo_id="test/real", episode_lengths=(10, 12, 9), cameras=(TOP,), seed=1, **common)
     make_dataset(root / "sim_vid", repo_id="test/sim_vid", episode_lengths=(11, 13), cameras=(HIGH,), seed=2,
                  use_videos=True, **common)
@@ -196,7 +196,7 @@ def test_train_with_two_sources(data, tmp_path):
              "--save_freq=30"]
     assert cli(["train", *_args(data, out, extra, steps=30)]) == 0
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    row = [r for r in rows if r["step"] == 30][0]
+    row = next(r for r in rows if r["step"] == 30)
     # BC rows: 30 steps x 8 rows (+ the 4 + 4 OT rows, not counted): half from the sources, split 3:1
     assert abs(row["bc_source_fraction"] - 0.5) < 0.13
     assert abs(row["bc_source_fraction/sim_vid"] - 0.375) < 0.12

@@ -91,8 +91,8 @@ def read_sources_file(path: str | Path) -> list[SourceSpec]:
             specs.append(spec)
     names = [s.name for s in specs]
     for name in sorted({n for n in names if names.count(n) > 1}):
-        problems.append(("sources", f"name {name!r} is used by more than one source (names label the sources in "
-                                    "logs and run_info.json; set distinct `name`s)"))
+        problems.append(("sources", (f"name {name!r} is used by more than one source (names label the sources in "
+                                     "logs and run_info.json; set distinct `name`s)")))
     if problems:
         raise ConfigError(problems, where)
     return specs
@@ -129,8 +129,8 @@ def _one(entry: dict, at: str, base: Path, problems: list[tuple[str, str]]) -> S
     rename = entry.get("rename_map", {})
     if not isinstance(rename, dict) or not all(isinstance(k, str) and isinstance(v, str) and k and v
                                                for k, v in rename.items()):
-        problems.append((f"{at}.rename_map", "must map source feature names to target feature names, e.g. "
-                                             "{\"observation.images.cam_high\": \"observation.images.top\"}"))
+        problems.append((f"{at}.rename_map", ("must map source feature names to target feature names, e.g. "
+                                              '{"observation.images.cam_high": "observation.images.top"}')))
     name = text("name")
     if len(problems) > n0:
         return None

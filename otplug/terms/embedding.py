@@ -124,7 +124,7 @@ class EmbeddingTerm:
         s = torch.cat([x, y.to(x.dtype)]).pow(2).sum(-1).mean()
         if self._scale_ref is None:
             ref = float(s.detach())
-            if not ref > 0 or ref != ref or ref == float("inf"):
+            if not (ref > 0 and math.isfinite(ref)):
                 return s.new_zeros(()), 1.0  # nothing to anchor to yet (all-zero or non-finite features)
             self._scale_ref = ref
         drift = torch.log(s.clamp_min(1e-30)) - math.log(self._scale_ref)

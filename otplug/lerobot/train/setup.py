@@ -103,7 +103,7 @@ def combined_stats(dataset: Any, sources: Any) -> dict:
             shapes = {s: (np.shape(tgt[k].get(s)), np.shape(src[k].get(s))) for s in ("mean", "min") if s in tgt[k]}
             bad = {s: sh for s, sh in shapes.items() if sh[0] != sh[1]}
             if bad:
-                s, (a, b) = next(iter(bad.items()))
+                a, b = next(iter(bad.values()))
                 raise OtplugError(f"feature {k!r} has statistics of shape {a} in the target but {b} in {what} "
                                   "(different dimensions); a source must have the target's features "
                                   "(or use --ot.combine_stats=false)")
