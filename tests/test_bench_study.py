@@ -72,6 +72,13 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, monkeypatch):
     # another configuration into the same folder is refused
     with pytest.raises(StudyError, match="other settings"):
         main([*args[:-3], "--episodes", "8", "-q"])
+    # a method whose OT config changed since (an older recommended config) is refused, not pooled
+    conf = out / "configs" / "cotrain-ot.json"
+    saved = conf.read_text()
+    conf.write_text(json.dumps({**json.loads(saved), "reg": 0.5}))
+    with pytest.raises(StudyError, match="'cotrain-ot' was run here with another OT config"):
+        main(args)
+    conf.write_text(saved)
     # more seeds are a selection, not a setting: seed 0 is kept, seed 1 is trained and evaluated
     more = [a if a != "1" else "2" for a in args]
     assert main(more) == 0

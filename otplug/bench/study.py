@@ -268,6 +268,11 @@ def run_study(out: str | Path, cfg: StudyConfig, *, quiet: bool = False, jobs: i
         ot_cfg = ot_config_for(method)
         ot_path = out / "configs" / f"{method}.json"
         if ot_cfg is not None:
+            # a method's runs are kept by name: a folder whose runs used another OT config for it (an older
+            # otplug's recommended config) must not be continued, or old and new runs would be pooled
+            if ot_path.is_file() and json.loads(ot_path.read_text()) != ot_cfg:
+                raise StudyError(f"{out}: method {method!r} was run here with another OT config ({ot_path}); "
+                                 "use another --output-dir")
             ot_path.parent.mkdir(exist_ok=True)
             _write_json_atomic(ot_path, ot_cfg)
         for seed in range(cfg.seeds):
