@@ -11,10 +11,11 @@ Methods (every one the same policy, steps, batch size and seeds; they differ onl
 ``source-only``        BC on the sim demos only
 ``cotrain``            BC on real + sim rows (``--ot.bc_source_weight``) plus the DTW-paired rows the OT methods
                        get (``--ot.cotrain_only``): exactly their rows, no OT loss
-``cotrain-ot``         co-training + the OT loss (the recommended config, :data:`RECOMMENDED_OT`)
+``cotrain-ot``         co-training + the OT loss (the recommended config, :data:`RECOMMENDED_OT`: the image
+                       features' scale held by ``scale_anchor``)
+``cotrain-ot-plain``   the same without ``scale_anchor`` (:data:`PLAIN_OT`, the recommended config before it)
 ``cotrain-ot-noprior`` co-training + OT without the diagonal prior (``heuristic = false``)
-``cotrain-ot-l2``      co-training + OT on unit-length image features (``embed_norm = "l2"``), no prior
-``cotrain-ot-anchor``  the recommended config with the image features' scale held (``scale_anchor = 1``)
+``cotrain-ot-l2``      co-training + OT on unit-length image features (``embed_norm = "l2"``), no prior, no anchor
 =====================  =============================================================================================
 
 Every trained policy is evaluated in closed loop (:func:`otplug.bench.eval.evaluate`) in the real domain on
@@ -42,7 +43,7 @@ from typing import Any
 import attrs
 
 from otplug.bench.eval import wilson_interval
-from otplug.bench.study_config import METHODS, RECOMMENDED_OT, StudyConfig, StudyError
+from otplug.bench.study_config import METHODS, PLAIN_OT, RECOMMENDED_OT, StudyConfig, StudyError
 from otplug.bench.study_outputs import embedding_picture, write_plot, write_table
 
 __all__ = ["METHODS", "RECOMMENDED_OT", "StudyConfig", "StudyError", "main", "run_study", "summarize_rows"]
@@ -127,7 +128,7 @@ def method_args(method: str, paths: dict[str, Path], cfg: StudyConfig, ot_config
     if method == "cotrain":
         # the same rows as the OT methods (mixture + DTW-paired sim/real rows), no OT loss: only the loss differs
         return real + source + mix + ot + ["--ot.cotrain_only=true", "--ot.sinks=[]"]
-    if method in ("cotrain-ot", "cotrain-ot-noprior", "cotrain-ot-l2", "cotrain-ot-anchor"):
+    if method in ("cotrain-ot", "cotrain-ot-plain", "cotrain-ot-noprior", "cotrain-ot-l2"):
         return real + source + mix + ot + [f"--ot.config={ot_config}"]
     raise StudyError(f"--methods: unknown method {method!r}; choose from {', '.join(METHODS)}")
 
@@ -135,14 +136,13 @@ def method_args(method: str, paths: dict[str, Path], cfg: StudyConfig, ot_config
 def ot_config_for(method: str) -> dict[str, Any] | None:
     if method == "cotrain-ot":
         return RECOMMENDED_OT
+    if method == "cotrain-ot-plain":
+        return PLAIN_OT
     if method == "cotrain-ot-noprior":
         return {**RECOMMENDED_OT, "heuristic": False}
-    if method == "cotrain-ot-l2":  # collapse-proof: unit-length image features (gradient through the norm), no prior
-        terms = [{**t, "embed_norm": "l2"} if t["type"] == "image" else t for t in RECOMMENDED_OT["terms"]]
-        return {**RECOMMENDED_OT, "heuristic": False, "terms": terms}
-    if method == "cotrain-ot-anchor":  # the recommended config without the scale collapse (docs/math.md §7.4)
-        terms = [{**t, "scale_anchor": 1.0} if t["type"] == "image" else t for t in RECOMMENDED_OT["terms"]]
-        return {**RECOMMENDED_OT, "terms": terms}
+    if method == "cotrain-ot-l2":  # unit-length image features (gradient through the norm), no prior, no anchor
+        terms = [{**t, "embed_norm": "l2"} if t["type"] == "image" else t for t in PLAIN_OT["terms"]]
+        return {**PLAIN_OT, "heuristic": False, "terms": terms}
     return None
 
 
@@ -271,8 +271,9 @@ def run_study(out: str | Path, cfg: StudyConfig, *, quiet: bool = False, jobs: i
             # a method's runs are kept by name: a folder whose runs used another OT config for it (an older
             # otplug's recommended config) must not be continued, or old and new runs would be pooled
             if ot_path.is_file() and json.loads(ot_path.read_text()) != ot_cfg:
-                raise StudyError(f"{out}: method {method!r} was run here with another OT config ({ot_path}); "
-                                 "use another --output-dir")
+                raise StudyError(f"{out}: method {method!r} was run here with another OT config ({ot_path}, an "
+                                 f"older otplug's?); remove {out / 'runs' / method} and {out / 'evals' / method} to "
+                                 "rerun it with the current one, or use another --output-dir")
             ot_path.parent.mkdir(exist_ok=True)
             _write_json_atomic(ot_path, ot_cfg)
         for seed in range(cfg.seeds):
