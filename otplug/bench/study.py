@@ -42,6 +42,7 @@ from typing import Any
 
 import attrs
 
+from otplug.atomic import write_text_atomic
 from otplug.bench.eval import wilson_interval
 from otplug.bench.study_config import METHODS, PLAIN_OT, RECOMMENDED_OT, StudyConfig, StudyError
 from otplug.bench.study_outputs import embedding_picture, write_plot, write_table
@@ -52,9 +53,7 @@ __all__ = ["METHODS", "RECOMMENDED_OT", "StudyConfig", "StudyError", "main", "ru
 # data
 
 def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
 
 
 def ensure_data(out: Path, cfg: StudyConfig) -> dict[str, Path]:

@@ -16,7 +16,7 @@ import numpy as np
 
 from otplug.lerobot.datasets import open_dataset
 from otplug.lerobot.dtw import NORMALIZE_CHOICES, compute_pair_info
-from otplug.lerobot.pair_info import PairInfoError, save_pair_info
+from otplug.lerobot.pair_info import PairInfoError, save_pair_info, write_json
 
 __all__ = ["build_parser", "main"]
 
@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"wrote {out}")
     if several:
         listing = out_dir / "sources.json"
-        _write_json(listing, {"sources": [{k: v for k, v in e.items() if v is not None} for e in entries]})
+        write_json(listing, {"sources": [{k: v for k, v in e.items() if v is not None} for e in entries]}, indent=2)
         if not args.quiet:
             print(f"wrote {listing}; train with --ot.sources_file={listing}")
     return 0
@@ -111,15 +111,3 @@ def _sources(args: argparse.Namespace) -> tuple[list[str], list[str | None], lis
         raise PairInfoError(f"two sources are both named {dup[0]!r}; name them with --source-name")
     return sources, roots, names
 
-
-def _write_json(path: Path, data: dict) -> None:
-    import json
-    import os
-
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise PairInfoError(f"cannot write {path}: {exc.strerror or exc}") from exc

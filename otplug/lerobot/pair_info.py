@@ -20,7 +20,6 @@ file or mapping (against the datasets when given) and returns it in canonical fo
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from otplug.atomic import write_text_atomic
 from otplug.config.files import PAIR_INFO_MAX_BYTES, read_json_file
 from otplug.errors import OtplugError
 from otplug.lerobot.datasets import dataset_label, episode_lengths
@@ -53,14 +53,16 @@ def save_pair_info(pair_info: Mapping, path: str | Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise PairInfoError(f"cannot create the folder of {path}: {exc.strerror or exc}") from exc
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    return write_json(path, pair_info)
+
+
+def write_json(path: Path, data: Any, indent: int | None = None) -> Path:
+    """``data`` as JSON at ``path``, atomically; :class:`PairInfoError` naming the file when it cannot be written."""
+    text = json.dumps(data, indent=indent) + ("\n" if indent else "")
     try:
-        tmp.write_text(json.dumps(pair_info))
-        os.replace(tmp, path)
+        return write_text_atomic(path, text)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise PairInfoError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    return path
 
 
 # ---------------------------------------------------------------------------------------------------------------------

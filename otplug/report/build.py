@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from otplug.atomic import write_text_atomic
 from otplug.diagnostics import load_probe_embeddings
 from otplug.errors import OtplugError
 from otplug.report import figures
@@ -376,12 +377,7 @@ def _write(path: Path, text: str) -> None:
         if path.is_dir():
             raise OtplugError(f"--out {path} is a folder; give a file name such as {path / REPORT_NAME}")
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_text_atomic(path, text)
     except OSError as exc:
         raise OtplugError(f"cannot write the report {path}: {exc.strerror or exc}") from exc
 

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from otplug.atomic import write_text_atomic
 from otplug.bench.study_config import RECOMMENDED_OT
 from otplug.errors import OtplugError
 from otplug.lerobot.demo.data import ensure_demo_datasets
@@ -47,12 +48,6 @@ DEMO_OT_CONFIG: dict[str, Any] = RECOMMENDED_OT
 
 def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def demo_args(data, ot_config: Path, output_dir: Path, steps: int) -> list[str]:
@@ -100,7 +95,7 @@ def run_demo(user_args: Sequence[str], *, resume: bool = False, output_dir: str 
     if data.pair_info_path is None or not Path(data.pair_info_path).is_file():
         raise OtplugError(f"demo pair_info missing at {data.pair_info_path}; rerun to regenerate the demo cache")
     ot_config = Path(data.sim_root).parent / "demo_ot.json"
-    _write_atomic(ot_config, json.dumps(DEMO_OT_CONFIG, indent=2))
+    write_text_atomic(ot_config, json.dumps(DEMO_OT_CONFIG, indent=2))
     _prepare_output(out, resume)
     user = [a for a in user_args if not a.startswith(("--output_dir", "--steps="))]
 
@@ -112,7 +107,7 @@ def run_demo(user_args: Sequence[str], *, resume: bool = False, output_dir: str 
     if _rank() == 0:
         (out / MARKER).write_text("made by otplug train --demo; a new demo run replaces this folder\n")
         used = Path(cfg.ot.config).read_text() if cfg.ot.config else json.dumps(DEMO_OT_CONFIG, indent=2)
-        _write_atomic(out / "ot_config.json", used)  # the config this run used (--ot.config may replace the demo's)
+        write_text_atomic(out / "ot_config.json", used)  # the config this run used (--ot.config may replace the demo's)
 
     base_summary = None
     if baseline:
