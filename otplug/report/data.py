@@ -13,11 +13,12 @@ from typing import Any
 import attrs
 import numpy as np
 
+from otplug.bench.eval import wilson_interval
 from otplug.config.files import read_json_file, read_text_file
 from otplug.diagnostics import embedding_files
 from otplug.errors import OtplugError
 
-__all__ = ["RunFolder", "StudyFolder", "classify", "open_run", "open_study", "series", "wilson"]
+__all__ = ["RunFolder", "StudyFolder", "classify", "open_run", "open_study", "series"]
 
 JSON_MAX_BYTES = 16 << 20
 METRICS_MAX_BYTES = 1 << 30
@@ -173,17 +174,24 @@ class RunFolder:
         return self.path / p
 
 
+def _read_parts(folder: Any, parts: tuple[tuple[str, str, str, type], ...]) -> None:
+    """Read each ``(file name, attribute, what, JSON type)`` of ``folder.path`` into ``folder.<attribute>``; a
+    missing file leaves the attribute unset, an unreadable or wrongly typed one is a line in ``folder.problems``."""
+    for name, attr, what, kind in parts:
+        data, err = read_json(folder.path / name, what)
+        if err:
+            folder.problems.append(err)
+        elif data is not None and not isinstance(data, kind):
+            folder.problems.append(f"{folder.path / name}: expected a JSON {'object' if kind is dict else 'list'}, "
+                                   f"got {type(data).__name__}")
+        else:
+            setattr(folder, attr, data)
+
+
 def open_run(path: Path) -> RunFolder:
     run = RunFolder(path=path)
-    for name, attr, what in (("run_info.json", "run_info", "run info"), ("train_summary.json", "summary",
-                                                                          "training summary")):
-        data, err = read_json(path / name, what)
-        if err:
-            run.problems.append(err)
-        elif data is not None and not isinstance(data, dict):
-            run.problems.append(f"{path / name}: expected a JSON object, got {type(data).__name__}")
-        else:
-            setattr(run, attr, data)
+    _read_parts(run, (("run_info.json", "run_info", "run info", dict),
+                      ("train_summary.json", "summary", "training summary", dict)))
     run.rows, run.skipped_rows, err = read_metrics(path / "metrics.jsonl")
     if err:
         run.problems.append(err)
@@ -224,34 +232,17 @@ class StudyFolder:
         for (m, d, reg), rs in groups.items():
             s, n = sum(int(r["successes"]) for r in rs), sum(int(r["episodes"]) for r in rs)
             out.append({"method": m, "domain": d, "region": reg, "seeds": len(rs), "episodes": n, "successes": s,
-                        "success_rate": s / n if n else math.nan, "ci95": list(wilson(s, n)),
+                        "success_rate": s / n if n else math.nan,
+                        "ci95": list(wilson_interval(s, n)) if n else [math.nan, math.nan],
                         "per_seed": [r.get("success_rate") for r in sorted(rs, key=lambda r: r.get("seed", 0))]})
         return out
 
 
-def wilson(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """95% Wilson score interval of a binomial proportion."""
-    if n <= 0:
-        return math.nan, math.nan
-    p = successes / n
-    den = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 def open_study(path: Path) -> StudyFolder:
     st = StudyFolder(path=path)
-    for name, attr, what, kind in (("study_config.json", "config", "study config", dict),
-                                   ("study.json", "table", "study results", list),
-                                   ("study_summary.json", "summary", "study summary", dict)):
-        data, err = read_json(path / name, what)
-        if err:
-            st.problems.append(err)
-        elif data is not None and not isinstance(data, kind):
-            st.problems.append(f"{path / name}: expected a JSON {'object' if kind is dict else 'list'}")
-        else:
-            setattr(st, attr, data)
+    _read_parts(st, (("study_config.json", "config", "study config", dict),
+                     ("study.json", "table", "study results", list),
+                     ("study_summary.json", "summary", "study summary", dict)))
     md = path / "study.md"
     if md.is_file():
         try:
