@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import math
 
+import attrs
 import torch
 
 from otplug.errors import OtplugError
@@ -224,152 +225,181 @@ class LogSinkhornSolver:
             f, g = self._warm[1].clone(), self._warm[2].clone()
         else:
             f, g = torch.zeros(P, n, dtype=dt, device=M.device), torch.zeros(P, m, dtype=dt, device=M.device)
-
         # epsilon schedule: only on a cold start
-        stages = [eps]
-        if cfg.eps_scaling and not warm:
-            e0 = float(M.amax() - M.amin()) if not p.batched else float((M.amax((1, 2)) - M.amin((1, 2))).max())
-            e = e0
-            sched = []
-            while e > eps * (1.0 / cfg.eps_scaling_factor):
-                sched.append(e)
-                e *= cfg.eps_scaling_factor
-            stages = sched + [eps]
+        stages = _eps_schedule(M, p.batched, eps, cfg.eps_scaling_factor) if cfg.eps_scaling and not warm else [eps]
 
-        iters = torch.zeros(P, dtype=torch.long)
-        total_iters = 0
-        k = cfg.check_every
-        finfo = torch.finfo(dt)
-        stats = {"absorptions": 0, "kernel_iterations": 0, "log_iterations": 0, "fallbacks": 0, "omega": 1.0}
-
+        run = _Run(iters=torch.zeros(P, dtype=torch.long))
         for si, e in enumerate(stages):
             final = si == len(stages) - 1
             prob = _Problem(M, loga, logb, e, p.tau)
             x, y = f / e + loga, g / e + logb
-            active = torch.arange(P, device=M.device)
-            sub = prob
-            prev_err = torch.full((P,), float("inf"), dtype=torch.float64)
-            conv = torch.zeros(P, dtype=torch.bool)
-            stalled = torch.zeros(P, dtype=torch.bool)
-            errs = torch.full((P,), float("inf"), dtype=torch.float64)
-            chunks = 0
-            kernel_ok = cfg.kernel_iterations
-            kern = None  # (K, x0, y0, ax, ay) for the active subset
-            xa, ya = x, y
-            last_step = float("inf")
-            omega = 1.0
-            while True:
-                budget = cfg.max_iter - total_iters
-                if budget <= 0:
-                    break
-                # short first chunks (2, 4, 8, then check_every): fast-contracting problems (small tau) stop
-                # after a few iterations instead of two full chunks; a few extra host syncs at most
-                steps = min(k, budget, 2 << chunks)
-                use_kernel = kernel_ok and final and last_step * steps < _KERNEL_DRIFT
-                x_chk, y_chk = xa, ya
-                if use_kernel:
-                    if kern is None:
-                        kern = _build_kernel(sub, xa, ya)
-                        stats["absorptions"] += 1
-                    xa, ya, px, py, s_max = _kernel_chunk(sub, kern, xa, ya, steps, cfg.translation, omega)
-                    ok = bool(torch.isfinite(xa).all() & torch.isfinite(ya).all())
-                    if not ok:  # fall back to the log domain from the last check, without over-relaxation
-                        stats["fallbacks"] += 1
-                        kernel_ok, kern, omega = False, None, 1.0
-                        xa, ya = x_chk, y_chk
-                        continue
-                    stats["kernel_iterations"] += steps
-                    if s_max > _ABSORB[dt]:
-                        kern = None
-                else:
-                    kern = None
-                    px, py = xa, ya
-                    for it in range(steps):
-                        if it == steps - 1:
-                            px, py = xa, ya
-                        xa, ya = sub.log_sweep(xa, ya, cfg.translation, omega)
-                    if not bool(torch.isfinite(xa).all() & torch.isfinite(ya).all()):
-                        if omega == 1.0:
-                            raise FloatingPointError("log-domain Sinkhorn produced non-finite potentials")
-                        stats["fallbacks"] += 1  # an over-relaxed step went too far: redo without it
-                        omega, xa, ya = 1.0, x_chk, y_chk
-                        continue
-                    stats["log_iterations"] += steps
-                total_iters += steps
-                chunks += 1
-                iters[active.cpu()] += steps
-                # per-problem error of the last iteration, and convergence test (the one host sync)
-                step = torch.maximum((xa - px).abs().amax(-1), (ya - py).abs().amax(-1)).to(torch.float64)
-                scale = torch.maximum(xa.abs().amax(-1), ya.abs().amax(-1)).to(torch.float64)
-                step, scale = step.cpu(), scale.cpu()
-                act = active.cpu()
-                pe = prev_err[act]
-                ratio = torch.where(pe > 0, (step / pe).clamp(min=0.0) ** (1.0 / steps), torch.zeros_like(step))
-                ratio = torch.where(torch.isnan(ratio), torch.ones_like(ratio), ratio)
-                rho = ratio.clamp(max=1.0)
-                dist = torch.where(rho < 1.0, step / (1.0 - rho).clamp(min=1e-12), torch.full_like(step, float("inf")))
-                floor = 16.0 * finfo.eps * (1.0 + scale)
-                if final:
-                    # At the rounding floor the iteration cannot improve, but that only means "converged" when
-                    # the floor itself is small: the plan's log-entries x_i + y_j - M_ij/reg carry an absolute
-                    # rounding error of about the floor, and with |x| ~ max|M|/reg huge (tiny reg) every
-                    # iterate is "at the floor" while the plan is noise. Such problems stop, unconverged.
-                    at_floor = step <= floor
-                    good = (torch.isfinite(pe) & (dist <= cfg.tol)) | (at_floor & (floor <= _FLOOR_ACCEPT))
-                    stalled[act] |= at_floor & ~good
-                    done = good | at_floor
-                else:
-                    done = (step <= _EPS_STAGE_TOL) | (step <= floor) | torch.tensor(chunks >= _EPS_STAGE_CHUNKS)
-                    done = done.expand_as(step).clone()
-                if final and cfg.overrelaxation and chunks >= 2:
-                    # over-relaxation: infer the plain Sinkhorn rate rho from the measured rate r at the current
-                    # omega (Young's relation (r + omega - 1)^2 = r omega^2 rho) and move omega towards
-                    # 2 / (1 + sqrt(1 - rho)); back off when the error clearly grows.
-                    ok_r = ratio[torch.isfinite(pe) & ~done & (ratio > 0)]
-                    if ok_r.numel():
-                        r = float(ok_r.max())
-                        if omega > 1.0 and r > _BACKOFF ** (1.0 / steps):
-                            omega = 1.0 + 0.75 * (omega - 1.0)
-                        elif r < 1.0:
-                            rho_plain = min((r + omega - 1.0) ** 2 / (r * omega * omega), 1.0)
-                            cand = min(2.0 / (1.0 + math.sqrt(1.0 - rho_plain)), _OMEGA_MAX)
-                            if cand > omega:
-                                omega = cand
-                    stats["omega"] = omega
-                prev_err[act] = step
-                errs[act] = torch.where(torch.isfinite(dist), dist, step)
-                last_step = float(step.max())
-                x[active], y[active] = xa, ya
-                if bool(done.all()):
-                    conv[act] = ~stalled[act]
-                    break
-                if bool(done.any()):
-                    conv[act[done]] = ~stalled[act[done]]
-                    keep = (~done).to(active.device)
-                    active = active[keep]
-                    sub = prob.subset(active)
-                    xa, ya = xa[keep], ya[keep]
-                    kern = _subset_kernel(kern, keep)
-                    last_step = float(step[~done].max())
+            conv, stalled, errs = self._stage(prob, x, y, final, run)  # updates x, y in place
             f, g = (x - loga) * e, (y - logb) * e
-            if not final:
-                continue
-            plan = torch.exp(x.unsqueeze(-1) + y.unsqueeze(-2) - prob.Me)
-            break
+        plan = torch.exp(x.unsqueeze(-1) + y.unsqueeze(-2) - prob.Me)
 
         if cfg.warm_start:
             self._warm = (key, f.detach().clone(), g.detach().clone())
-        err = float(errs.max())
         info = {
             "warm_started": float(warm),
             "eps_stages": float(len(stages) - 1),
             "float64": float(dt == torch.float64),
-            "iterations_min": float(iters.min()),
+            "iterations_min": float(run.iters.min()),
             "converged_fraction": float(conv.double().mean()),
             "precision_stalled": float(bool(stalled.any())),
-            **{k_: float(v) for k_, v in stats.items()},
+            **{k_: float(v) for k_, v in run.stats.items()},
         }
-        return plan, int(iters.max()), bool(conv.all()), err, info
+        return plan, int(run.iters.max()), bool(conv.all()), float(errs.max()), info
+
+    def _stage(
+        self, prob: _Problem, x: torch.Tensor, y: torch.Tensor, final: bool, run: _Run
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Iterate one epsilon stage from (x, y) (written back in place) until every problem is done or the
+        iteration budget is spent; returns per problem (converged, stalled at a rounding floor, error)."""
+        cfg = self.config
+        P = x.shape[0]
+        finfo = torch.finfo(x.dtype)
+        active = torch.arange(P, device=x.device)
+        sub = prob
+        prev_err = torch.full((P,), float("inf"), dtype=torch.float64)
+        conv = torch.zeros(P, dtype=torch.bool)
+        stalled = torch.zeros(P, dtype=torch.bool)
+        errs = torch.full((P,), float("inf"), dtype=torch.float64)
+        chunks = 0
+        kernel_ok = cfg.kernel_iterations
+        kern = None  # (K, x0, y0, ax, ay) for the active subset
+        xa, ya = x, y
+        last_step = float("inf")
+        omega = 1.0
+        while (budget := cfg.max_iter - run.total_iters) > 0:
+            # short first chunks (2, 4, 8, then check_every): fast-contracting problems (small tau) stop
+            # after a few iterations instead of two full chunks; a few extra host syncs at most
+            steps = min(cfg.check_every, budget, 2 << chunks)
+            x_chk, y_chk = xa, ya
+            if kernel_ok and final and last_step * steps < _KERNEL_DRIFT:
+                if kern is None:
+                    kern = _build_kernel(sub, xa, ya)
+                    run.stats["absorptions"] += 1
+                xa, ya, px, py, s_max = _kernel_chunk(sub, kern, xa, ya, steps, cfg.translation, omega)
+                if not _finite(xa, ya):  # fall back to the log domain from the last check, without over-relaxation
+                    run.stats["fallbacks"] += 1
+                    kernel_ok, kern, omega = False, None, 1.0
+                    xa, ya = x_chk, y_chk
+                    continue
+                run.stats["kernel_iterations"] += steps
+                if s_max > _ABSORB[x.dtype]:
+                    kern = None
+            else:
+                kern = None
+                xa, ya, px, py = _log_chunk(sub, xa, ya, steps, cfg.translation, omega)
+                if not _finite(xa, ya):
+                    if omega == 1.0:
+                        raise FloatingPointError("log-domain Sinkhorn produced non-finite potentials")
+                    run.stats["fallbacks"] += 1  # an over-relaxed step went too far: redo without it
+                    omega, xa, ya = 1.0, x_chk, y_chk
+                    continue
+                run.stats["log_iterations"] += steps
+            run.total_iters += steps
+            chunks += 1
+            act = active.cpu()
+            run.iters[act] += steps
+            # per-problem error of the last iteration, and convergence test (the one host sync)
+            step = torch.maximum((xa - px).abs().amax(-1), (ya - py).abs().amax(-1)).to(torch.float64).cpu()
+            scale = torch.maximum(xa.abs().amax(-1), ya.abs().amax(-1)).to(torch.float64).cpu()
+            pe = prev_err[act]
+            ratio, dist, done, stall = _check(step, scale, pe, steps, final, chunks, finfo.eps, cfg.tol)
+            stalled[act] |= stall
+            if final and cfg.overrelaxation and chunks >= 2:
+                omega = _tuned_omega(omega, ratio[torch.isfinite(pe) & ~done & (ratio > 0)], steps)
+                run.stats["omega"] = omega
+            prev_err[act] = step
+            errs[act] = torch.where(torch.isfinite(dist), dist, step)
+            last_step = float(step.max())
+            x[active], y[active] = xa, ya
+            if bool(done.all()):
+                conv[act] = ~stalled[act]
+                break
+            if bool(done.any()):
+                conv[act[done]] = ~stalled[act[done]]
+                keep = (~done).to(active.device)
+                active = active[keep]
+                sub = prob.subset(active)
+                xa, ya = xa[keep], ya[keep]
+                kern = _subset_kernel(kern, keep)
+                last_step = float(step[~done].max())
+        return conv, stalled, errs
+
+
+@attrs.define
+class _Run:
+    """What one solve carries across its epsilon stages: iterations per problem, in all, and the counters."""
+
+    iters: torch.Tensor
+    total_iters: int = 0
+    stats: dict[str, float] = attrs.field(factory=lambda: {
+        "absorptions": 0, "kernel_iterations": 0, "log_iterations": 0, "fallbacks": 0, "omega": 1.0})
+
+
+def _eps_schedule(M: torch.Tensor, batched: bool, eps: float, factor: float) -> list[float]:
+    """Epsilon scaling: from the cost's range (the largest over a batch) down by ``factor`` to ``eps``."""
+    e = float(M.amax() - M.amin()) if not batched else float((M.amax((1, 2)) - M.amin((1, 2))).max())
+    sched = []
+    while e > eps * (1.0 / factor):
+        sched.append(e)
+        e *= factor
+    return sched + [eps]
+
+
+def _finite(x: torch.Tensor, y: torch.Tensor) -> bool:
+    return bool(torch.isfinite(x).all() & torch.isfinite(y).all())
+
+
+def _check(
+    step: torch.Tensor, scale: torch.Tensor, pe: torch.Tensor, steps: int, final: bool, chunks: int,
+    eps_machine: float, tol: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The convergence test of one check (per active problem, on the host): the measured contraction rate,
+    the estimated distance to the fixed point, which problems are done, and which stalled at a rounding floor
+    without converging."""
+    ratio = torch.where(pe > 0, (step / pe).clamp(min=0.0) ** (1.0 / steps), torch.zeros_like(step))
+    ratio = torch.where(torch.isnan(ratio), torch.ones_like(ratio), ratio)
+    rho = ratio.clamp(max=1.0)
+    dist = torch.where(rho < 1.0, step / (1.0 - rho).clamp(min=1e-12), torch.full_like(step, float("inf")))
+    floor = 16.0 * eps_machine * (1.0 + scale)
+    if not final:
+        done = (step <= _EPS_STAGE_TOL) | (step <= floor) | torch.tensor(chunks >= _EPS_STAGE_CHUNKS)
+        return ratio, dist, done.expand_as(step).clone(), torch.zeros_like(step, dtype=torch.bool)
+    # At the rounding floor the iteration cannot improve, but that only means "converged" when the floor itself
+    # is small: the plan's log-entries x_i + y_j - M_ij/reg carry an absolute rounding error of about the floor,
+    # and with |x| ~ max|M|/reg huge (tiny reg) every iterate is "at the floor" while the plan is noise. Such
+    # problems stop, unconverged.
+    at_floor = step <= floor
+    good = (torch.isfinite(pe) & (dist <= tol)) | (at_floor & (floor <= _FLOOR_ACCEPT))
+    return ratio, dist, good | at_floor, at_floor & ~good
+
+
+def _tuned_omega(omega: float, rates: torch.Tensor, steps: int) -> float:
+    """Over-relaxation: infer the plain Sinkhorn rate rho from the measured rate r at the current omega (Young's
+    relation (r + omega - 1)^2 = r omega^2 rho) and move omega towards 2 / (1 + sqrt(1 - rho)); back off when the
+    error clearly grows. ``rates``: the measured per-iteration rates of the problems still iterating."""
+    if not rates.numel():
+        return omega
+    r = float(rates.max())
+    if omega > 1.0 and r > _BACKOFF ** (1.0 / steps):
+        return 1.0 + 0.75 * (omega - 1.0)
+    if r < 1.0:
+        rho_plain = min((r + omega - 1.0) ** 2 / (r * omega * omega), 1.0)
+        return max(omega, min(2.0 / (1.0 + math.sqrt(1.0 - rho_plain)), _OMEGA_MAX))
+    return omega
+
+
+def _log_chunk(prob: _Problem, x: torch.Tensor, y: torch.Tensor, steps: int, translation: bool, omega: float):
+    """``steps`` log-domain sweeps; returns the new (x, y) and the previous iterate."""
+    px, py = x, y
+    for it in range(steps):
+        if it == steps - 1:
+            px, py = x, y
+        x, y = prob.log_sweep(x, y, translation, omega)
+    return x, y, px, py
 
 
 def _build_kernel(prob: _Problem, x: torch.Tensor, y: torch.Tensor):
