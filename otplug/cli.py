@@ -111,12 +111,14 @@ def cmd_plugins(as_json: bool) -> int:
 
 
 def cmd_check_config(path: str, quiet: bool, dataset: str | None = None, source: str | None = None,
-                     rename_map: str | None = None) -> int:
+                     rename_map: str | None = None, pair_info: str | None = None) -> int:
     from otplug.config import describe_config, load_config
 
     cfg = load_config(path)
     if source is not None and dataset is None:
         raise OtplugError("--source needs --dataset (the target dataset the config is checked against)")
+    if pair_info is not None:
+        _check_pair_info(pair_info, dataset, source)
     if dataset is not None:
         import json
 
@@ -136,6 +138,29 @@ def cmd_check_config(path: str, quiet: bool, dataset: str | None = None, source:
     checked = f" against {dataset}" + (f" and {source}" if source else "") if dataset else ""
     print(f"{path}: OK{checked}")
     return 0
+
+
+def _check_pair_info(path: str, dataset: str | None, source: str | None) -> None:
+    """``--pair-info``: the file's structure, and with ``--dataset`` and ``--source`` its episodes and frames
+    against the datasets (as training reads it)."""
+    if (dataset is None) != (source is None):
+        raise OtplugError("--pair-info is checked against both datasets (--dataset TARGET --source SOURCE) or "
+                          "against neither")
+    if dataset is None:
+        from otplug.lerobot.pair_info import load_pair_info
+
+        info = load_pair_info(path)
+        where = "(structure only: add --dataset and --source to check episodes and frames)"
+    else:
+        _require_lerobot("check-config --pair-info")
+        from otplug.lerobot.datasets import open_dataset
+        from otplug.lerobot.pair_info import load_pair_info
+
+        tgt, src = open_dataset(dataset), open_dataset(source)
+        info = load_pair_info(path, source=src, target=tgt)
+        where = f"against {dataset} and {source}"
+    entries = sum(len(v) for v in info.values())
+    print(f"{path}: OK {where}: {len(info)} target episodes, {entries} source entries")
 
 
 def _require_lerobot(command: str) -> None:
@@ -175,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", metavar="ROOT", help="also check the keys against this (target) LeRobot dataset")
     p.add_argument("--source", metavar="ROOT", help="... and the source keys against this source dataset")
     p.add_argument("--source-rename-map", metavar="JSON", help="source name -> target name, as --ot.source_rename_map")
+    p.add_argument("--pair-info", metavar="FILE", help="also check a pair_info.json (against --dataset and --source "
+                   "when both are given)")
 
     sub.add_parser("train", help="train a LeRobot policy with the OT loss (see `otplug train --help`)", add_help=False)
     sub.add_parser("pair", help="compute DTW pair_info between two LeRobot datasets", add_help=False)
@@ -234,7 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "plugins":
             return cmd_plugins(args.json)
         if args.command == "check-config":
-            return cmd_check_config(args.file, args.quiet, args.dataset, args.source, args.source_rename_map)
+            return cmd_check_config(args.file, args.quiet, args.dataset, args.source, args.source_rename_map,
+                                    args.pair_info)
     except OtplugError as exc:
         if os.environ.get("OTPLUG_DEBUG"):
             raise

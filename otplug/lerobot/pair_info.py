@@ -180,7 +180,7 @@ def load_pair_info(path_or_dict: str | Path | Mapping, *, source=None, target=No
                     raise PairInfoError(f"pair_info{wf}: target frame {f} is outside target episode {t_ep}{limit}")
                 if not isinstance(frames, list) or not all(
                         isinstance(x, int) and not isinstance(x, bool) for x in frames):
-                    raise PairInfoError(f"pair_info{wf}: expected a list of integer source frames, got {frames!r}")
+                    raise PairInfoError(f"pair_info{wf}: expected a list of integer source frames, got {_short(frames)}")
                 for x in frames:
                     if x < 0 or (src_len is not None and x >= src_len[s_ep]):
                         limit = f" (episode length {src_len[s_ep]})" if src_len is not None else ""
