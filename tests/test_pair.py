@@ -179,6 +179,27 @@ def test_cli_end_to_end_on_demo(tmp_path, capsys):
     info = load_pair_info(out, source=src, target=tgt)
     assert len(info) == 4 and all(len(v) == 2 for v in info.values())
 
+    # the same file through `otplug check-config --pair-info`, before any training
+    cfg = tmp_path / "ot.json"
+    cfg.write_text(json.dumps({"terms": [{"type": "label", "name": "s", "src_key": "observation.state"}]}))
+    check = ["check-config", "-q", str(cfg), "--pair-info"]
+    datasets = ["--dataset", str(d.real_root), "--source", str(d.sim_root)]
+    capsys.readouterr()
+    assert cli_main(check + [str(out)] + datasets) == 0
+    assert "OK against" in capsys.readouterr().out
+    assert cli_main(check + [str(out)]) == 0
+    assert "structure only" in capsys.readouterr().out
+    raw = json.loads(out.read_text())
+    bad = tmp_path / "bad.json"
+    for broken, needle in ((dict(raw, **{"99": raw["0"]}), "target episode 99 is not in the target dataset"),
+                           ({"3.0": raw["0"]}, "write it as '3'")):
+        bad.write_text(json.dumps(broken))
+        assert cli_main(check + [str(bad)] + (datasets if "99" in broken else [])) == 2
+        err = capsys.readouterr().err
+        assert needle in err and err.count("\n") == 1 and "Traceback" not in err
+    assert cli_main(check + [str(out), "--dataset", str(d.real_root)]) == 2
+    assert "against both datasets" in capsys.readouterr().err
+
 
 def test_cli_errors_without_traceback(tmp_path, capsys):
     d = ensure_demo_datasets(tmp_path / "cache", n_episodes=1, episode_len=4, image_size=8)
