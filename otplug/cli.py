@@ -111,56 +111,27 @@ def cmd_plugins(as_json: bool) -> int:
 
 
 def cmd_check_config(path: str, quiet: bool, dataset: str | None = None, source: str | None = None,
-                     rename_map: str | None = None, pair_info: str | None = None) -> int:
+                     rename_map: str | None = None, pair_info: str | None = None,
+                     sources_file: str | None = None) -> int:
     from otplug.config import describe_config, load_config
 
     cfg = load_config(path)
-    if source is not None and dataset is None:
-        raise OtplugError("--source needs --dataset (the target dataset the config is checked against)")
-    if pair_info is not None:
-        _check_pair_info(pair_info, dataset, source)
-    if dataset is not None:
-        import json
+    lines: list[str] = []
+    if dataset is not None or source is not None or pair_info is not None or sources_file is not None:
+        if dataset is not None and (pair_info is not None or sources_file is not None):
+            _require_lerobot("check-config --pair-info/--sources-file")  # opens the datasets
+        from otplug.lerobot.preflight import check_data
 
-        from otplug.lerobot.features_check import check_against_datasets
-
-        try:
-            rename = json.loads(rename_map) if rename_map else {}
-        except ValueError as exc:
-            raise OtplugError(f"--source-rename-map is not a JSON object: {exc}") from None
-        if not isinstance(rename, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in rename.items()):
-            raise OtplugError("--source-rename-map must be a JSON object of source name -> target name")
-        problems = check_against_datasets(cfg, dataset, source, rename)
-        if problems:
-            raise OtplugError(f"{path} does not fit the datasets: " + "; ".join(problems))
+        lines = check_data(cfg, path, dataset=dataset, source=source, rename_map=rename_map, pair_info=pair_info,
+                           sources_file=sources_file)
     if not quiet:
         print(describe_config(cfg))
-    checked = f" against {dataset}" + (f" and {source}" if source else "") if dataset else ""
+    for line in lines:
+        print(line)
+    others = source or sources_file
+    checked = (f" against {dataset}" + (f" and {others}" if others else "")) if dataset else ""
     print(f"{path}: OK{checked}")
     return 0
-
-
-def _check_pair_info(path: str, dataset: str | None, source: str | None) -> None:
-    """``--pair-info``: the file's structure, and with ``--dataset`` and ``--source`` its episodes and frames
-    against the datasets (as training reads it)."""
-    if (dataset is None) != (source is None):
-        raise OtplugError("--pair-info is checked against both datasets (--dataset TARGET --source SOURCE) or "
-                          "against neither")
-    if dataset is None:
-        from otplug.lerobot.pair_info import load_pair_info
-
-        info = load_pair_info(path)
-        where = "(structure only: add --dataset and --source to check episodes and frames)"
-    else:
-        _require_lerobot("check-config --pair-info")
-        from otplug.lerobot.datasets import open_dataset
-        from otplug.lerobot.pair_info import load_pair_info
-
-        tgt, src = open_dataset(dataset), open_dataset(source)
-        info = load_pair_info(path, source=src, target=tgt)
-        where = f"against {dataset} and {source}"
-    entries = sum(len(v) for v in info.values())
-    print(f"{path}: OK {where}: {len(info)} target episodes, {entries} source entries")
 
 
 def _require_lerobot(command: str) -> None:
@@ -202,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source-rename-map", metavar="JSON", help="source name -> target name, as --ot.source_rename_map")
     p.add_argument("--pair-info", metavar="FILE", help="also check a pair_info.json (against --dataset and --source "
                    "when both are given)")
+    p.add_argument("--sources-file", metavar="FILE", help="with --dataset: check every source of a sources file "
+                   "(keys, rename map, pair_info), as --ot.sources_file")
 
     sub.add_parser("train", help="train a LeRobot policy with the OT loss (see `otplug train --help`)", add_help=False)
     sub.add_parser("pair", help="compute DTW pair_info between two LeRobot datasets", add_help=False)
@@ -262,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_plugins(args.json)
         if args.command == "check-config":
             return cmd_check_config(args.file, args.quiet, args.dataset, args.source, args.source_rename_map,
-                                    args.pair_info)
+                                    args.pair_info, args.sources_file)
     except OtplugError as exc:
         if os.environ.get("OTPLUG_DEBUG"):
             raise

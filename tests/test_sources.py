@@ -177,6 +177,20 @@ def test_pair_cli_with_several_sources(data, tmp_path, capsys):
                 str(data / "sim_png"), "--out", str(out)]) == 2
     assert "both named 'sim_png'" in capsys.readouterr().err
 
+    # check-config --sources-file: every source's keys and pair_info against the data, before training
+    check = ["check-config", "-q", str(data / "ot.json"), "--dataset", str(data / "real"), "--sources-file",
+             str(out / "sources.json")]
+    assert cli(check) == 2  # the video sim names its camera cam_high: no rename map yet
+    err = capsys.readouterr().err
+    assert "source 'sim_vid'" in err and HIGH in err and err.count("\n") == 1
+    listing[0]["rename_map"] = {HIGH: TOP}
+    (out / "sources.json").write_text(json.dumps({"sources": listing}))
+    assert cli(check) == 0
+    printed = capsys.readouterr().out
+    assert "source 'sim_vid'" in printed and "source 'sim_png'" in printed and "OK against" in printed
+    assert cli(check + ["--pair-info", str(out / "pair_info.sim_png.json")]) == 2
+    assert "drop ['--pair-info']" in capsys.readouterr().err
+
 
 @pytest.mark.slow
 def test_train_with_two_sources(data, tmp_path):
