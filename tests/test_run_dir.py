@@ -85,3 +85,34 @@ def test_resume_falls_back_to_the_previous_complete_checkpoint(tmp_path):
         assert complete_checkpoint(tmp_path).name == "000002"
     with pytest.raises(OtplugError, match="no checkpoint in"):
         complete_checkpoint(tmp_path / "nothing")
+
+
+def test_checkpoint_is_written_whole_or_not_at_all(tmp_path):
+    """A full disk mid-save: one message naming the file, no partial folder left, earlier checkpoints intact; the
+    next save of the same step starts from a clean slate even after a kill left a partial folder."""
+    import errno
+
+    from otplug.lerobot.train.run_dir import write_checkpoint
+
+    root = tmp_path / "checkpoints"
+
+    def ok(folder):
+        (folder / "pretrained_model").mkdir(parents=True)
+        (folder / "pretrained_model" / "model.safetensors").write_bytes(b"weights")
+
+    write_checkpoint(root / "000003", ok)
+
+    def disk_full(folder):
+        ok(folder)
+        raise OSError(errno.ENOSPC, "No space left on device", str(folder / "training_state" / "optimizer_state.pt"))
+
+    with pytest.raises(OtplugError) as err:
+        write_checkpoint(root / "000006", disk_full)
+    msg = str(err.value)
+    assert "000006" in msg and "No space left on device" in msg and "optimizer_state.pt" in msg
+    assert "['000003'] are intact" in msg and "\n" not in msg
+    assert sorted(p.name for p in root.iterdir()) == ["000003"]
+    (root / ".000006.partial" / "junk").mkdir(parents=True)  # what a kill mid-save leaves behind
+    write_checkpoint(root / "000006", ok)
+    assert sorted(p.name for p in root.iterdir()) == ["000003", "000006"]
+    assert not (root / "000006" / "junk").exists()

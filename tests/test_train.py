@@ -269,3 +269,49 @@ def test_overflowing_lambda_is_named_and_nothing_is_saved(pair, tmp_path, capsys
     assert rc == 2 and "Traceback" not in err and "--ot.lambda_ot = 1e+308" in err, err
     assert "training stopped at step 1" in err
     assert not (out / "checkpoints").exists()  # nothing non-finite was saved
+
+
+def _checkpoint_steps(out):
+    root = out / "checkpoints"
+    return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.is_dir() else []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra_wait", [0.0, 0.7])
+def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(pair, tmp_path, extra_wait):
+    """A real kill (SIGKILL, no cleanup) some time after the first checkpoint, then `--resume`: training ends at
+    the asked step, metrics.jsonl holds every step exactly once, and every saved checkpoint loads with finite
+    weights."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from safetensors.torch import load_file
+
+    out = tmp_path / "killed"
+    args = _args(pair, out, steps=40, extra=["--save_freq=3"])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "otplug", "train", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not _checkpoint_steps(out) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(extra_wait)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    killed_at = _checkpoint_steps(out)
+    assert killed_at, "the run was killed before its first checkpoint"
+
+    from otplug.lerobot.train import main
+
+    assert main(["--resume", "--output-dir", str(out), "--steps", "12"]) == 0
+    steps = [r["step"] for r in _rows(out)]
+    assert steps == list(range(1, 13)), steps
+    for step in _checkpoint_steps(out):
+        weights = load_file(out / "checkpoints" / f"{step:06d}" / "pretrained_model" / "model.safetensors")
+        assert all(bool(w.isfinite().all()) for w in weights.values())
+    assert (out / "checkpoints" / "last").resolve().name == f"{12:06d}"

@@ -42,7 +42,7 @@ from otplug.lerobot.train.batches import check_image_range, images_to_float
 from otplug.lerobot.train.metrics import Window, reduce_metrics
 from otplug.lerobot.train.ot_step import OTSide
 from otplug.lerobot.train.probe import make_recorder
-from otplug.lerobot.train.run_dir import RunLock
+from otplug.lerobot.train.run_dir import RunLock, write_checkpoint
 from otplug.lerobot.train.step import check_finite_weights, update_policy
 
 __all__ = ["train"]
@@ -87,15 +87,20 @@ def _batches(dataloader: Any, cfg: Any, step: int) -> Iterator[dict]:
 
 def _save(cfg: Any, step: int, output_dir: Path, accelerator: Any, policy: Any, optimizer: Any, lr_scheduler: Any,
           processors: tuple[Any, Any], ot_side: Any) -> None:
-    """lerobot's checkpoint of ``step`` (weights checked finite first: nothing non-finite is ever saved), the OT
-    side's own state beside it, then ``last`` moved to it."""
+    """lerobot's checkpoint of ``step`` (weights checked finite first: nothing non-finite is ever saved) and the
+    OT side's own state beside it, written whole or not at all (:func:`write_checkpoint`), then ``last`` moved
+    to it."""
     check_finite_weights(policy, step)
-    ckpt = get_step_checkpoint_dir(output_dir, cfg.steps, step)
-    save_checkpoint(checkpoint_dir=ckpt, step=step, cfg=cfg, policy=accelerator.unwrap_model(policy),
-                    optimizer=optimizer, scheduler=lr_scheduler, preprocessor=processors[0],
-                    postprocessor=processors[1], num_processes=accelerator.num_processes, batch_size=cfg.batch_size)
-    if ot_side is not None:
-        ot_side.save(ckpt)
+
+    def write(folder: Path) -> None:
+        save_checkpoint(checkpoint_dir=folder, step=step, cfg=cfg, policy=accelerator.unwrap_model(policy),
+                        optimizer=optimizer, scheduler=lr_scheduler, preprocessor=processors[0],
+                        postprocessor=processors[1], num_processes=accelerator.num_processes,
+                        batch_size=cfg.batch_size)
+        if ot_side is not None:
+            ot_side.save(folder)
+
+    ckpt = write_checkpoint(get_step_checkpoint_dir(output_dir, cfg.steps, step), write)
     update_last_checkpoint(ckpt)
 
 

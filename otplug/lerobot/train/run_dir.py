@@ -5,22 +5,27 @@ checked complete before a resume uses them.
   host; a second run into the same folder fails at once naming the holder. A lock left by a process that no longer
   exists (a crash, ``kill -9``) on this host is taken over with a warning; a lock from another host is reported
   with the command to clear it. The lock is removed when the run ends, however it ends.
+* :func:`write_checkpoint` — a checkpoint is written into a hidden ``.<step>.partial`` sibling and renamed into
+  place when complete, so a kill or a full disk mid-save never leaves a numbered checkpoint half written; a
+  write error is one message naming the file, and the previous checkpoints stay as they were.
 * :func:`complete_checkpoint` — the newest checkpoint whose files are all there and readable (``last`` first);
-  a truncated one (disk full, a kill mid-save) is skipped with a warning naming it.
+  an incomplete one (from a version that wrote in place, or files removed by hand) is skipped with a warning.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from otplug.errors import OtplugError
 
-__all__ = ["LOCK_NAME", "RunLock", "check_writable", "complete_checkpoint"]
+__all__ = ["LOCK_NAME", "RunLock", "check_writable", "complete_checkpoint", "write_checkpoint"]
 
 LOCK_NAME = ".otplug.lock"
 
@@ -143,6 +148,29 @@ def _problem(ckpt: Path) -> str | None:
     return None
 
 
+def write_checkpoint(ckpt: Path, write: Callable[[Path], None]) -> Path:
+    """``write(folder)`` into ``.<name>.partial`` beside ``ckpt``, then rename it to ``ckpt`` (atomic on one file
+    system). A leftover partial folder of the same step (an earlier kill) is removed first; on an OS error the
+    partial folder is removed and one :class:`OtplugError` names the file and says what is intact."""
+    partial = ckpt.parent / f".{ckpt.name}.partial"
+    try:
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        if partial.exists():
+            shutil.rmtree(partial)
+        write(partial)
+        if ckpt.exists():  # the same step written before (an in-place writer's leftover): replace it whole
+            shutil.rmtree(ckpt)
+        os.replace(partial, ckpt)
+    except OSError as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        where = exc.filename or partial
+        kept = sorted(p.name for p in ckpt.parent.iterdir() if p.name.isdigit()) if ckpt.parent.is_dir() else []
+        raise OtplugError(f"could not write checkpoint {ckpt.name} ({exc.strerror or exc} at {where}); nothing "
+                          f"of it was kept; the earlier checkpoints {kept or 'none'} are intact (free space or fix "
+                          "the folder, then --resume)") from exc
+    return ckpt
+
+
 def complete_checkpoint(output_dir: Path) -> Path:
     """The checkpoint a resume should use: ``checkpoints/last`` when complete, else the newest complete numbered
     checkpoint (with a warning). :class:`OtplugError` when there is none."""
@@ -164,4 +192,6 @@ def complete_checkpoint(output_dir: Path) -> Path:
                               stacklevel=2)
             return ckpt
         skipped.append(f"checkpoint {ckpt.resolve().name} is incomplete ({why})")
-    raise OtplugError(f"--resume: no complete checkpoint in {root}: " + "; ".join(skipped))
+    raise OtplugError(f"--resume: no complete checkpoint in {root} (" + "; ".join(skipped) + "): there is nothing "
+                      f"to resume; start the run again without --resume (remove {output_dir} or pick another "
+                      "--output_dir)")
