@@ -494,3 +494,21 @@ def test_scale_anchor_reference_is_term_state():
     with pytest.raises(OtplugError, match="scale_anchor"):
         otplug.OTLoss({"terms": [{"type": "image", "name": "i", "src_key": "observation.images.a",
                                   "use_learned_embed": False, "weight_label": 1.0, "scale_anchor": 1.0}]})
+
+
+def test_debiased_loss_at_large_reg_is_the_linear_mmd():
+    """The study's MMD baseline (``cotrain-mmd``) is a config: with reg and tau far above the costs the plans tend
+    to a b^T and S to the squared distance of the means, the linear-kernel MMD (Feydy et al. 2019)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 5, generator=g, dtype=torch.float64)
+    y = torch.randn(8, 5, generator=g, dtype=torch.float64) * 1.3 + 0.4
+    mmd = float(((x.mean(0) - y.mean(0)) ** 2).sum())
+    cfg = {"terms": [{"type": "label", "name": "f", "src_key": "f"}], "debias": True}
+    gaps = []
+    for reg in (10.0, 100.0, 1000.0):
+        res = otplug.OTLoss({**cfg, "reg": reg, "tau_src": reg * 1e3, "tau_tgt": reg * 1e3})({"f": x}, {"f": y})
+        gaps.append(abs(float(res.loss) - mmd) / mmd)
+    assert gaps[0] > gaps[1] > gaps[2] and gaps[2] < 0.02, gaps
+    from otplug.bench.study_config import MMD_LINEAR
+
+    assert MMD_LINEAR["debias"] and MMD_LINEAR["reg"] >= 1000 and MMD_LINEAR["tau_src"] >= 1e3 * MMD_LINEAR["reg"]
