@@ -324,8 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--demo", action="store_true", help="cotrain vs cotrain-ot, 1 seed, 100 episodes (make demo, ~4 min)")
     p.add_argument("--quick", action="store_true", help="3 methods, 1 seed, 100 episodes (~7 min on a 2-core CPU)")
     p.add_argument("--seeds", type=int, help="training seeds per method (default 3; --quick 1)")
-    p.add_argument("--methods", help=f"comma-separated subset of {','.join(METHODS)} (default: all but "
-                   f"{','.join(m for m in METHODS if m not in DEFAULT_METHODS)})")
+    p.add_argument("--methods", help=f"comma-separated subset of {','.join(METHODS)} (default: all but the "
+                   f"ablations {','.join(m for m in METHODS if m not in DEFAULT_METHODS)})")
     p.add_argument("--steps", type=int, help="training steps per run")
     p.add_argument("--episodes", type=int, help="evaluation episodes per seed, domain and region")
     p.add_argument("--lambda-ot", type=float, help="weight of the OT loss in the OT methods (default 0.1)")
