@@ -366,3 +366,17 @@ if __name__ == "__main__":  # write the synthetic folders: python tests/test_rep
     print(make_run(base / "run_ot"))
     print(make_run(base / "run_no_ot", ot=False))
     print(make_study(base / "study"))
+
+
+def test_fixed_limits_keep_a_linear_axis_without_warnings():
+    """A rate panel (fixed 0..1 limits) whose values span decades stays linear: no matplotlib warning about a
+    non-positive limit on a log axis reaches the user."""
+    import warnings
+
+    from otplug.report.figures import curve_panel
+
+    rows = [{"step": s, "diag/retrieval_at_1": v} for s, v in ((0, 0.001), (10, 0.05), (20, 0.9))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        png = curve_panel(rows, "retrieval", ["diag/retrieval_at_1"], {"ylim": (0.0, 1.05)})
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"

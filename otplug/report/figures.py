@@ -110,6 +110,8 @@ def curve_panel(rows: list[Mapping[str, Any]], title: str, keys: Sequence[str], 
         else:
             ax.plot(steps, vals, color=colour, lw=1.4, marker="o" if len(vals) <= 30 else None, ms=3, label=label)
     want_log = opts.get("log")
+    if want_log is None and "ylim" in opts:  # fixed limits (rates, probabilities): a linear axis
+        want_log = False
     if want_log is None and len(keys) and positive:  # losses: log scale when they span decades
         allv = np.concatenate([series(rows, k)[1] for k in keys])
         allv = allv[np.isfinite(allv)]
