@@ -213,11 +213,21 @@ def _within_cost(term: BoundTerm, batch: Mapping[str, torch.Tensor], side: str, 
     return _check_values(term, out, m, call)
 
 
+#: ``term_normalization = "mean"`` divides a term by its detached mean, but never by less than this fraction of
+#: the mean it had at its first call: a term whose cost goes to 0 (features collapsing) would otherwise have its
+#: gradient scaled up without bound (docs/math.md §7.6).
+TERM_SCALE_FLOOR = 0.01
+
+
 def compose_cost(terms: list[BoundTerm], src: Mapping[str, torch.Tensor], tgt: Mapping[str, torch.Tensor],
                  encoder: Any, *, normalize_terms: bool = False, ema_encoder: Any = None,
-                 within: bool = False) -> CostBreakdown:
+                 within: bool = False, term_refs: dict[str, float] | None = None) -> CostBreakdown:
     """``M = sum_k weight_k * M_k`` (``M_k`` divided by its own detached mean first with ``normalize_terms``), with
     each term's share of M as the stat ``ot_cost_share/<term>`` (``weight_k * mean(M_k) / mean(M)``).
+
+    With ``normalize_terms`` the divisor is at least :data:`TERM_SCALE_FLOOR` times the term's first mean, kept in
+    ``term_refs`` (``{term name: mean}``, filled here on a term's first call; the caller keeps it across steps); the
+    stat ``ot_term_scale_floored/<term>`` is 1 on the steps where the floor applied.
 
     ``within=True`` also composes the within-domain costs ``M_ss``, ``M_tt`` from the terms' ``within_cost``
     (each divided by the same detached scale as its ``M_k``), for the debiased loss.
@@ -248,8 +258,7 @@ def compose_cost(terms: list[BoundTerm], src: Mapping[str, torch.Tensor], tgt: M
         per_term[term.name] = m
         scale = None
         if normalize_terms:
-            scale = m.detach().mean()
-            scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+            scale = _term_divisor(term.name, m, term_refs, stats)
             m = m / scale
         weighted = term.weight * m
         contributions[term.name] = weighted.detach().mean()
@@ -270,6 +279,20 @@ def compose_cost(terms: list[BoundTerm], src: Mapping[str, torch.Tensor], tgt: M
     shares = (shares / shares.sum() if float(shares.sum()) > 0 else torch.zeros_like(shares)).tolist()
     stats.update({f"ot_cost_share/{name}": share for name, share in zip(contributions, shares, strict=True)})
     return CostBreakdown(total, per_term, stats, within_total, penalties)
+
+
+def _term_divisor(name: str, m: torch.Tensor, refs: dict[str, float] | None, stats: dict[str, float]) -> torch.Tensor:
+    """The detached mean of a term's cost, floored at ``TERM_SCALE_FLOOR`` x its first mean (1 when all-zero)."""
+    scale = m.detach().mean()
+    if refs is not None:
+        ref = refs.get(name)
+        if ref is None and float(scale) > 0:
+            refs[name] = ref = float(scale)
+        if ref is not None:
+            floor = TERM_SCALE_FLOOR * ref
+            stats[f"ot_term_scale_floored/{name}"] = float(float(scale) < floor)
+            scale = scale.clamp_min(floor)
+    return torch.where(scale > 0, scale, torch.ones_like(scale))
 
 
 def _add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

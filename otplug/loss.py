@@ -114,6 +114,7 @@ class OTLoss:
             for side in ("src", "tgt"):
                 with calling(self.solver_origin, "the factory"):
                     self._within_solvers[side] = factory(options)
+        self._term_refs: dict[str, float] = {}  # term_normalization's first mean per term (its divisor's floor)
         self._bound_warn = _RateLimiter()
         self._collapse_warn = _RateLimiter()
         self._cap_warn = _RateLimiter()
@@ -178,10 +179,16 @@ class OTLoss:
                         return True
         return False
 
+    #: the key of the core's own state in :meth:`state_dict` (a term may not take this name)
+    CORE_STATE = "<otplug>"
+
     def state_dict(self) -> dict[str, dict[str, Any]]:
         """The terms' own state (``{term name: term.state_dict()}``, terms that have one and a non-empty state),
-        e.g. ``scale_anchor``'s reference scale; saved with every checkpoint by ``otplug train``."""
-        out = {}
+        e.g. ``scale_anchor``'s reference scale, and under :data:`CORE_STATE` the core's (``term_normalization``'s
+        reference means); saved with every checkpoint by ``otplug train``."""
+        out: dict[str, dict[str, Any]] = {}
+        if self._term_refs:
+            out[self.CORE_STATE] = {"term_scale_refs": dict(self._term_refs)}
         for t in self.terms:
             get = getattr(t.impl, "state_dict", None)
             if get is not None:
@@ -193,6 +200,9 @@ class OTLoss:
 
     def load_state_dict(self, state: Mapping[str, Mapping[str, Any]]) -> None:
         """Give each term its saved state (terms without ``load_state_dict`` or without a saved entry keep theirs)."""
+        refs = state.get(self.CORE_STATE, {}).get("term_scale_refs")
+        if isinstance(refs, Mapping):
+            self._term_refs = {str(k): float(v) for k, v in refs.items()}
         for t in self.terms:
             load = getattr(t.impl, "load_state_dict", None)
             if load is not None and t.name in state:
@@ -236,7 +246,7 @@ class OTLoss:
         breakdown = compose_cost(self.terms, src, tgt, self._encoder(encoder) if embeds else encoder,
                                  normalize_terms=cfg.term_normalization == "mean",
                                  ema_encoder=self._ema_encoder(ema_encoder) if embeds else ema_encoder,
-                                 within=cfg.debias)
+                                 within=cfg.debias, term_refs=self._term_refs)
         M = breakdown.matrix
         within = dict(breakdown.within)
         metrics: dict[str, float] = dict(breakdown.stats)

@@ -3,6 +3,8 @@ stop-gradient sides and the EMA target encoder, the variance/covariance floor, t
 
 from __future__ import annotations
 
+import json
+
 import attrs
 import numpy as np
 import ot as pot
@@ -512,3 +514,33 @@ def test_debiased_loss_at_large_reg_is_the_linear_mmd():
     from otplug.bench.study_config import MMD_LINEAR
 
     assert MMD_LINEAR["debias"] and MMD_LINEAR["reg"] >= 1000 and MMD_LINEAR["tau_src"] >= 1e3 * MMD_LINEAR["reg"]
+
+
+def test_term_normalization_divisor_has_a_floor_and_is_saved():
+    """A term whose cost falls towards 0 is divided by at least 1% of its first mean (not by its own vanishing
+    mean, which scaled its gradient up without bound: l2 + term_normalization grew features 2.4e11x on the demo);
+    the reference is OTLoss state, restored by load_state_dict."""
+    cfg = {"terms": [{"type": "label", "name": "a", "src_key": "x", "weight": 1.0},
+                     {"type": "label", "name": "b", "src_key": "y", "weight": 1.0}],
+           "reg": 0.5, "tau_src": 1.0, "tau_tgt": 1.0, "term_normalization": "mean"}
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(6, 3, generator=g, dtype=torch.float64), torch.randn(6, 2, generator=g, dtype=torch.float64)
+    loss = otplug.OTLoss(cfg)
+    first = loss({"x": x, "y": y}, {"x": x + 1.0, "y": y - 1.0})
+    assert first.metrics["ot_term_scale_floored/a"] == 0.0
+    ref_a = float(first.term_costs["a"].mean())
+    # term a's cost shrinks 1e4x: without the floor M_a / mean(M_a) would be O(1) again
+    xs = x * 1e-2
+    res = loss({"x": xs, "y": y}, {"x": xs + 1e-2, "y": y - 1.0})
+    assert res.metrics["ot_term_scale_floored/a"] == 1.0 and res.metrics["ot_term_scale_floored/b"] == 0.0
+    raw_a = res.term_costs["a"]
+    assert float(raw_a.mean()) < 1e-3 * ref_a
+    state = loss.state_dict()
+    assert state["<otplug>"]["term_scale_refs"]["a"] == pytest.approx(ref_a)
+    fresh = otplug.OTLoss(cfg)
+    fresh.load_state_dict(json.loads(json.dumps(state)))
+    again = fresh({"x": xs, "y": y}, {"x": xs + 1e-2, "y": y - 1.0})
+    assert again.metrics["ot_term_scale_floored/a"] == 1.0
+    assert float(again.loss) == pytest.approx(float(res.loss), rel=1e-9)
+    with pytest.raises(otplug.ConfigError, match="reserved"):
+        otplug.OTLoss({**cfg, "terms": [{**cfg["terms"][0], "name": "<otplug>"}]})

@@ -72,6 +72,8 @@ def _name(_instance: Any, _attribute: Any, value: Any) -> None:
 def _term_name(_instance: Any, _attribute: Any, value: Any) -> None:
     if not isinstance(value, str) or not value.strip() or value != value.strip() or "\n" in value:
         raise ValueError(f"must be a non-empty name without leading or trailing spaces, got {v.show_value(value)}")
+    if value == "<otplug>":  # OTLoss.CORE_STATE: the core's entry in the saved term state
+        raise ValueError("'<otplug>' is reserved; choose another term name")
 
 
 def _optional_name(instance: Any, attribute: Any, value: Any) -> None:
