@@ -180,6 +180,16 @@ def test_tiny_reg_is_rejected_or_flagged_never_a_wrong_success(problem):
         _compare(M, r.plan, reg, tau, r.info["log_rounding"])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_unconverged_overflowing_plan_is_rejected(dtype):
+    # found by hypothesis: one sample, reg 1e-12, tau 1e-3 / 1: the rounding floor is small enough to iterate, but
+    # the iteration contracts at ~1 - 1e-9 per sweep and exp() of the unconverged log-plan overflowed to inf
+    M = torch.tensor([[1.0]], dtype=dtype)
+    with pytest.raises(OtplugError, match=r"^reg = 1e-12 is too small for this cost: after \d+ iterations the plan "
+                                          "overflowed"):
+        LogSinkhornSolver(SinkhornConfig(max_iter=300, warm_start=False)).solve(M, reg=1e-12, reg_m=(0.001, 1.0))
+
+
 @pytest.mark.parametrize("reg", [1e-12, 1e-20, 1e-100, 1e-300])
 def test_tiny_reg_regression(reg):
     # the reported bug: converged = 1 with plan mass 9-11 where the true mass is ~0.1-0.4

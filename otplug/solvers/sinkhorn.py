@@ -208,6 +208,14 @@ class LogSinkhornSolver:
         if exceeds_mass_bound(info, p.M.dtype):  # provably wrong, whatever the iteration said
             conv = False
         plan = plan.to(out_dtype)
+        if not bool(torch.isfinite(plan).all()):  # unconverged potentials of size max|M|/reg: exp() overflowed
+            # (in the working dtype, or when a float64 plan is returned in the cost's float32)
+            mmax = float(p.M.abs().max())
+            raise OtplugError(
+                f"reg = {p.reg:.3g} is too small for this cost: after {iters} iterations the plan overflowed "
+                f"(max|M| / reg = {mmax / p.reg:.3g}, tau = {p.tau[0]:.3g}/{p.tau[1]:.3g}); use a larger reg (the "
+                "iteration contracts at rate ~tau/(tau + reg) per sweep) or normalise the cost "
+                "(cost_normalization = 'mean')")
         return SolveResult(plan=plan if p.batched else plan[0], iterations=iters, converged=conv, error=err, info=info)
 
     # ------------------------------------------------------------------ core
