@@ -234,6 +234,7 @@ def compose_cost(terms: list[BoundTerm], src: Mapping[str, torch.Tensor], tgt: M
     """
     cache: dict = {}
     contributions: dict[str, torch.Tensor] = {}
+    floored: dict[str, torch.Tensor] = {}  # term_normalization's floor flags, read with the shares (one host sync)
     total: torch.Tensor | None = None
     within_total: dict[str, torch.Tensor] = {}
     per_term: dict[str, torch.Tensor] = {}
@@ -258,7 +259,7 @@ def compose_cost(terms: list[BoundTerm], src: Mapping[str, torch.Tensor], tgt: M
         per_term[term.name] = m
         scale = None
         if normalize_terms:
-            scale = _term_divisor(term.name, m, term_refs, stats)
+            scale = _term_divisor(term.name, m, term_refs, floored)
             m = m / scale
         weighted = term.weight * m
         contributions[term.name] = weighted.detach().mean()
@@ -275,14 +276,19 @@ def compose_cost(terms: list[BoundTerm], src: Mapping[str, torch.Tensor], tgt: M
                 within_total[side] = term.weight * wm if prev is None else _add(prev, term.weight * wm)
     if total is None:
         raise OtplugError("the OT config has no terms")
-    shares = torch.stack(list(contributions.values())).double()
-    shares = (shares / shares.sum() if float(shares.sum()) > 0 else torch.zeros_like(shares)).tolist()
+    values = torch.stack([*contributions.values(), *floored.values()]).double().tolist()
+    parts, flags = values[:len(contributions)], values[len(contributions):]
+    total_share = sum(parts)
+    shares = [p / total_share if total_share > 0 else 0.0 for p in parts]
     stats.update({f"ot_cost_share/{name}": share for name, share in zip(contributions, shares, strict=True)})
+    stats.update({f"ot_term_scale_floored/{name}": flag for name, flag in zip(floored, flags, strict=True)})
     return CostBreakdown(total, per_term, stats, within_total, penalties)
 
 
-def _term_divisor(name: str, m: torch.Tensor, refs: dict[str, float] | None, stats: dict[str, float]) -> torch.Tensor:
-    """The detached mean of a term's cost, floored at ``TERM_SCALE_FLOOR`` x its first mean (1 when all-zero)."""
+def _term_divisor(name: str, m: torch.Tensor, refs: dict[str, float] | None,
+                  floored: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The detached mean of a term's cost, floored at ``TERM_SCALE_FLOOR`` x its first mean (1 when all-zero);
+    ``floored[name]`` is set to a 0-d tensor, 1 where the floor applied (no host sync here after the first call)."""
     scale = m.detach().mean()
     if refs is not None:
         ref = refs.get(name)
@@ -290,7 +296,7 @@ def _term_divisor(name: str, m: torch.Tensor, refs: dict[str, float] | None, sta
             refs[name] = ref = float(scale)
         if ref is not None:
             floor = TERM_SCALE_FLOOR * ref
-            stats[f"ot_term_scale_floored/{name}"] = float(float(scale) < floor)
+            floored[name] = (scale < floor).to(scale.dtype)
             scale = scale.clamp_min(floor)
     return torch.where(scale > 0, scale, torch.ones_like(scale))
 
