@@ -46,7 +46,15 @@ import attrs
 
 from otplug.atomic import write_text_atomic
 from otplug.bench.eval import wilson_interval
-from otplug.bench.study_config import DEFAULT_METHODS, METHODS, MMD_LINEAR, PLAIN_OT, RECOMMENDED_OT, StudyConfig, StudyError
+from otplug.bench.study_config import (
+    DEFAULT_METHODS,
+    METHODS,
+    MMD_LINEAR,
+    PLAIN_OT,
+    RECOMMENDED_OT,
+    StudyConfig,
+    StudyError,
+)
 from otplug.bench.study_outputs import embedding_picture, write_plot, write_table
 
 __all__ = ["METHODS", "RECOMMENDED_OT", "StudyConfig", "StudyError", "main", "run_study", "summarize_rows"]
