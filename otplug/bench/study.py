@@ -329,7 +329,8 @@ def run_study(out: str | Path, cfg: StudyConfig, *, quiet: bool = False, jobs: i
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="otplug study", description=__doc__.split("\n\n")[0])
     p.add_argument("--output-dir", required=True, help="study folder (created; an existing study continues)")
-    p.add_argument("--demo", action="store_true", help="cotrain vs cotrain-ot, 1 seed, 100 episodes (make demo, ~4 min)")
+    p.add_argument("--demo", action="store_true",
+                   help="cotrain vs cotrain-ot, 1 seed, 100 episodes (make demo, ~4 min)")
     p.add_argument("--quick", action="store_true", help="3 methods, 1 seed, 100 episodes (~7 min on a 2-core CPU)")
     p.add_argument("--seeds", type=int, help="training seeds per method (default 3; --quick 1)")
     p.add_argument("--methods", help=f"comma-separated subset of {','.join(METHODS)} (default: all but the "
