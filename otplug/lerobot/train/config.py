@@ -16,6 +16,7 @@ from typing import Any
 from lerobot.configs.train import TrainPipelineConfig
 
 from otplug.errors import OtplugError
+from otplug.lerobot.frame_cache import FRAME_CACHE_MODES
 from otplug.lerobot.sources import check_specs, read_sources_file, single_source
 
 __all__ = ["LAYOUTS", "SCOPES", "OTSection", "OTTrainConfig"]
@@ -87,6 +88,15 @@ class OTSection:
     # A step whose loss or gradient is not finite: "stop" (default; nothing from it is applied or saved) or "skip"
     # (its gradients are dropped; the metric skipped_steps counts it).
     on_nonfinite: str = "stop"
+    # Decode once (otplug.lerobot.frame_cache): hold the rows of the target and source datasets in memory, decoded
+    # by lerobot once, and serve every batch from there (bit for bit the batches of the disk path). auto: each
+    # dataset whose estimate fits frame_cache_max_gib; memory: every dataset; disk: read from disk as lerobot-train does.
+    frame_cache: str = "auto"
+    frame_cache_max_gib: float = 4.0
+    # The optimizer's torch implementation: "lerobot" builds lerobot's optimizer as lerobot-train does (bit-exact
+    # parity; torch's per-parameter loop on a CPU); "foreach" / "fused" pass foreach=True / fused=True to it (the
+    # same update up to rounding, ~7x faster on a CPU for AdamW; docs/training.md).
+    optimizer_impl: str = "lerobot"
 
     @property
     def active(self) -> bool:
@@ -122,6 +132,9 @@ class OTSection:
         _choice("capture_fallback", self.capture_fallback, CAPTURE_FALLBACKS)
         _choice("weighting", self.weighting, WEIGHTINGS)
         _choice("on_nonfinite", self.on_nonfinite, ON_NONFINITE)
+        _choice("frame_cache", self.frame_cache, FRAME_CACHE_MODES)
+        _choice("optimizer_impl", self.optimizer_impl, OPTIMIZER_IMPLS)
+        _number("frame_cache_max_gib", self.frame_cache_max_gib, minimum=0.0)
         _number("lambda_ot", self.lambda_ot, minimum=0.0)
         _integer("batch_size", self.batch_size, minimum=1)
         _integer("plan_every", self.plan_every, minimum=1)
@@ -195,6 +208,7 @@ class OTSection:
 
 CAPTURE_FALLBACKS = ("encode", "error")
 ON_NONFINITE = ("stop", "skip")
+OPTIMIZER_IMPLS = ("lerobot", "foreach", "fused")
 WEIGHTINGS = ("logistic", "exp", "uniform")
 
 

@@ -137,6 +137,7 @@ def _train(cfg: Any, accelerator: Any, output_dir: Path) -> dict[str, Any]:
     step = 0
     if cfg.resume:
         step, optimizer, lr_scheduler = load_training_state(cfg.checkpoint_path, optimizer, lr_scheduler)
+    setup.set_optimizer_impl(optimizer, ot.optimizer_impl)  # after a resume: a checkpoint carries the saved flags
     dataloader = setup.make_bc_dataloader(cfg, dataset, sources, device, step, accelerator)
     accelerator.wait_for_everyone()
     policy, optimizer, dataloader, lr_scheduler = accelerator.prepare(policy, optimizer, dataloader, lr_scheduler)

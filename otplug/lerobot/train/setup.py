@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from otplug.errors import OtplugError
+from otplug.lerobot.frame_cache import maybe_cache
 from otplug.lerobot.mixture import MixtureDataset, WeightedFrameSampler, mixture_probabilities
 from otplug.lerobot.pair_dataset import make_source_dataset
 
@@ -23,6 +24,7 @@ __all__ = [
     "make_processors",
     "make_run_sinks",
     "open_datasets",
+    "set_optimizer_impl",
     "write_run_info",
 ]
 
@@ -81,7 +83,26 @@ def open_datasets(cfg: Any, accelerator: Any) -> tuple[Any, list[Any]]:
             raise OtplugError(f"{label} {exc}") from exc
         except (FileNotFoundError, ValueError, KeyError) as exc:
             raise OtplugError(f"could not open {label} {spec.repo_id!r} (root {spec.root}): {exc}") from exc
+    say = print if accelerator.is_main_process else None
+    dataset = maybe_cache(dataset, cfg.ot.frame_cache, cfg.ot.frame_cache_max_gib, say=say)
+    sources = [maybe_cache(src, cfg.ot.frame_cache, cfg.ot.frame_cache_max_gib, say=say) for src in sources]
     return dataset, sources
+
+
+def set_optimizer_impl(optimizer: Any, impl: str) -> None:
+    """``--ot.optimizer_impl``: torch's ``foreach`` / ``fused`` flags on every parameter group of lerobot's
+    optimizer (read by torch at each step), or torch's defaults (``lerobot``: exactly what lerobot-train builds).
+    An optimizer without the flag (a lerobot optimizer that is not a torch one) is left alone for ``lerobot`` and
+    refused otherwise."""
+    flags = {"lerobot": (None, None), "foreach": (True, None), "fused": (None, True)}[impl]
+    groups = getattr(optimizer, "param_groups", None)
+    if groups is None or not all("foreach" in g and "fused" in g for g in groups):
+        if impl == "lerobot":
+            return
+        raise OtplugError(f"--ot.optimizer_impl={impl}: {type(optimizer).__name__} has no foreach/fused "
+                          "implementation; use --ot.optimizer_impl=lerobot")
+    for g in groups:
+        g["foreach"], g["fused"] = flags
 
 
 def combined_stats(dataset: Any, sources: Any) -> dict:
@@ -207,7 +228,8 @@ def write_run_info(output_dir: Path, cfg: Any, accelerator: Any, dataset: Any, s
         "world_size": accelerator.num_processes,
         "ot": {k: getattr(cfg.ot, k) for k in ("enabled", "config", "lambda_ot", "layout", "batch_size", "scope",
                                                 "source_repo_id", "source_root", "pair_info", "sources_file",
-                                                "bc_source_weight", "cotrain_only")},
+                                                "bc_source_weight", "cotrain_only", "frame_cache",
+                                                "optimizer_impl")},
     }
     if sources:
         info["sources"] = [{**spec.summary(), **_ds(src, spec.repo_id, spec.root)}

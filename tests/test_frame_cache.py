@@ -1,0 +1,160 @@
+"""Decode once (otplug.lerobot.frame_cache): cached rows are the dataset's rows bit for bit, transforms included,
+and a cached training run is the disk run: the same batches and the same losses."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("lerobot")
+pytest.importorskip("accelerate")
+
+from otplug.errors import OtplugError  # noqa: E402
+from otplug.lerobot.datasets import RenamedDataset, open_dataset  # noqa: E402
+from otplug.lerobot.demo.data import make_dataset  # noqa: E402
+from otplug.lerobot.frame_cache import FrameCache, cache_frames, maybe_cache  # noqa: E402
+
+TOP = "observation.images.top"
+HIGH = "observation.images.cam_high"
+OT_CONFIG = {"reg": 0.05, "tau_src": 1.0, "tau_tgt": 1.0,
+             "terms": [{"type": "image", "name": "img", "src_key": TOP, "weight": 1.0},
+                       {"type": "action-slice", "name": "act", "weight": 0.5}]}
+
+
+def _image(key, ep, t):
+    yy, xx = np.mgrid[0:24, 0:32]
+    img = np.zeros((24, 32, 3), dtype=np.uint8)
+    img[..., 0] = (xx * 7 + ep * 40) % 256
+    img[..., 1] = (yy * 9 + t * 11) % 256
+    img[..., 2] = (xx * yy) % 256
+    return img
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from otplug.lerobot.dtw import compute_pair_info
+    from otplug.lerobot.pair_info import save_pair_info
+
+    root = tmp_path_factory.mktemp("cache")
+    real = make_dataset(root / "real", repo_id="test/real", episode_lengths=(12, 14, 10), cameras=(TOP,),
+                        image_size=(24, 32), seed=1, image_fn=_image, use_videos=False)
+    sim = make_dataset(root / "sim", repo_id="test/sim", episode_lengths=(11, 13), cameras=(HIGH,),
+                       image_size=(24, 32), seed=2, image_fn=_image, use_videos=True)
+    save_pair_info(compute_pair_info(sim, real, key="observation.state"), root / "pair_info.json")
+    (root / "ot.json").write_text(json.dumps(OT_CONFIG))
+    return root
+
+
+def _same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        if isinstance(a[k], torch.Tensor):
+            assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
+            assert torch.equal(a[k], b[k]), k
+        else:
+            assert a[k] == b[k], k
+
+
+def _transforms():
+    from lerobot.transforms.transforms import ImageTransforms, ImageTransformsConfig
+
+    return ImageTransforms(ImageTransformsConfig(enable=True, max_num_transforms=3, random_order=True))
+
+
+@pytest.mark.parametrize("video", [False, True])
+def test_cached_rows_are_the_dataset_rows_with_random_transforms(data, video):
+    """Time windows, padding masks, uint8 video frames and random image transforms: the cached row i after
+    ``torch.manual_seed(s)`` is the dataset's row i after the same seed."""
+    name, cam = ("sim", HIGH) if video else ("real", TOP)
+    delta = {"action": [t / 10 for t in range(6)], cam: [-0.1, 0.0]}
+    ds = open_dataset(f"test/{name}", data / name, delta_timestamps=delta, image_transforms=_transforms(),
+                      return_uint8=video)
+    cached = cache_frames(ds)
+    assert isinstance(cached, FrameCache) and len(cached) == len(ds)
+    assert cached.image_transforms is ds.image_transforms  # the transforms are back on the dataset
+    for i in (0, 5, 11, len(ds) - 1):
+        torch.manual_seed(100 + i)
+        want = ds[i]
+        torch.manual_seed(100 + i)
+        got = cached[i]
+        _same(got, want)
+    assert cached[len(ds) - 1]["action_is_pad"].any()  # the window runs past the episode's end
+    assert (cached[3][cam].dtype == torch.uint8) == video
+
+
+def test_renamed_dataset_keeps_its_names_on_the_cache(data):
+    ds = RenamedDataset(open_dataset("test/sim", data / "sim"), {HIGH: TOP})
+    cached = cache_frames(ds)
+    assert isinstance(cached, RenamedDataset) and isinstance(cached.inner, FrameCache)
+    assert TOP in cached[0] and HIGH not in cached[0] and cached.meta.camera_keys == [TOP]
+    _same(cached[4], ds[4])
+
+
+def test_auto_mode_respects_the_budget_and_says_so(data):
+    ds = open_dataset("test/real", data / "real")
+    said: list[str] = []
+    assert maybe_cache(ds, "auto", 1e-6, say=said.append) is ds
+    assert "would take" in said[0] and "--ot.frame_cache=memory" in said[0]
+    said.clear()
+    out = maybe_cache(ds, "auto", 1.0, say=said.append)
+    assert isinstance(out, FrameCache) and "MiB in memory" in said[0] and "decoded in" in said[1]
+    assert maybe_cache(ds, "disk", 1.0) is ds
+    with pytest.raises(OtplugError, match="--ot.frame_cache must be one of"):
+        maybe_cache(ds, "sometimes", 1.0)
+
+
+def _args(root, out, extra=()):
+    return [
+        "--dataset.repo_id=test/real", f"--dataset.root={root / 'real'}", "--dataset.video_backend=pyav",
+        "--policy.type=act", "--policy.device=cpu", "--policy.pretrained_backbone_weights=null",
+        "--policy.dim_model=32", "--policy.n_heads=2", "--policy.dim_feedforward=64", "--policy.n_encoder_layers=1",
+        "--policy.n_vae_encoder_layers=1", "--policy.chunk_size=4", "--policy.n_action_steps=4", "--num_workers=0",
+        "--batch_size=4", "--log_freq=1", "--save_freq=100", "--seed=3", "--wandb.enable=false",
+        f"--output_dir={out}", "--steps=20", "--ot.source_repo_id=test/sim", f"--ot.source_root={root / 'sim'}",
+        f"--ot.pair_info={root / 'pair_info.json'}", f"--ot.config={root / 'ot.json'}", "--ot.batch_size=3",
+        f'--ot.source_rename_map={{"{HIGH}": "{TOP}"}}', "--ot.bc_source_weight=0.5", "--ot.sinks=[]",
+        "--ot.diag_every=0", *extra,
+    ]
+
+
+def _run(root, out, mode, monkeypatch):
+    """Train 20 steps; return (the digest of every batch the policy saw, the metric rows)."""
+    import otplug.lerobot.train.loop as loop
+    from otplug.lerobot.train import main
+
+    from otplug.lerobot.train.step import update_policy as real_update
+
+    digests: list[str] = []
+
+    def spy(policy, batch, *a, **k):
+        h = hashlib.sha256()
+        for key in sorted(batch):
+            v = batch[key]
+            if isinstance(v, torch.Tensor):
+                h.update(key.encode() + str(v.dtype).encode() + v.detach().cpu().contiguous().numpy().tobytes())
+        digests.append(h.hexdigest())
+        return real_update(policy, batch, *a, **k)
+
+    monkeypatch.setattr(loop, "update_policy", spy)
+    assert main(_args(root, out, [f"--ot.frame_cache={mode}"])) == 0
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return digests, [r for r in rows if r["step"] > 0]
+
+
+@pytest.mark.slow
+def test_cached_run_is_the_disk_run(data, tmp_path, monkeypatch, capsys):
+    """PNG target + video source with another camera name, BC mixture and OT pairs: 20 steps give identical
+    batches and identical losses (CPU, deterministic) from the cache and from disk."""
+    disk_batches, disk = _run(data, tmp_path / "disk", "disk", monkeypatch)
+    assert "frame cache" not in capsys.readouterr().out
+    mem_batches, mem = _run(data, tmp_path / "mem", "memory", monkeypatch)
+    assert capsys.readouterr().out.count("frame cache: decoding") == 2
+    assert len(disk_batches) == 20 and disk_batches == mem_batches
+    keys = ("loss", "bc_loss", "ot_loss", "ot_pi_sum", "grad_norm")
+    assert [[r[k] for k in keys] for r in disk] == [[r[k] for k in keys] for r in mem]
+    info = json.loads((tmp_path / "mem" / "run_info.json").read_text())
+    assert info["ot"]["frame_cache"] == "memory"
