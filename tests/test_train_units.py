@@ -178,3 +178,51 @@ def test_nonfinite_gradient_never_reaches_the_weights():
     _, res = _step(pol, "skip")
     assert res.skipped and res.metrics["skipped_steps"] == 1
     assert torch.equal(pol.w.detach(), torch.ones(3))
+
+
+# -- --ot.optimizer_impl ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("impl", ["foreach", "fused"])
+def test_optimizer_impl_is_the_same_update_up_to_rounding(impl):
+    """foreach/fused AdamW (lerobot's optimizer, two param groups) follow the per-parameter loop to float32 rounding
+    over 20 steps; ``lerobot`` restores torch's defaults (what lerobot-train builds), also over a loaded state."""
+    import torch
+
+    from otplug.lerobot.train.setup import set_optimizer_impl
+
+    def run(impl_name):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+        opt = torch.optim.AdamW([{"params": net[0].parameters(), "lr": 1e-3},
+                                 {"params": net[2].parameters(), "lr": 3e-4}], weight_decay=1e-2)
+        set_optimizer_impl(opt, impl_name)
+        x, y = torch.randn(32, 6), torch.randn(32, 3)
+        start = torch.cat([p.detach().flatten() for p in net.parameters()])
+        for _ in range(20):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(net(x), y).backward()
+            opt.step()
+        end = torch.cat([p.detach().flatten() for p in net.parameters()])
+        assert (end - start).abs().max() > 1e-3  # 20 steps moved the weights
+        return opt, end
+
+    ref_opt, ref = run("lerobot")
+    opt, got = run(impl)
+    assert {(g["foreach"], g["fused"]) for g in opt.param_groups} == {(True, None) if impl == "foreach" else (None, True)}
+    assert {(g["foreach"], g["fused"]) for g in ref_opt.param_groups} == {(None, None)}
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    ref_opt.load_state_dict(opt.state_dict())  # a checkpoint written by a fused run ...
+    set_optimizer_impl(ref_opt, "lerobot")     # ... resumed without the flag trains as lerobot-train does
+    assert {(g["foreach"], g["fused"]) for g in ref_opt.param_groups} == {(None, None)}
+
+
+def test_optimizer_impl_refuses_an_optimizer_without_the_flags():
+    from otplug.errors import OtplugError
+    from otplug.lerobot.train.setup import set_optimizer_impl
+
+    class Custom:
+        param_groups = [{"lr": 1.0, "params": []}]
+
+    set_optimizer_impl(Custom(), "lerobot")  # nothing to do
+    with pytest.raises(OtplugError, match="--ot.optimizer_impl=fused: Custom has no foreach/fused"):
+        set_optimizer_impl(Custom(), "fused")
