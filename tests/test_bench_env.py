@@ -110,7 +110,7 @@ def test_regions_partition_start_states():
     assert 0.45 < share_a < 0.55
     # the agent starts near the centre: the region decides which way to go
     assert max(max(abs(v) for v in s.agent) for s in both) <= 0.2
-    assert min(abs(s.goal[0]) for s in both) >= 0.35
+    assert min(abs(s.goal[0]) for s in both) >= 0.3
     with pytest.raises(ValueError):
         sample_scene(0, "C")
 
@@ -173,8 +173,17 @@ def test_gym_env():
         state = env.core.privileged_state()
         obs, reward, term, trunc, info = env.step(expert_action(state, "sim")[0])
         done, steps = term or trunc, steps + 1
-    assert info["is_success"] and reward == 1.0 and steps < 40
+    assert info["is_success"] and reward == 1.0 and steps == 40  # reach and hold: every episode lasts 40 steps
     assert env.render().shape == (24, 24, 3)
+    fast = ReachEnv(domain="sim", region="B", success_rule="reach")
+    fast.reset(seed=42)
+    done, steps = False, 0
+    while not done:
+        *_, term, trunc, info = fast.step(expert_action(fast.core.privileged_state(), "sim")[0])
+        done, steps = term or trunc, steps + 1
+    assert info["is_success"] and steps < 40  # the older rule ends at the first pass
+    with pytest.raises(TypeError, match="succes_radius"):
+        ReachEnv(domain="sim", succes_radius=0.2)  # a misspelt argument is not swallowed
     assert register_gym() == GYM_ID
     made = gym.make(GYM_ID, domain="real", max_episode_steps=40)
     o1, _ = made.reset(seed=3)
@@ -242,3 +251,80 @@ def test_record_video_decodes_with_pyav(tmp_path):
     frame = ds[1]["observation.images.front"]
     assert frame.shape == (3, 32, 32) and 0.0 <= float(frame.min()) and float(frame.max()) <= 1.0
     assert float(frame.max()) > 0.5  # the agent (red) is there
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the task needs the image (SPEC §8.1): goal-blind policies fail, the expert succeeds
+
+N_BLIND = 1000
+BLIND_SEEDS = range(700_000, 700_000 + N_BLIND)
+
+
+class _Unrendered(BatchReachEnv):
+    """The task without pictures: these policies never look (the dynamics, noise and success rule are the env's)."""
+
+    def _obs(self):
+        return {}
+
+
+def _play(domain, region, policy, **kw):
+    env = _Unrendered(N_BLIND, domain, region, **kw)
+    env.reset(BLIND_SEEDS)
+    t = 0
+    while not env.done.all():
+        env.step(policy(env, t))
+        t += 1
+    return float(env.success.mean())
+
+
+def _goto(target_fn):
+    """A controller to a goal-independent target (a point, or a point moving along a path with time)."""
+    def policy(env, t):
+        return np.clip(0.6 * (np.asarray(target_fn(t)) - env.pos) / env.domain.gain, -1, 1)
+    return policy
+
+
+def _blind_policies(region):
+    side = -1.0 if region == "A" else 1.0
+    xs = np.linspace(-0.85, 0.85, 40)
+    path = np.stack([xs, 0.85 * np.sin(np.linspace(0, 6 * np.pi, 40))], axis=1)  # a serpentine over both regions
+    lane = np.stack([side * (0.3 + 0.55 * (np.arange(40) % 10) / 9), np.linspace(-0.85, 0.85, 40)], axis=1)
+    return {
+        "hold still": lambda env, t: np.zeros((env.num_envs, 2)),
+        "region centre (knows the region)": _goto(lambda t: (side * 0.575, 0.0)),
+        "fixed far point": _goto(lambda t: (side * 0.8, 0.6)),
+        "serpentine sweep": _goto(lambda t: path[min(t, 39)]),
+        "raster of the region": _goto(lambda t: lane[min(t, 39)]),
+        "slow sweep then stop": _goto(lambda t: (side * 0.575, -0.85 + 1.7 * min(t, 30) / 30)),
+        "full speed right": lambda env, t: np.tile([side, 0.0], (env.num_envs, 1)),
+    }
+
+
+@pytest.mark.parametrize("domain", ["sim", "real"])
+@pytest.mark.parametrize("region", ["A", "B"])
+def test_goal_blind_policies_fail_and_the_expert_succeeds(domain, region):
+    """Under reach-and-hold the outcome is where the agent ends up; a policy that never reads the goal ends up
+    independently of it: <= pi r^2 / region area = 3.4% (r = 0.1, 0.55 x 1.7), measured <= 5% on 1000 episodes."""
+    for name, policy in _blind_policies(region).items():
+        rate = _play(domain, region, policy)
+        assert rate <= 0.05, f"{name} succeeds in {rate:.1%} of {domain}/{region} episodes without reading the goal"
+    expert = _play(domain, region, lambda env, t: expert_action(env.privileged_state(), env.domain))
+    assert expert >= 0.95
+
+
+def test_the_older_reach_rule_is_solved_blind():
+    """Why the rule changed: under "reach" (success at the first pass) the serpentine sweep succeeds often."""
+    sweep = _blind_policies("B")["serpentine sweep"]
+    assert _play("real", "B", sweep, success_rule="reach") > 0.2
+    assert _play("real", "B", sweep) <= 0.05
+
+
+def test_gym_make_works_after_importing_otplug_bench_alone():
+    import subprocess
+    import sys
+
+    code = ("import gymnasium as gym, otplug.bench; env = gym.make('otplug/Reach-v0', domain='real', region='B'); "
+            "obs, info = env.reset(seed=1); print(obs['pixels']['front'].shape)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "(32, 32, 3)"

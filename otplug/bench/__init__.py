@@ -8,7 +8,8 @@
 * :mod:`otplug.bench.record` — expert demonstrations as LeRobot datasets.
 * :mod:`otplug.bench.eval` — closed-loop evaluation of LeRobot checkpoints (``otplug eval``).
 
-Only :mod:`otplug.bench.env` and :mod:`otplug.bench.expert` are imported eagerly here (NumPy + gymnasium only).
+Importing this package registers the gymnasium id ``otplug/Reach-v0`` when gymnasium is installed (it comes with
+lerobot), as gym-pusht does on import: ``import otplug.bench; gym.make("otplug/Reach-v0", region="B")``.
 """
 
 from __future__ import annotations
@@ -47,6 +48,14 @@ __all__ = [
     "run_expert",
     "sample_scene",
 ]
+
+
+try:
+    from otplug.bench.gym_env import register_gym as _register_gym
+except ImportError:  # gymnasium is not a core dependency of otplug
+    pass
+else:
+    _register_gym()
 
 
 def __getattr__(name: str):

@@ -13,15 +13,22 @@ Actions are 2-D velocity commands, clipped to ``[-1, 1]``; the dynamics are
     vel_{t+1} = damping * vel_t + gain * applied_t
     pos_{t+1} = clip(pos_t + vel_{t+1}, -1, 1)
 
-An episode terminates with success when ``|pos - goal| < success_radius`` and is truncated after
-``max_steps`` steps.
+**Success: reach and hold** (``success_rule="hold"``, the default). Every episode lasts ``max_steps`` steps; it
+succeeds when the agent is within ``success_radius`` of the goal at each of the last ``hold_steps`` steps (it got
+there *and stopped there*). So the outcome depends on where the agent ends up, and a policy that never reads the
+goal (the image) has final positions independent of the goal: its success rate is at most the largest share of
+the region's goal area that one disc of radius ``success_radius`` covers — ``pi r^2 / area`` = 3.4% for
+``r = 0.1`` on a region of ``0.55 x 1.7`` — whatever it does: hold still, sweep, serpentine, or head for the
+centre of the right region (tests/test_bench_env.py plays each). Under the older rule (``success_rule="reach"``:
+success as soon as the agent passes within the radius) a goal-blind sweep succeeded in ~half the episodes.
 
 **Domains.** :class:`DomainParams` holds the visual knobs (palette, background texture, brightness, lighting
 gradient, pixel noise, camera shift in pixels) and the dynamics knobs (gain, damping, action noise, latency).
 The presets :data:`SIM` and :data:`REAL` differ clearly in every visual knob and moderately in dynamics.
 
 **Regions.** The initial state of an episode is a :class:`Scene` (agent start, goal). The goal's x lies in
-``[-0.8, -0.35]`` for region ``"A"`` (left half) and in ``[0.35, 0.8]`` for region ``"B"`` (right half);
+``[-0.85, -0.3]`` for region ``"A"`` (left half) and in ``[0.3, 0.85]`` for region ``"B"`` (right half), its y in
+``[-0.85, 0.85]``;
 ``"all"`` draws the side at random. The regions partition the start states: every ``"all"`` scene is the
 ``"A"`` or the ``"B"`` scene of the same seed. A policy trained on region A only has never seen a goal on the
 right and fails on region B.
@@ -48,6 +55,7 @@ __all__ = [
     "REAL",
     "REGIONS",
     "SIM",
+    "SUCCESS_RULES",
     "TASK",
     "BatchReachEnv",
     "DomainParams",
@@ -61,11 +69,12 @@ TASK = "move the agent to the goal"
 CAMERA = "front"
 CAMERA_KEY = f"observation.images.{CAMERA}"
 REGIONS = ("A", "B", "all")
+SUCCESS_RULES = ("hold", "reach")
 TEXTURES = ("none", "stripes", "checker")
 
 # scene geometry
-GOAL_X_RANGE = (0.35, 0.8)  # |goal x|; the sign is the region
-GOAL_Y_RANGE = (-0.8, 0.8)
+GOAL_X_RANGE = (0.3, 0.85)  # |goal x|; the sign is the region
+GOAL_Y_RANGE = (-0.85, 0.85)
 AGENT_START_HALF = 0.2  # agent starts uniformly in [-0.2, 0.2]^2
 GOAL_HALF = 0.15  # goal drawn as a square of this half-size (world units)
 AGENT_RADIUS = 0.11
@@ -259,16 +268,29 @@ class BatchReachEnv:
 
     which :func:`lerobot.envs.utils.preprocess_observation` turns into ``observation.images.front`` (float
     [0, 1], CHW) and ``observation.state``. ``info`` carries ``is_success`` (N,) and ``steps`` (N,).
+
+    ``success_rule="hold"``: an episode ends after ``max_steps`` steps, terminated (success) when the agent was
+    within ``success_radius`` of the goal at each of the last ``hold_steps`` steps, else truncated.
+    ``success_rule="reach"``: it terminates with success as soon as the agent is within the radius.
     """
 
     def __init__(self, num_envs: int, domain: str | DomainParams = "real", region: str = "all", *,
-                 image_size: int = 32, max_steps: int = 40, success_radius: float = 0.1, noise_seed: int = 0) -> None:
+                 image_size: int = 32, max_steps: int = 40, success_radius: float = 0.1, noise_seed: int = 0,
+                 success_rule: str = "hold", hold_steps: int = 5) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         if not 8 <= int(image_size) <= 256:
             raise ValueError(f"image_size must be in [8, 256], got {image_size}")
         if max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+        if success_rule not in SUCCESS_RULES:
+            raise ValueError(f"success_rule must be one of {', '.join(SUCCESS_RULES)}, got {success_rule!r}")
+        if int(hold_steps) < 1:
+            raise ValueError(f"hold_steps must be >= 1, got {hold_steps}")
+        if not float(success_radius) > 0:
+            raise ValueError(f"success_radius must be > 0, got {success_radius}")
+        self.success_rule = success_rule
+        self.hold_steps = min(int(hold_steps), int(max_steps))  # an episode shorter than the hold: hold it all
         self.num_envs = int(num_envs)
         self.domain = get_domain(domain)
         self.region = _check_region(region)
@@ -283,6 +305,7 @@ class BatchReachEnv:
         self.goal = np.zeros((n, 2), np.float64)
         self.steps = np.zeros(n, np.int64)
         self.success = np.zeros(n, bool)
+        self.inside = np.zeros(n, np.int64)  # consecutive steps within the radius, up to now
         self.done = np.ones(n, bool)
         self.episode_seeds: list[int] = []
         self.scenes: list[Scene] = []
@@ -301,6 +324,7 @@ class BatchReachEnv:
         self.vel[:] = 0.0
         self.steps[:] = 0
         self.success[:] = False
+        self.inside[:] = 0
         self.done[:] = False
         self._queue[:] = 0.0
         self._rngs = [np.random.default_rng([s, 1, self.noise_seed]) for s in seeds]
@@ -324,8 +348,14 @@ class BatchReachEnv:
         self.pos = np.where(live[:, None], pos, self.pos)
         self.steps += live
         reached = np.linalg.norm(self.pos - self.goal, axis=1) < self.success_radius
-        terminated = live & reached
-        truncated = live & ~reached & (self.steps >= self.max_steps)
+        self.inside = np.where(live, np.where(reached, self.inside + 1, 0), self.inside)
+        if self.success_rule == "reach":
+            terminated = live & reached
+            truncated = live & ~reached & (self.steps >= self.max_steps)
+        else:
+            last = live & (self.steps >= self.max_steps)
+            held = self.inside >= self.hold_steps
+            terminated, truncated = last & held, last & ~held
         self.success |= terminated
         self.done |= terminated | truncated
         reward = terminated.astype(np.float32)

@@ -1,6 +1,9 @@
 """The reach task as a gymnasium environment (one episode at a time), registered as ``otplug/Reach-v0``.
 
-It wraps :class:`otplug.bench.env.BatchReachEnv` with ``num_envs=1``; ``reset(seed=s)`` plays the episode of
+Registered when :mod:`otplug.bench` is imported (as gym-pusht registers on import), so
+``import otplug.bench; gym.make("otplug/Reach-v0", domain="real", region="B")`` works; the keyword arguments are
+:class:`ReachEnv`'s, strictly (a misspelt one is a ``TypeError``). It wraps
+:class:`otplug.bench.env.BatchReachEnv` with ``num_envs=1``; ``reset(seed=s)`` plays the episode of
 ``episode_seed = s`` (the same scene as :func:`otplug.bench.eval.evaluate` with ``seed + e = s``). Without a
 seed, episode seeds are drawn from the env's ``np_random``. Observations follow lerobot's raw layout
 (``{"pixels": {"front": ...}, "agent_pos": ...}``) so ``lerobot-eval`` can use it unchanged.
@@ -8,7 +11,6 @@ seed, episode seeds are drawn from the env's ``np_random``. Observations follow 
 
 from __future__ import annotations
 
-from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -25,11 +27,12 @@ class ReachEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
 
     def __init__(self, domain: str | DomainParams = "real", region: str = "all", image_size: int = 32,
-                 max_steps: int = 40, success_radius: float = 0.1, noise_seed: int = 0,
-                 render_mode: str | None = "rgb_array", **_ignored: Any) -> None:
+                 max_steps: int = 40, success_radius: float = 0.1, noise_seed: int = 0, success_rule: str = "hold",
+                 hold_steps: int = 5, render_mode: str | None = "rgb_array") -> None:
         super().__init__()
         self._core = BatchReachEnv(1, domain, region, image_size=image_size, max_steps=max_steps,
-                                   success_radius=success_radius, noise_seed=noise_seed)
+                                   success_radius=success_radius, noise_seed=noise_seed, success_rule=success_rule,
+                                   hold_steps=hold_steps)
         self.render_mode = render_mode
         self._max_episode_steps = int(max_steps)
         self.task = TASK

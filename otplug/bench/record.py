@@ -2,7 +2,7 @@
 
 Each frame stores ``observation.state`` (agent x, y), ``observation.images.front`` (PNG, or MP4 with
 ``use_videos=True``; decode with ``video_backend="pyav"``), ``action`` (the expert's command) and the task
-string. An episode ends when the agent reaches the goal (or after ``max_steps``).
+string. Every episode lasts ``max_steps`` steps (the task is reach *and hold*: the expert reaches the goal and stays).
 
 **Pairing.** Episode ``i`` is played with the episode seed :func:`episode_seed` ``(scene_seed, i)``, and the scene
 depends only on that seed and the region (not on the domain). So a sim dataset and a real dataset recorded with

@@ -32,6 +32,10 @@ class OtplugReachEnv(EnvConfig):
     image_size: int = 32
     episode_length: int = 40
     success_radius: float = 0.1
+    # "hold": within success_radius at each of the last hold_steps steps (the episode lasts episode_length steps);
+    # "reach": success as soon as the agent is within the radius (the older, goal-blind-solvable rule)
+    success_rule: str = "hold"
+    hold_steps: int = 5
     noise_seed: int = 0
     features: dict[str, PolicyFeature] = field(
         default_factory=lambda: {
@@ -77,6 +81,8 @@ class OtplugReachEnv(EnvConfig):
             "image_size": self.image_size,
             "max_steps": self.episode_length,
             "success_radius": self.success_radius,
+            "success_rule": self.success_rule,
+            "hold_steps": self.hold_steps,
             "noise_seed": self.noise_seed,
             "max_episode_steps": self.episode_length,
         }
