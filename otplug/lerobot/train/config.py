@@ -8,6 +8,7 @@ Every ``lerobot-train`` option works unchanged (``--dataset.repo_id``, ``--polic
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,10 @@ class OTSection:
     cotrain_only: bool = False
     # Metric sinks besides metrics.jsonl (always on): console, tensorboard, wandb, plan-heatmap, ...
     sinks: list[str] = field(default_factory=lambda: ["console", "plan-heatmap"])
+    # Keyword options for sinks, as a JSON object {sink name: {option: value}}, e.g.
+    # '{"csv": {"filename": "m.csv"}}' -- the way to configure a plugin's sink; given for a built-in sink, they
+    # replace its defaults below (plan-heatmap: every = plan_every; tensorboard: plan_every).
+    sink_options: str | None = None
     # Transport-plan pictures every N steps (plan-heatmap sink).
     plan_every: int = 50
     # Log metrics every N steps (defaults to --log_freq).
@@ -108,6 +113,11 @@ class OTSection:
         """The source datasets (:class:`otplug.lerobot.sources.SourceSpec`), from ``--ot.sources_file`` or the
         ``--ot.source_*`` options; empty when no source is opened. Set by :meth:`validate`."""
         return list(self.__dict__.get("_sources", []))
+
+    @property
+    def sink_options_map(self) -> dict[str, dict[str, Any]]:
+        """``--ot.sink_options`` parsed (sink name -> keyword options); set by :meth:`validate`."""
+        return dict(self.__dict__.get("_sink_options") or parse_sink_options(self.sink_options, self.sinks))
 
     @property
     def loss_config(self) -> Any:
@@ -147,6 +157,7 @@ class OTSection:
                               "'{\"observation.images.cam_high\": \"observation.images.top\"}'")
         if not isinstance(self.sinks, list) or not all(isinstance(n, str) and n for n in self.sinks):
             raise OtplugError(f"--ot.sinks must be a list of sink names like '[console,plan-heatmap]', got {self.sinks!r}")
+        self.__dict__["_sink_options"] = parse_sink_options(self.sink_options, self.sinks)
         self.__dict__["_loss_config"] = None
         self.__dict__["_sources"] = []
         if self.sources_file is not None:
@@ -196,6 +207,34 @@ class OTSection:
 CAPTURE_FALLBACKS = ("encode", "error")
 ON_NONFINITE = ("stop", "skip")
 WEIGHTINGS = ("logistic", "exp", "uniform")
+
+
+def parse_sink_options(text: str | None, sinks: list[str]) -> dict[str, dict[str, Any]]:
+    """``--ot.sink_options``: a JSON object mapping sink names (each in ``--ot.sinks`` or ``jsonl``) to objects of
+    keyword options; one error naming the option and the sink otherwise."""
+    if text is None or text == "":
+        return {}
+    if isinstance(text, dict):  # a train_config.json read back
+        data: Any = text
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise OtplugError(f"--ot.sink_options must be a JSON object like '{{\"csv\": {{\"filename\": \"m.csv\"}}}}': "
+                              f"{exc.msg} at column {exc.colno}") from None
+    if not isinstance(data, dict):
+        raise OtplugError(f"--ot.sink_options must be a JSON object {{sink name: {{option: value}}}}, got "
+                          f"{type(data).__name__}")
+    out: dict[str, dict[str, Any]] = {}
+    for name, opts in data.items():
+        if name not in sinks and name != "jsonl":
+            raise OtplugError(f"--ot.sink_options gives options for sink {name!r}, which is not in --ot.sinks "
+                              f"({', '.join(sinks) or 'none'}); add it there")
+        if not isinstance(opts, dict):
+            raise OtplugError(f"--ot.sink_options[{name!r}] must be an object of keyword options, got "
+                              f"{type(opts).__name__}")
+        out[name] = dict(opts)
+    return out
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...], alias: str | None = None) -> None:
