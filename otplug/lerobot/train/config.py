@@ -81,7 +81,7 @@ class OTSection:
     # Keyword options for sinks, as a JSON object {sink name: {option: value}}, e.g.
     # '{"csv": {"filename": "m.csv"}}' -- the way to configure a plugin's sink; given for a built-in sink, they
     # replace its defaults below (plan-heatmap: every = plan_every; tensorboard: plan_every).
-    sink_options: str | None = None
+    sink_options: dict[str, Any] = field(default_factory=dict)
     # Transport-plan pictures every N steps (plan-heatmap sink).
     plan_every: int = 50
     # Log metrics every N steps (defaults to --log_freq).
@@ -209,19 +209,19 @@ ON_NONFINITE = ("stop", "skip")
 WEIGHTINGS = ("logistic", "exp", "uniform")
 
 
-def parse_sink_options(text: str | None, sinks: list[str]) -> dict[str, dict[str, Any]]:
+def parse_sink_options(text: str | dict | None, sinks: list[str]) -> dict[str, dict[str, Any]]:
     """``--ot.sink_options``: a JSON object mapping sink names (each in ``--ot.sinks`` or ``jsonl``) to objects of
     keyword options; one error naming the option and the sink otherwise."""
-    if text is None or text == "":
+    if text is None or text == "" or text == {}:
         return {}
-    if isinstance(text, dict):  # a train_config.json read back
+    if isinstance(text, dict):  # parsed by the command line (draccus) or read back from train_config.json
         data: Any = text
     else:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise OtplugError(f"--ot.sink_options must be a JSON object like '{{\"csv\": {{\"filename\": \"m.csv\"}}}}': "
-                              f"{exc.msg} at column {exc.colno}") from None
+                              f"{exc.msg} at column {exc.colno} (got {text!r})") from None
     if not isinstance(data, dict):
         raise OtplugError(f"--ot.sink_options must be a JSON object {{sink name: {{option: value}}}}, got "
                           f"{type(data).__name__}")
