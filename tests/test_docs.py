@@ -300,7 +300,7 @@ def test_term_contract_example(example):
         res.metrics["ot_debias/xx"] + res.metrics["ot_debias/yy"]))
     # penalties: added to the loss as they are, reported as ot_reg_loss
     assert res.regularizer is not None and res.metrics["ot_reg_loss"] > 0
-    assert float(res.loss) == pytest.approx(res.metrics["ot_loss"] + res.metrics["ot_reg_loss"])
+    assert float(res.loss.detach()) == pytest.approx(res.metrics["ot_loss"] + res.metrics["ot_reg_loss"])
     res.loss.backward()
     assert policy.lin.weight.grad is not None and bool(policy.lin.weight.grad.abs().sum() > 0)
     assert all(p.grad is None for p in ema.module.parameters())  # the EMA side is constant

@@ -47,7 +47,7 @@ computable for any cost scale worth training on (and Sinkhorn would need ~tau/re
 cost (``cost_normalization``) and use reg in ~[1e-3, 1] instead."""
 
 _positive_tau = v.NumberValidator("tau", low=0, low_open=True, allow_inf=True).with_hint(
-    "the KL marginal relaxation of unbalanced OT; inf (or marginals = 'exact') makes that marginal exact, for a "
+    "the marginal relaxation (KL) of unbalanced OT; inf (or marginals = 'exact') makes that marginal exact, for a "
     "solver that declares the balanced or semi-relaxed problem"
 )
 _reg = v.at_least(MIN_REG).with_hint(
