@@ -444,11 +444,12 @@ class OTLoss:
         cfg = self.config
         declared = self.problem or "kl-unbalanced"
         if converged:
-            why = (f"OT solver {cfg.solver!r} ({declared}){_on(problem)}: {what}: the plan is wrong although the solver "
-                   "reported convergence (ot_solver/converged = 0).")
+            why = (f"OT solver {cfg.solver!r} ({declared}){_on(problem)}: {what}: the plan is wrong although the "
+                   "solver reported convergence (ot_solver/converged = 0).")
         else:
             why = (f"OT solver {cfg.solver!r} ({declared}) stopped at its iteration cap or stalled{_on(problem)} "
-                   f"({iterations} iterations, error {error:.3g}): {what}: the plan is wrong (ot_solver/converged = 0).")
+                   f"({iterations} iterations, error {error:.3g}): {what}: the plan is wrong "
+                   "(ot_solver/converged = 0).")
         why += " Raise reg / solver_options.max_iter or normalise the cost (cost_normalization = 'mean')."
         if cfg.on_collapse == "raise":
             raise OtplugError(why + " (on_collapse = 'raise')")

@@ -122,7 +122,7 @@ def test_balanced_plugin_with_wrong_marginals_is_caught_and_a_right_one_is_not(o
     loss = otplug.OTLoss(_cfg("indep", "exact"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        res = loss.from_cost(M)  # a b^T has exact marginals: accepted even though its mass is above the unbalanced bound
+        res = loss.from_cost(M)  # a b^T has exact marginals: accepted, though above the unbalanced bound
     assert res.metrics["ot_solver/converged"] == 1.0 and loss.solver.reg_m == (math.inf, math.inf)
     with pytest.warns(otplug.OTSolverWarning, match=r"'half' \(balanced\).*src marginal off by 0.5"):
         res = otplug.OTLoss(_cfg("half", "exact")).from_cost(M)
@@ -153,7 +153,8 @@ def test_custom_problem_uses_the_solvers_own_check(otplug_registry):
 
     def check(plan, M, *, reg, reg_m, heuristic):
         seen["reg_m"] = reg_m
-        return PlanCheck(ok=float(plan.max()) < 0.1, message="an entry above 0.1", metrics={"largest": float(plan.max())})
+        largest = float(plan.max())
+        return PlanCheck(ok=largest < 0.1, message="an entry above 0.1", metrics={"largest": largest})
 
     _register(otplug_registry, lambda M: torch.full_like(M, 1.0 / M.numel()), problem="custom", check=check)
     res = otplug.OTLoss(_cfg("mine", "exact")).from_cost(_cost())  # any marginals: the check decides

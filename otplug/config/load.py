@@ -157,7 +157,8 @@ class _Loader:
             self.problems.append(("marginals", f"must be one of {', '.join(map(repr, MARGINALS))}, got "
                                                f"{show_value(marginals)}"))
             return
-        exact = {"exact": ("tau_src", "tau_tgt"), "exact-src": ("tau_src",), "exact-tgt": ("tau_tgt",)}.get(marginals, ())
+        exact = {"exact": ("tau_src", "tau_tgt"), "exact-src": ("tau_src",),
+                 "exact-tgt": ("tau_tgt",)}.get(marginals, ())
         for name in ("tau_src", "tau_tgt"):
             given = settings.get(name)
             if name in exact:

@@ -100,7 +100,8 @@ SOLVER_PROBLEMS = ("kl-unbalanced", "balanced", "semi-relaxed", "custom")
 
 def _check_problem(instance: Record, attribute: attrs.Attribute, value: str | None) -> None:
     if value is not None and value not in SOLVER_PROBLEMS:
-        raise ValueError(f"Solver.problem must be one of {', '.join(map(repr, SOLVER_PROBLEMS))} or None, got {value!r}")
+        raise ValueError(f"Solver.problem must be one of {', '.join(map(repr, SOLVER_PROBLEMS))} or None, "
+                         f"got {value!r}")
 
 
 def _check_check(instance: Solver, attribute: attrs.Attribute, value: Any) -> None:

@@ -220,7 +220,8 @@ def parse_sink_options(text: str | dict | None, sinks: list[str]) -> dict[str, d
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise OtplugError(f"--ot.sink_options must be a JSON object like '{{\"csv\": {{\"filename\": \"m.csv\"}}}}': "
+            raise OtplugError("--ot.sink_options must be a JSON object like "
+                              f"'{{\"csv\": {{\"filename\": \"m.csv\"}}}}': "
                               f"{exc.msg} at column {exc.colno} (got {text!r})") from None
     if not isinstance(data, dict):
         raise OtplugError(f"--ot.sink_options must be a JSON object {{sink name: {{option: value}}}}, got "
