@@ -7,7 +7,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from otplug.errors import BatchError, ConfigError, OtplugError, UnknownComponentError
+from otplug.errors import (
+    BatchError,
+    ConfigError,
+    DuplicateComponentError,
+    OtplugError,
+    PluginError,
+    PluginLoadError,
+    UnknownComponentError,
+)
 from otplug.plugins import (
     AlignmentPolicy,
     CostTerm,
@@ -26,11 +34,18 @@ __all__ = [
     "BatchError",
     "ConfigError",
     "CostTerm",
+    "DuplicateComponentError",
+    "EMAEncoder",
     "MetricSink",
+    "OTCollapseWarning",
     "OTConfig",
     "OTLoss",
     "OTResult",
+    "OTSolverWarning",
     "OtplugError",
+    "PlanCheck",
+    "PluginError",
+    "PluginLoadError",
     "PolicyEncoder",
     "SolveResult",
     "Solver",
@@ -49,6 +64,10 @@ _LAZY = {
     "OTConfig": "otplug.config",
     "OTLoss": "otplug.loss",
     "OTResult": "otplug.loss",
+    "OTSolverWarning": "otplug.loss",
+    "OTCollapseWarning": "otplug.loss",
+    "EMAEncoder": "otplug.ema",
+    "PlanCheck": "otplug.solvers.problems",
     "validators": "otplug.config",  # the shared attrs validators for config classes (plugins too)
     # the types a plugin's component returns or receives (docs/plugins.md)
     "SolveResult": "otplug.solvers.base",
@@ -58,7 +77,9 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from otplug.config import OTConfig, load_config, validators
-    from otplug.loss import OTLoss, OTResult
+    from otplug.ema import EMAEncoder
+    from otplug.loss import OTCollapseWarning, OTLoss, OTResult, OTSolverWarning
+    from otplug.solvers.problems import PlanCheck
     from otplug.solvers.base import SolveResult
     from otplug.terms.base import TermContext, TermCost
 

@@ -54,6 +54,11 @@ def _table(rows: list[tuple[str, str, str]], headers: tuple[str, str, str]) -> s
     return "\n".join(lines)
 
 
+def _problem(record) -> str:
+    """The OT problem a solver record declares; one that declares nothing is checked as kl-unbalanced."""
+    return record.problem or "kl-unbalanced (undeclared)"
+
+
 def cmd_list(kind_plural: str, as_json: bool) -> int:
     from otplug.plugins import get_registry
 
@@ -70,12 +75,16 @@ def cmd_list(kind_plural: str, as_json: bool) -> int:
                 "entry_point": p.plugin,
                 "version": p.version,
                 "factory": p.record.factory if isinstance(p.record.factory, str) else repr(p.record.factory),
+                **({"problem": _problem(p.record), "problem_declared": p.record.problem is not None}
+                   if kind == "solver" else {}),
             }
             for p in comps
         ]
         print(json.dumps(out, indent=2))
     else:
-        print(_table([(p.record.name, p.record.summary, _provider(p)) for p in comps], (kind, "summary", "plugin")))
+        rows = [(p.record.name, (f"[{_problem(p.record)}] " if kind == "solver" else "") + p.record.summary,
+                 _provider(p)) for p in comps]
+        print(_table(rows, (kind, "summary" if kind != "solver" else "[problem] summary", "plugin")))
     _print_failures(registry)
     return 0
 

@@ -27,7 +27,8 @@ from otplug.errors import OtplugError
 from otplug.plugins import get_registry
 from otplug.plugins.calls import Origin, calling, contract_error
 from otplug.policy_encoder import resolve_encoder
-from otplug.solvers.base import MASS_BOUND_SLACK, collapse_message, log_mass_bound, mass_excess
+from otplug.solvers.base import collapse_message
+from otplug.solvers.problems import PlanCheck, check_plan, mismatch
 
 __all__ = ["OTCollapseWarning", "OTLoss", "OTResult", "OTSolverWarning"]
 
@@ -99,6 +100,18 @@ class OTLoss:
                                         origin, Origin.of(provided_reducer)))
         solver = registry.get("solver", self.config.solver, field="solver")
         self.solver_origin = Origin.of(solver)
+        #: the problem the solver declares (None: checked as "kl-unbalanced"); otplug.solvers.problems
+        self.problem: str | None = solver.record.problem
+        why = mismatch(self.problem, self.config.marginals)
+        if why is not None:  # the loader checks this too; an OTConfig built in Python gets here
+            from otplug.errors import ConfigError
+
+            raise ConfigError([("marginals", f"solver {self.config.solver!r} ({solver.provider}) solves {why}, but "
+                                f"the config asks for marginals = {self.config.marginals!r}")], self.config.source)
+        self._plan_check = None
+        if self.problem == "custom":
+            with calling(self.solver_origin, "its check"):
+                self._plan_check = solver.record.load_check()
         options = self.config.solver_options
         if options is None:
             cls = solver.load_config_cls()
@@ -327,8 +340,7 @@ class OTLoss:
             "ot_loss": float(loss.detach()),
             "ot_pi_sum": health["pi_sum"],
             "ot_headroom": health["headroom"],
-            "ot_mass_bound": health["mass_bound"],
-            "ot_mass_excess": health["mass_excess"],
+            **health["check"],
             "ot_collapsed": health["collapsed"],
             "ot_fallback": health["fallback"],
             "ot_solver/iterations": health["iterations"],
@@ -343,28 +355,26 @@ class OTLoss:
 
     def _plan(self, M: torch.Tensor, solver: Any, problem: str | None) -> tuple[torch.Tensor, dict[str, Any]]:
         """The checked plan of ``M.detach()`` (detached, M's device and dtype) and its health numbers; a collapsed
-        or too heavy plan goes through ``on_collapse``. ``problem`` names a within-domain problem in messages."""
+        plan, or one that fails the check of the solver's declared problem (:func:`otplug.solvers.problems.check_plan`
+        or the record's own ``check``), goes through ``on_collapse``. ``problem`` names a within-domain problem in
+        messages."""
         cfg = self.config
         Md = M.detach()
-        tau = (cfg.tau_src, cfg.tau_tgt)
+        tau = cfg.reg_m
         with calling(self.solver_origin, "solve()"):
             result = solver.solve(Md, reg=cfg.reg, reg_m=tau, heuristic=cfg.heuristic)
         plan, iterations, converged, error, info = self._check_result(result, Md)
         plan = plan.to(device=M.device, dtype=M.dtype)
         mass = float(plan.sum()) if bool(torch.isfinite(plan).all()) else float("nan")
         m_min = float(Md.min())
-        # uniform marginals: a, b and the reference measure (a b^T or eye(n)/n) all have mass 1
-        log_bound = float(log_mass_bound(m_min, cfg.reg, tau))
-        excess = float(mass_excess(mass, log_bound))
-        over = math.isfinite(mass) and excess > 1.0 + MASS_BOUND_SLACK.get(plan.dtype, 1e-3)
         collapsed = not math.isfinite(mass) or mass < COLLAPSE_MASS
+        check = PlanCheck(True) if collapsed else self._check_plan(plan, Md)
         fallback = False
         if collapsed:
             plan, fallback = self._on_collapse(plan, Md, mass, problem)
-        elif over:
-            plan, fallback = self._on_mass_excess(plan, mass, math.exp(log_bound), converged, iterations, error,
-                                                  problem)
-        if not converged and not collapsed and not over and self._cap_warn():
+        elif not check.ok:
+            plan, fallback = self._on_wrong_plan(plan, check.message, converged, iterations, error, problem)
+        if not converged and not collapsed and check.ok and self._cap_warn():
             warnings.warn(
                 f"OT solver {cfg.solver!r} stopped unconverged{_on(problem)} ({iterations} iterations, error "
                 f"{error:.3g}); the plan is approximate (ot_solver/converged = 0). Raise solver_options.max_iter, "
@@ -372,17 +382,33 @@ class OTLoss:
                 OTSolverWarning, stacklevel=4)
         health = {
             "info": info,
+            "check": dict(check.metrics),
             "pi_sum": float(plan.sum()),
             "headroom": m_min / cfg.reg,
-            "mass_bound": math.exp(log_bound),
-            "mass_excess": excess,
             "collapsed": float(collapsed),
             "fallback": float(fallback),
             "iterations": float(iterations),
-            "converged": float(converged and not over),
+            "converged": float(converged and check.ok),
             "error": error,
         }
         return plan.detach(), health
+
+    def _check_plan(self, plan: torch.Tensor, M: torch.Tensor) -> PlanCheck:
+        """The check of the declared problem (one place each: ``check_plan``, or a custom solver's ``check``)."""
+        cfg = self.config
+        if self._plan_check is None:
+            return check_plan(self.problem, plan, M, reg=cfg.reg, reg_m=cfg.reg_m, heuristic=cfg.heuristic)
+        # a custom problem: the core's marginal errors, then the solver's own verdict
+        base = check_plan("custom", plan, M, reg=cfg.reg, reg_m=(math.inf, math.inf), heuristic=cfg.heuristic)
+        metrics = {k: v for k, v in base.metrics.items() if k.startswith("ot_marginal_error/")}
+        with calling(self.solver_origin, "check()"):
+            verdict = self._plan_check(plan.detach(), M, reg=cfg.reg, reg_m=cfg.reg_m, heuristic=cfg.heuristic)
+        if not isinstance(verdict, PlanCheck):
+            raise contract_error(self.solver_origin, "check()", "must return an otplug.PlanCheck(ok, message, "
+                                 f"metrics), got {type(verdict).__name__}")
+        with calling(self.solver_origin, "check() result"):
+            metrics.update({f"ot_check/{k}": float(v) for k, v in verdict.metrics.items()})
+        return PlanCheck(bool(verdict.ok), str(verdict.message) or "its own check failed", metrics)
 
     def _check_result(self, result: Any, M: torch.Tensor) -> tuple[torch.Tensor, int, bool, float, dict[str, float]]:
         """The solver's result, checked against the solver contract: a plan of M's shape, floating, >= 0."""
@@ -412,21 +438,19 @@ class OTLoss:
             plan = plan.clamp_min(0.0)
         return plan, iterations, converged, error, info
 
-    def _on_mass_excess(self, plan: torch.Tensor, mass: float, bound: float, converged: bool, iterations: int,
-                        error: float, problem: str | None = None) -> tuple[torch.Tensor, bool]:
-        """A plan heavier than the problem allows is wrong: flag it (never "converged"), then on_collapse."""
+    def _on_wrong_plan(self, plan: torch.Tensor, what: str, converged: bool, iterations: int, error: float,
+                       problem: str | None = None) -> tuple[torch.Tensor, bool]:
+        """A plan that fails its problem's check is wrong: flag it (never "converged"), then on_collapse."""
         cfg = self.config
-        limit = (f"{bound:.4g}, the largest mass the KL-unbalanced problem allows "
-                 "(exp(-min(M)/(reg + tau_src + tau_tgt)))")
+        declared = self.problem or "kl-unbalanced"
         if converged:
-            why = (f"OT plan mass {mass:.4g}{_on(problem)} from solver {cfg.solver!r} exceeds {limit}: the plan is "
-                   "wrong although the solver reported convergence (ot_solver/converged = 0).")
+            why = (f"OT solver {cfg.solver!r} ({declared}){_on(problem)}: {what}: the plan is wrong although the "
+                   "solver reported convergence (ot_solver/converged = 0).")
         else:
-            why = (f"OT solver {cfg.solver!r} stopped at its iteration cap or stalled{_on(problem)} ({iterations} "
-                   f"iterations, error {error:.3g}) with a plan mass {mass:.4g} above {limit}: the plan is wrong "
+            why = (f"OT solver {cfg.solver!r} ({declared}) stopped at its iteration cap or stalled{_on(problem)} "
+                   f"({iterations} iterations, error {error:.3g}): {what}: the plan is wrong "
                    "(ot_solver/converged = 0).")
-        why += (" Raise reg / solver_options.max_iter or normalise the cost (cost_normalization = 'mean'); "
-                "ot_mass_excess = mass / bound.")
+        why += " Raise reg / solver_options.max_iter or normalise the cost (cost_normalization = 'mean')."
         if cfg.on_collapse == "raise":
             raise OtplugError(why + " (on_collapse = 'raise')")
         if cfg.on_collapse == "uniform":

@@ -95,15 +95,18 @@ def test_every_hook_section_has_one_example_of_its_kind():
     text = PLUGINS_MD.read_text()
     for hook, body in sections(text).items():
         kinds = re.findall(r"<!-- example: ([a-z-]+) -->", body)
-        assert kinds == [KIND_OF_HOOK[hook]], f"section of {hook} has examples {kinds}"
-    assert set(examples()) == set(KIND_OF_HOOK.values())
+        kind = KIND_OF_HOOK[hook]
+        # the kind's main example first; further ones are named <kind>-<what> (e.g. solver-balanced)
+        assert kinds and kinds[0] == kind and all(k.startswith(kind + "-") for k in kinds[1:]), \
+            f"section of {hook} has examples {kinds}"
+    assert {k.split("-")[0] for k in examples()} == set(KIND_OF_HOOK.values())
 
 
 def test_documented_import_paths_work():
     text = PLUGINS_MD.read_text()
     table = text[text.index("## 2. Public imports"): text.index("## 3.")]
     lines = re.findall(r"`(from otplug[\w.]* import [^`]+)`", table)
-    assert len(lines) >= 8
+    assert len(lines) >= 10
     for line in lines:
         exec(line, {})  # noqa: S102
 
@@ -221,3 +224,89 @@ def test_alignment_example(example, otplug_registry):
     assert ot_batch["observation.state"].dtype == torch.float64  # the input is not modified
     with pytest.raises(otplug.BatchError, match="'observation.state' has shape"):
         policy({"observation.state": torch.zeros(3, 4)}, reference, torch.device("cpu"))
+
+
+def test_public_exports_the_docs_use():
+    import otplug.errors
+    import otplug.loss
+
+    assert otplug.OTSolverWarning is otplug.loss.OTSolverWarning
+    assert otplug.OTCollapseWarning is otplug.loss.OTCollapseWarning
+    assert otplug.DuplicateComponentError is otplug.errors.DuplicateComponentError
+    assert otplug.PluginLoadError is otplug.errors.PluginLoadError
+    assert otplug.EMAEncoder.__module__ == "otplug.ema" and otplug.PlanCheck.__module__ == "otplug.solvers.problems"
+    used = {"OTSolverWarning", "EMAEncoder", "DuplicateComponentError", "PluginLoadError", "PlanCheck"}
+    assert used <= set(otplug.__all__)
+
+
+# -- the balanced solver example: declares problem="balanced", trained on in tests/test_train.py ---------------------
+BALANCED = {"terms": [{"type": "label", "name": "s", "src_key": "observation.state"}], "reg": 0.2,
+            "marginals": "exact", "cost_normalization": "mean"}
+
+
+def test_balanced_solver_example_matches_pot_sinkhorn(example, recwarn):
+    example("solver-balanced")
+    src, tgt = _batch()
+    ours = otplug.OTLoss({**BALANCED, "solver": "balanced-log"})(src, tgt)
+    ref = otplug.OTLoss({**BALANCED, "solver": "pot-balanced", "solver_options": {"tol": 1e-13, "max_iter": 100000}})(
+        src, tgt)
+    torch.testing.assert_close(ours.plan, ref.plan, rtol=0, atol=1e-9)
+    assert ours.metrics["ot_solver/converged"] == 1.0 and ours.metrics["ot_collapsed"] == 0.0
+    # the core checked the marginals (not the unbalanced mass bound) and logged them
+    assert ours.metrics["ot_marginal_error/src"] < ours.metrics["ot_marginal_tol"] == 1e-6
+    assert ours.metrics["ot_marginal_error/tgt"] < 1e-6 and "ot_mass_excess" not in ours.metrics
+    assert ours.metrics["ot_pi_sum"] == pytest.approx(1.0)
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+    heur = otplug.OTLoss({**BALANCED, "solver": "balanced-log", "heuristic": True})(src, {"observation.state":
+                                                                                     tgt["observation.state"][:4]})
+    torch.testing.assert_close(heur.plan, torch.eye(4, dtype=torch.float64) / 4)
+
+
+def test_balanced_solver_example_needs_exact_marginals(example):
+    example("solver-balanced")
+    cfg = {k: v for k, v in BALANCED.items() if k != "marginals"}
+    with pytest.raises(otplug.ConfigError, match=r"solver: solver 'balanced-log' .*solves balanced OT.*marginals = "
+                                                 r"'relaxed'.*solvers for marginals = 'relaxed': .*sinkhorn"):
+        otplug.load_config({**cfg, "solver": "balanced-log"})
+    with pytest.raises(otplug.ConfigError, match=r"tau_src: is 0.5, but marginals = 'exact'"):
+        otplug.load_config({**BALANCED, "solver": "balanced-log", "tau_src": 0.5})
+    assert otplug.load_config({**cfg, "solver": "balanced-log", "tau_src": float("inf"),
+                               "tau_tgt": float("inf")}).marginals == "exact"
+
+
+def test_term_contract_example(example):
+    example("term-contract")
+
+    class Policy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(6, 3, dtype=torch.float64)
+
+        def encode_feature_for_ot(self, key, x):
+            return self.lin(x.reshape(x.shape[0], -1))
+
+    policy = Policy()
+    cfg = {"terms": [{"type": "spread", "name": "sp", "src_key": "observation.state", "floor": 100.0}],
+           "solver": "pot", "reg": 1.0, "tau_src": 1.0, "tau_tgt": 1.0, "debias": True}
+    loss = otplug.OTLoss(cfg)
+    assert loss.needs_ema_encoder
+    src, tgt = _batch()
+    with pytest.raises(otplug.OtplugError, match="no EMA encoder was given"):
+        loss(src, tgt, encoder=policy)
+    ema = otplug.EMAEncoder(policy)
+    res = loss(src, tgt, encoder=policy, ema_encoder=ema)
+    # within_cost: the debiased loss with both within-domain plans
+    assert set(res.within_plans) == {"src", "tgt"} and res.within_costs["src"].shape == (4, 4)
+    assert res.metrics["ot_loss"] == pytest.approx(res.metrics["ot_debias/xy"] - 0.5 * (
+        res.metrics["ot_debias/xx"] + res.metrics["ot_debias/yy"]))
+    # penalties: added to the loss as they are, reported as ot_reg_loss
+    assert res.regularizer is not None and res.metrics["ot_reg_loss"] > 0
+    assert float(res.loss.detach()) == pytest.approx(res.metrics["ot_loss"] + res.metrics["ot_reg_loss"])
+    res.loss.backward()
+    assert policy.lin.weight.grad is not None and bool(policy.lin.weight.grad.abs().sum() > 0)
+    assert all(p.grad is None for p in ema.module.parameters())  # the EMA side is constant
+    # state_dict: collected per term name, given back on load
+    assert loss.state_dict()["sp"] == {"calls": 1}
+    fresh = otplug.OTLoss(cfg)
+    fresh.load_state_dict(loss.state_dict())
+    assert fresh.terms[0].impl.calls == 1

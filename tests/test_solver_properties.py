@@ -201,8 +201,7 @@ def test_tiny_reg_regression(reg):
         except OtplugError as exc:
             assert "reg = " in str(exc) and "too small" in str(exc)
             continue
-        assert not r.converged
-        assert float(r.plan.sum()) <= 1.0 or r.info["mass_excess"] > 1.0  # flagged either way
+        assert not r.converged  # and OTLoss's mass-bound check flags a plan above the bound (test_core_contracts)
 
 
 @pytest.mark.parametrize("reg", [1e-11, 1e-12, 1e-20, 1e-300])

@@ -315,3 +315,87 @@ def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(pair, tmp_path
         weights = load_file(out / "checkpoints" / f"{step:06d}" / "pretrained_model" / "model.safetensors")
         assert all(bool(w.isfinite().all()) for w in weights.values())
     assert (out / "checkpoints" / "last").resolve().name == f"{12:06d}"
+
+
+def test_balanced_plugin_solver_and_plugin_sink_options_in_train(pair, tmp_path, otplug_registry, recwarn):
+    """A balanced solver plugin written from docs/plugins.md (problem="balanced", marginals = "exact") trains with
+    no warning, its marginals checked and logged every step; a plugin sink gets its options from
+    --ot.sink_options."""
+    import math
+    from pathlib import Path
+
+    import torch
+
+    import otplug
+    from otplug.lerobot.train import main
+
+    class BalancedLog:
+        def __init__(self, options):
+            self.max_iter = 5000
+
+        def solve(self, M, *, reg, reg_m, heuristic=False, a=None, b=None):
+            assert all(math.isinf(t) for t in reg_m)
+            Me = M.double() / reg
+            n, m = M.shape
+            log_a = torch.full((n,), -math.log(n), dtype=Me.dtype)
+            log_b = torch.full((m,), -math.log(m), dtype=Me.dtype)
+            f, g, err, it = torch.zeros(n, dtype=Me.dtype), torch.zeros(m, dtype=Me.dtype), math.inf, 0
+            for it in range(1, self.max_iter + 1):
+                f = log_a - torch.logsumexp(g[None, :] - Me, dim=1)
+                g = log_b - torch.logsumexp(f[:, None] - Me, dim=0)
+                err = float((torch.exp(f[:, None] + g[None, :] - Me).sum(1) - 1 / n).abs().sum())
+                if err < 1e-10:
+                    break
+            return otplug.SolveResult(plan=torch.exp(f[:, None] + g[None, :] - Me), iterations=it,
+                                      converged=err < 1e-10, error=err)
+
+    class RowsSink:
+        def __init__(self, run_dir, filename="rows.txt"):
+            self.path = Path(run_dir) / filename
+
+        def log(self, step, metrics):
+            with open(self.path, "a") as fh:
+                fh.write(f"{step}\n")
+
+    class Plugin:
+        @otplug.hookimpl
+        def otplug_solvers(self):
+            return [otplug.Solver(name="balanced-log", factory=BalancedLog, problem="balanced", summary="test")]
+
+        @otplug.hookimpl
+        def otplug_metric_sinks(self):
+            return [otplug.MetricSink(name="rows", factory=RowsSink, summary="test")]
+
+    otplug_registry.register(Plugin(), name="balanced-plugin")
+    cfg = tmp_path / "balanced.json"
+    cfg.write_text(json.dumps({**{k: v for k, v in OT_CONFIG.items() if not k.startswith("tau")},
+                               "solver": "balanced-log", "marginals": "exact"}))
+    out = tmp_path / "balanced"
+    assert main(_args(pair, out, steps=2, extra=[f"--ot.config={cfg}", "--ot.sinks=[rows]",
+                                                 '--ot.sink_options={"rows": {"filename": "steps.txt"}}'])) == 0
+    rows = _rows(out)
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["ot_solver/converged"] == 1.0 and r["ot_pi_sum"] == pytest.approx(1.0, rel=1e-5)
+        assert r["ot_marginal_error/src"] <= r["ot_marginal_tol"] and r["ot_marginal_error/tgt"] <= r["ot_marginal_tol"]
+        assert "ot_mass_excess" not in r and r["ot_collapsed"] == 0
+    assert not [w for w in recwarn if issubclass(w.category, (otplug.OTSolverWarning, otplug.OTCollapseWarning))]
+    assert (out / "steps.txt").read_text().split() == ["0", "1", "2"]  # 0: the diagnostics' probe row
+    # the same plugin with relaxed marginals is one config error naming the field and the solver
+    cfg.write_text(json.dumps({**OT_CONFIG, "solver": "balanced-log"}))
+    with pytest.raises(otplug.ConfigError, match="solver 'balanced-log'"):
+        otplug.load_config(cfg)
+
+
+def test_sink_options_errors_name_the_option_and_the_sink():
+    from otplug.errors import OtplugError
+    from otplug.lerobot.train.config import parse_sink_options
+
+    assert parse_sink_options({"csv": {"filename": "m.csv"}}, ["csv"]) == {"csv": {"filename": "m.csv"}}
+    assert parse_sink_options('{"csv": {"every": 2}}', ["csv"]) == {"csv": {"every": 2}}
+    with pytest.raises(OtplugError, match=r"--ot.sink_options gives options for sink 'csv', which is not in --ot"):
+        parse_sink_options({"csv": {}}, ["console"])
+    with pytest.raises(OtplugError, match=r"--ot.sink_options\['csv'\] must be an object of keyword options"):
+        parse_sink_options({"csv": 3}, ["csv"])
+    with pytest.raises(OtplugError, match=r"--ot.sink_options must be a JSON object"):
+        parse_sink_options("{csv", ["csv"])

@@ -8,6 +8,7 @@ or ``features[0].term_weight``.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -30,6 +31,7 @@ from otplug.config.schema import DEBIAS_WITH_HEURISTIC, RESERVED_TERM_KEYS, OTCo
 from otplug.config.validators import show_value
 from otplug.config.seed import SEED_TOP_LEVEL_KEYS, SeedFeature
 from otplug.errors import ConfigError, OtplugError
+from otplug.solvers.problems import MARGINALS, PROBLEM_OF_MARGINALS, marginals_of, mismatch
 
 __all__ = ["describe_config", "dump_config", "load_config"]
 
@@ -37,7 +39,7 @@ __all__ = ["describe_config", "dump_config", "load_config"]
 _SCALARS = ("reg", "tau_src", "tau_tgt", "heuristic", "solver", "time_reduce", "cost_normalization",
             "term_normalization", "on_collapse", "debias", "ema_decay")
 _FIELDS = {a.name: a for a in attrs.fields(OTConfig)}
-_NATIVE_KEYS = ("terms", *_SCALARS, "solver_options")
+_NATIVE_KEYS = ("terms", *_SCALARS, "marginals", "solver_options")
 
 
 def load_config(config: Any, *, source: str | None = None) -> OTConfig:
@@ -108,7 +110,11 @@ class _Loader:
                 continue
             attribute = _FIELDS[name]
             try:
-                value = structure(data[name], _TYPES[name], name)
+                raw = data[name]
+                if name in ("tau_src", "tau_tgt") and isinstance(raw, float) and raw == math.inf:
+                    value = raw  # an exact marginal (TOML inf, YAML .inf); checked against the solver below
+                else:
+                    value = structure(raw, _TYPES[name], name)
                 attribute.validator(None, attribute, attribute.converter(value) if attribute.converter else value)
             except StructureProblems as exc:
                 self._add(exc)
@@ -120,11 +126,13 @@ class _Loader:
 
         if settings.get("debias") is True and settings.get("heuristic") is True:
             self.problems.append(("debias", DEBIAS_WITH_HEURISTIC))
+        self._marginals(data, settings)
         for name, kind in (("solver", "solver"), ("time_reduce", "reducer")):
             if name in settings:
                 if self._lookup(kind, settings[name], name) is None:
                     settings.pop(name)
         solver_options = self._solver_options(data, settings)
+        self._solver_problem(data, settings)
 
         terms = self._seed_terms(data["features"]) if seed else self._native_terms(data.get("terms"), "terms" in data)
 
@@ -134,6 +142,66 @@ class _Loader:
             return OTConfig(terms=tuple(terms), solver_options=solver_options, source=self.source, **settings)
         except Exception as exc:  # noqa: BLE001 -- should have been caught above; never a traceback
             raise ConfigError([("", exception_message(exc))], self.source) from None
+
+    def _marginals(self, data: Mapping[str, Any], settings: dict[str, Any]) -> None:
+        """``marginals = "exact" | "exact-src" | "exact-tgt"`` sets the exact sides' tau to inf (JSON has no inf);
+        a finite tau given for an exact side, or an inf one with ``"relaxed"``, contradicts it."""
+        if "marginals" not in data:
+            return
+        try:
+            marginals = structure(data["marginals"], str, "marginals")
+        except StructureProblems as exc:
+            self._add(exc)
+            return
+        if marginals not in MARGINALS:
+            self.problems.append(("marginals", f"must be one of {', '.join(map(repr, MARGINALS))}, got "
+                                               f"{show_value(marginals)}"))
+            return
+        exact = {"exact": ("tau_src", "tau_tgt"), "exact-src": ("tau_src",),
+                 "exact-tgt": ("tau_tgt",)}.get(marginals, ())
+        for name in ("tau_src", "tau_tgt"):
+            given = settings.get(name)
+            if name in exact:
+                if given is not None and not math.isinf(given):
+                    self.problems.append((name, f"is {_fmt(float(given))}, but marginals = {marginals!r} makes this "
+                                                "marginal exact (tau = inf); drop the key or set it to inf"))
+                settings[name] = math.inf
+            elif given is not None and math.isinf(given):
+                self.problems.append((name, f"is inf (an exact marginal), but marginals = {marginals!r} relaxes "
+                                            "this side; give a finite tau or the marginals that make it exact"))
+
+    def _solver_problem(self, data: Mapping[str, Any], settings: dict[str, Any]) -> None:
+        """The config's marginals must be those of the problem the chosen solver declares (its record's
+        ``problem``; ``otplug.solvers.problems``)."""
+        name = settings.get("solver", _FIELDS["solver"].default)
+        if "solver" in data and "solver" not in settings:
+            return  # the solver itself is wrong (reported)
+        if any(t in data and t not in settings for t in ("tau_src", "tau_tgt")):
+            return  # a tau is wrong (reported)
+        try:
+            provided = self.registry.get("solver", name)
+        except OtplugError:
+            return  # reported by the lookup
+        tau = (settings.get("tau_src", _FIELDS["tau_src"].default), settings.get("tau_tgt", _FIELDS["tau_tgt"].default))
+        marginals = marginals_of(*tau)
+        problem = provided.record.problem
+        why = mismatch(problem, marginals)
+        if why is None:
+            return
+        wanted = PROBLEM_OF_MARGINALS[marginals]
+        fit = [p.record.name for p in self.registry.components("solver") if p.record.problem == wanted
+               or (wanted == "kl-unbalanced" and p.record.problem is None)]
+        hint = (f"solvers for marginals = {marginals!r}: {', '.join(fit)}" if fit else
+                f"no installed solver declares the {wanted} problem")
+        if "marginals" in data:
+            field = "marginals"
+        elif marginals != "relaxed":
+            field = next(t for t, x in zip(("tau_src", "tau_tgt"), tau) if math.isinf(x))
+        else:
+            field = "solver" if "solver" in data else "marginals"
+        self.problems.append((field, f"solver {name!r} ({provided.provider}) solves {why}, but the config asks for "
+                                     f"marginals = {marginals!r} (tau_src = {_fmt(tau[0])}, tau_tgt = {_fmt(tau[1])}); "
+                                     f"{hint}"))
 
     def _solver_options(self, data: Mapping[str, Any], settings: dict[str, Any]) -> Any:
         solver = settings.get("solver", _FIELDS["solver"].default)
@@ -337,13 +405,15 @@ def dump_config(cfg: OTConfig) -> dict[str, Any]:
     Every setting is written (defaults included), so a checkpoint keeps the exact meaning even if a
     default changes later.
     """
-    out: dict[str, Any] = {
-        "reg": cfg.reg,
-        "tau_src": cfg.tau_src,
-        "tau_tgt": cfg.tau_tgt,
-        "heuristic": cfg.heuristic,
-        "solver": cfg.solver,
-    }
+    out: dict[str, Any] = {"reg": cfg.reg}
+    # exact sides as `marginals` (JSON has no inf), relaxed sides as their tau
+    if cfg.marginals != "relaxed":
+        out["marginals"] = cfg.marginals
+    for name in ("tau_src", "tau_tgt"):
+        if not math.isinf(getattr(cfg, name)):
+            out[name] = getattr(cfg, name)
+    out["heuristic"] = cfg.heuristic
+    out["solver"] = cfg.solver
     if cfg.solver_options is not None:
         out["solver_options"] = unstructure(cfg.solver_options)
     out["time_reduce"] = cfg.time_reduce
@@ -380,7 +450,11 @@ def describe_config(cfg: OTConfig) -> str:
             lines.append(f"  {'':<{width}}    {opts}")
     lines.append(f"  metrics: {', '.join('ot_cost/' + t.name for t in cfg.terms)}")
     lines.append(f"reg (entropic epsilon): {_fmt(cfg.reg)}")
-    lines.append(f"tau_src / tau_tgt (KL marginal relaxation): {_fmt(cfg.tau_src)} / {_fmt(cfg.tau_tgt)}")
+    if cfg.marginals == "exact":
+        lines.append("marginals: exact -- balanced OT (tau_src = tau_tgt = inf)")
+    else:
+        lines.append(f"tau_src / tau_tgt (KL marginal relaxation): {_fmt(cfg.tau_src)} / {_fmt(cfg.tau_tgt)}"
+                     f"{'' if cfg.marginals == 'relaxed' else f' -- marginals: {cfg.marginals} (semi-relaxed OT)'}")
     if cfg.heuristic:
         lines.append("heuristic: true -- diagonal prior c = eye(n)/n: the plan is forced onto the given pairing "
                      "(row i <-> row i, every off-diagonal entry exactly 0); square batches only")

@@ -46,9 +46,9 @@ potentials of the size of the costs, so each entry carries a rounding error of a
 computable for any cost scale worth training on (and Sinkhorn would need ~tau/reg iterations). Normalise the
 cost (``cost_normalization``) and use reg in ~[1e-3, 1] instead."""
 
-_positive_tau = v.positive.with_hint(
-    "the marginal relaxation of unbalanced OT; balanced OT is not supported, use a large value such as 10 to "
-    "keep the marginals nearly fixed"
+_positive_tau = v.NumberValidator("tau", low=0, low_open=True, allow_inf=True).with_hint(
+    "the marginal relaxation (KL) of unbalanced OT; inf (or marginals = 'exact') makes that marginal exact, for a "
+    "solver that declares the balanced or semi-relaxed problem"
 )
 _reg = v.at_least(MIN_REG).with_hint(
     f"the entropic regularisation epsilon; below {MIN_REG:g} the plan exp(-M/reg) cannot be computed in floating "
@@ -154,6 +154,19 @@ class OTConfig:
     debias: bool = attrs.field(default=False, validator=[v.boolean, _debias])
     ema_decay: float = attrs.field(default=DEFAULT_EMA_DECAY, converter=_to_float, validator=_ema_decay)
     source: str | None = attrs.field(default=None, eq=False)
+
+    @property
+    def marginals(self) -> str:
+        """``"relaxed"`` (both taus finite), ``"exact"`` (both ``inf``: balanced OT), ``"exact-src"`` or
+        ``"exact-tgt"`` (one ``inf``: semi-relaxed OT)."""
+        from otplug.solvers.problems import marginals_of
+
+        return marginals_of(self.tau_src, self.tau_tgt)
+
+    @property
+    def reg_m(self) -> tuple[float, float]:
+        """``(tau_src, tau_tgt)`` as the solver gets it (``inf`` for an exact side)."""
+        return (self.tau_src, self.tau_tgt)
 
     def term(self, name: str) -> TermSpec:
         for t in self.terms:

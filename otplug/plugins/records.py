@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import attrs
 
 __all__ = [
+    "SOLVER_PROBLEMS",
     "AlignmentPolicy",
     "CostTerm",
     "MetricSink",
@@ -93,12 +94,45 @@ class TimeReducer(Record):
     hook: ClassVar[str] = "otplug_time_reducers"
 
 
+#: the OT problems a solver may declare (``Solver.problem``); the math of each is in ``otplug.solvers.problems``
+SOLVER_PROBLEMS = ("kl-unbalanced", "balanced", "semi-relaxed", "custom")
+
+
+def _check_problem(instance: Record, attribute: attrs.Attribute, value: str | None) -> None:
+    if value is not None and value not in SOLVER_PROBLEMS:
+        raise ValueError(f"Solver.problem must be one of {', '.join(map(repr, SOLVER_PROBLEMS))} or None, "
+                         f"got {value!r}")
+
+
+def _check_check(instance: Solver, attribute: attrs.Attribute, value: Any) -> None:
+    if instance.problem == "custom" and value is None:
+        raise ValueError("Solver(problem='custom') needs check=: a callable (or 'module:attr') "
+                         "check(plan, M, *, reg, reg_m, heuristic) -> otplug.PlanCheck")
+    if instance.problem != "custom" and value is not None:
+        raise ValueError(f"Solver.check is only used with problem='custom' (got problem={instance.problem!r}): the "
+                         "core checks the declared problems itself")
+
+
 @attrs.frozen(kw_only=True)
 class Solver(Record):
-    """Computes an unbalanced OT plan for a cost matrix."""
+    """Computes an OT plan for a cost matrix.
+
+    ``problem``: the OT problem the solver solves, which decides what configs may ask of it and what the core
+    checks on every plan (``otplug.solvers.problems``): ``"kl-unbalanced"`` (the config's finite ``tau_src``,
+    ``tau_tgt`` as ``reg_m``; mass bound), ``"balanced"`` (exact marginals, ``marginals = "exact"``; marginal
+    errors), ``"semi-relaxed"`` (one exact side; its marginal error), ``"custom"`` (any ``reg_m``; the record's
+    own ``check``). ``None`` (declares nothing): treated as ``"kl-unbalanced"``, as before problems existed.
+    ``check``: for ``"custom"`` only, ``check(plan, M, *, reg, reg_m, heuristic) -> otplug.PlanCheck``.
+    """
 
     kind: ClassVar[str] = "solver"
     hook: ClassVar[str] = "otplug_solvers"
+
+    problem: str | None = attrs.field(default=None, validator=_check_problem)
+    check: Any = attrs.field(default=None, validator=_check_check)
+
+    def load_check(self) -> Any:
+        return resolve(self.check) if self.check is not None else None
 
 
 @attrs.frozen(kw_only=True)

@@ -12,9 +12,10 @@ import attrs
 
 from otplug.config import validators as v
 
-__all__ = ["DTYPES", "PotConfig", "SinkhornConfig"]
+__all__ = ["DTYPES", "POT_BALANCED_METHODS", "PotBalancedConfig", "PotConfig", "SinkhornConfig"]
 
 DTYPES = ("auto", "float32", "float64")
+POT_BALANCED_METHODS = ("sinkhorn", "sinkhorn_log")
 
 
 _open_unit = v.in_range(0, 1, low_open=True, high_open=True)
@@ -30,6 +31,22 @@ class PotConfig:
 
     max_iter: int = attrs.field(default=1000, validator=v.positive_int)
     tol: float = attrs.field(default=1e-6, validator=v.positive)
+
+
+@attrs.frozen(kw_only=True)
+class PotBalancedConfig:
+    """Options of ``pot-balanced`` (POT's ``ot.sinkhorn``; POT's names and defaults in brackets).
+
+    ``max_iter`` (``numItermax``): iteration cap, default 1000.
+    ``tol`` (``stopThr``): POT stops when the marginal violation is below this, default 1e-9.
+    ``method``: ``"sinkhorn"`` (POT's default kernel iteration; underflows when ``M / reg`` exceeds ~700) or
+      ``"sinkhorn_log"`` (POT's log-domain iteration).
+    """
+
+    max_iter: int = attrs.field(default=1000, validator=v.positive_int)
+    tol: float = attrs.field(default=1e-9, validator=v.positive)
+    method: Literal["sinkhorn", "sinkhorn_log"] = attrs.field(default="sinkhorn",
+                                                             validator=v.one_of(POT_BALANCED_METHODS))
 
 
 @attrs.frozen(kw_only=True)

@@ -52,17 +52,17 @@ import attrs
 import torch
 
 from otplug.errors import OtplugError
+from otplug.errors import BatchError
 from otplug.solvers.base import (
     Prepared,
     SolveResult,
     diagonal_prior_plan,
-    exceeds_mass_bound,
     plan_info,
     prepare,
 )
 from otplug.solvers.configs import SinkhornConfig
 
-__all__ = ["AUTO_FLOAT64_RATIO", "PRECISION_LIMIT", "LogSinkhornSolver"]
+__all__ = ["AUTO_FLOAT64_RATIO", "PRECISION_LIMIT", "BalancedSinkhornSolver", "LogSinkhornSolver", "carrying_scale"]
 
 #: with dtype "auto", float32 costs with max|M|/reg above this are solved in float64 (float32 log-potentials
 #: of that size lose more than ~1e-4 relative accuracy in the plan).
@@ -79,6 +79,19 @@ _FLOOR_ACCEPT = 1e-2
 #: ``eps_machine * max|M| / reg`` (the rounding error of every log-entry of the plan in the working dtype)
 #: above which the problem cannot be solved at all: raise instead of iterating on noise
 PRECISION_LIMIT = 0.1
+
+
+def carrying_scale(M: torch.Tensor, reg: float, dtype: torch.dtype = torch.float64) -> float:
+    """``max |M_ij|`` over the entries that can carry mass in ``dtype``: those within ``-log(tiny) * reg`` of
+    their row's or their column's minimum (``tiny`` the dtype's smallest normal number: 708 reg in float64, 87
+    reg in float32). Any other entry's plan value is below ``exp(-log(1/tiny))`` relative to its row's or column's
+    cheapest entry, i.e. 0 in that dtype, whatever its size: an outlier entry (1e30 among costs in [0, 1), a
+    corrupted frame, a sentinel) carries no mass and says nothing about the precision the plan needs."""
+    with torch.no_grad():
+        M3 = M.detach().reshape(-1, *M.shape[-2:]).to(torch.float64)
+        reach = -math.log(torch.finfo(dtype).tiny) * reg
+        near = ((M3 - M3.amin(-1, keepdim=True)) <= reach) | ((M3 - M3.amin(-2, keepdim=True)) <= reach)
+        return float(torch.where(near, M3.abs(), torch.zeros_like(M3)).amax())
 
 
 class _Problem:
@@ -152,18 +165,23 @@ class LogSinkhornSolver:
             return torch.float64 if d != "float32" else torch.float32
         if d == "float32":
             return torch.float32
-        big = float(M.detach().abs().max()) / reg if M.numel() else 0.0
+        if not bool(torch.isfinite(M).all()):
+            return torch.float32  # prepare() reports it
+        big = carrying_scale(M, reg) / reg if M.numel() else 0.0
         return torch.float64 if big > AUTO_FLOAT64_RATIO else torch.float32
 
     def _check_precision(self, p: Prepared) -> float:
-        """``eps_machine * max|M| / reg``: the rounding error of the plan's log-entries in the working dtype.
+        """``eps_machine * max|M| / reg`` over the entries that can carry mass (:func:`carrying_scale`): the
+        rounding error of the plan's log-entries in the working dtype.
 
-        The dual potentials are of the size of the costs, so each exponent ``(f_i + g_j - M_ij) / reg`` is a
-        difference of numbers of size ``max|M| / reg``; above :data:`PRECISION_LIMIT` the plan is rounding
-        noise (and ``tau / (tau + reg)`` rounds to 1), so no iteration can solve the problem: raise.
+        The dual potentials are of the size of the costs that carry mass, so each exponent
+        ``(f_i + g_j - M_ij) / reg`` of such an entry is a difference of numbers of that size over ``reg``; above
+        :data:`PRECISION_LIMIT` the plan is rounding noise (and ``tau / (tau + reg)`` rounds to 1), so no iteration
+        can solve the problem: raise. Entries that cannot carry mass (an outlier far above its row and column
+        minima) get ``exp(-huge) = 0`` exactly and do not count.
         """
         finfo = torch.finfo(p.M.dtype)
-        mmax = float(p.M.abs().max())
+        mmax = carrying_scale(p.M, p.reg, p.M.dtype)
         rounding = finfo.eps * mmax / p.reg
         if rounding > PRECISION_LIMIT:
             if p.M.dtype == torch.float64:
@@ -195,22 +213,19 @@ class LogSinkhornSolver:
         p = prepare(M, reg, reg_m, a, b, heuristic, dtype=work)
         if heuristic:
             plan = diagonal_prior_plan(p)
-            info = plan_info(plan, p, heuristic=True)
+            info = plan_info(plan, p)
             info.update(closed_form=1.0, warm_started=0.0, eps_stages=0.0, float64=float(p.M.dtype == torch.float64))
-            conv = not exceeds_mass_bound(info, p.M.dtype)
             plan = plan.to(out_dtype)
-            return SolveResult(plan=plan if p.batched else plan[0], iterations=0, converged=conv, error=0.0, info=info)
+            return SolveResult(plan=plan if p.batched else plan[0], iterations=0, converged=True, error=0.0, info=info)
         rounding = self._check_precision(p)
         with torch.no_grad():
             plan, iters, conv, err, info = self._solve(p)
         info.update(plan_info(plan, p))
         info["log_rounding"] = rounding
-        if exceeds_mass_bound(info, p.M.dtype):  # provably wrong, whatever the iteration said
-            conv = False
         plan = plan.to(out_dtype)
         if not bool(torch.isfinite(plan).all()):  # unconverged potentials of size max|M|/reg: exp() overflowed
             # (in the working dtype, or when a float64 plan is returned in the cost's float32)
-            mmax = float(p.M.abs().max())
+            mmax = carrying_scale(p.M, p.reg, p.M.dtype)
             raise OtplugError(
                 f"reg = {p.reg:.3g} is too small for this cost: after {iters} iterations the plan overflowed "
                 f"(max|M| / reg = {mmax / p.reg:.3g}, tau = {p.tau[0]:.3g}/{p.tau[1]:.3g}); use a larger reg (the "
@@ -335,6 +350,47 @@ class LogSinkhornSolver:
                 kern = _subset_kernel(kern, keep)
                 last_step = float(step[~done].max())
         return conv, stalled, errs
+
+
+class BalancedSinkhornSolver(LogSinkhornSolver):
+    """``sinkhorn-balanced``: the same log-domain / absorbed-kernel iteration with both marginals exact
+    (:math:`\varphi_1 = \varphi_2 = 1`, the ``tau = inf`` limit): balanced entropic OT, the plan of POT's
+    ``ot.sinkhorn(a, b, M, reg)`` (``otplug.solvers.problems``). Warm start, over-relaxation, the absorbed
+    kernel, the precision check and the closed-form diagonal prior (``pi = diag(a)``) are shared; the
+    translation step is a no-op here (the total mass is fixed)."""
+
+    def solve(
+        self,
+        M: torch.Tensor,
+        *,
+        reg: float,
+        reg_m: tuple[float, float] = (math.inf, math.inf),
+        heuristic: bool = False,
+        a: torch.Tensor | None = None,
+        b: torch.Tensor | None = None,
+    ) -> SolveResult:
+        """Solve the balanced problem; ``reg_m`` must be ``(inf, inf)`` (what ``OTLoss`` passes for
+        ``marginals = "exact"``): a finite tau asks for another problem, an error. ``a`` and ``b`` must have
+        equal masses."""
+        _require_exact(reg_m, "sinkhorn-balanced")
+        _require_equal_masses(M, a, b)
+        return super().solve(M, reg=reg, reg_m=(math.inf, math.inf), heuristic=heuristic, a=a, b=b)
+
+
+def _require_exact(reg_m: object, who: str) -> None:
+    pair = reg_m if isinstance(reg_m, (tuple, list)) else (reg_m, reg_m)
+    if not all(isinstance(t, (int, float)) and math.isinf(t) and t > 0 for t in pair):
+        raise OtplugError(f"{who} solves balanced OT (exact marginals): reg_m must be (inf, inf), got {reg_m!r}; "
+                          "for relaxed marginals use a KL-unbalanced solver (sinkhorn, pot)")
+
+
+def _require_equal_masses(M: torch.Tensor, a: torch.Tensor | None, b: torch.Tensor | None) -> None:
+    if a is None and b is None:
+        return
+    ma = float(torch.as_tensor(a).sum(-1).max()) if a is not None else 1.0
+    mb = float(torch.as_tensor(b).sum(-1).max()) if b is not None else 1.0
+    if abs(ma - mb) > 1e-6 * max(ma, mb):
+        raise BatchError(f"balanced OT needs marginals of equal mass, got sum(a) = {ma:.6g}, sum(b) = {mb:.6g}")
 
 
 @attrs.define

@@ -50,6 +50,7 @@ OT options (--ot.NAME=VALUE):
   combine_stats BOOL   normalise with target+source statistics (default true)
   capture_fallback     encode (default) or error, for keys single-pass cannot capture
   sinks LIST           e.g. '[console,plan-heatmap,tensorboard]' (metrics.jsonl is always written)
+  sink_options JSON    keyword options per sink, e.g. '{"csv": {"filename": "m.csv"}}' (plugin sinks too)
   plan_every N         plan heatmap every N steps (default 50)
 
 `otplug train --help-all` prints every lerobot option.

@@ -8,6 +8,7 @@ Every ``lerobot-train`` option works unchanged (``--dataset.repo_id``, ``--polic
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,10 @@ class OTSection:
     cotrain_only: bool = False
     # Metric sinks besides metrics.jsonl (always on): console, tensorboard, wandb, plan-heatmap, ...
     sinks: list[str] = field(default_factory=lambda: ["console", "plan-heatmap"])
+    # Keyword options for sinks, as a JSON object {sink name: {option: value}}, e.g.
+    # '{"csv": {"filename": "m.csv"}}' -- the way to configure a plugin's sink; given for a built-in sink, they
+    # replace its defaults below (plan-heatmap: every = plan_every; tensorboard: plan_every).
+    sink_options: dict[str, Any] = field(default_factory=dict)
     # Transport-plan pictures every N steps (plan-heatmap sink).
     plan_every: int = 50
     # Log metrics every N steps (defaults to --log_freq).
@@ -120,6 +125,11 @@ class OTSection:
         return list(self.__dict__.get("_sources", []))
 
     @property
+    def sink_options_map(self) -> dict[str, dict[str, Any]]:
+        """``--ot.sink_options`` parsed (sink name -> keyword options); set by :meth:`validate`."""
+        return dict(self.__dict__.get("_sink_options") or parse_sink_options(self.sink_options, self.sinks))
+
+    @property
     def loss_config(self) -> Any:
         """The parsed OT config (:class:`otplug.OTConfig`), or None without an OT loss; set by :meth:`validate`."""
         return self.__dict__.get("_loss_config")
@@ -160,6 +170,7 @@ class OTSection:
                               "'{\"observation.images.cam_high\": \"observation.images.top\"}'")
         if not isinstance(self.sinks, list) or not all(isinstance(n, str) and n for n in self.sinks):
             raise OtplugError(f"--ot.sinks must be a list of sink names like '[console,plan-heatmap]', got {self.sinks!r}")
+        self.__dict__["_sink_options"] = parse_sink_options(self.sink_options, self.sinks)
         self.__dict__["_loss_config"] = None
         self.__dict__["_sources"] = []
         if self.sources_file is not None:
@@ -210,6 +221,35 @@ CAPTURE_FALLBACKS = ("encode", "error")
 ON_NONFINITE = ("stop", "skip")
 OPTIMIZER_IMPLS = ("lerobot", "foreach", "fused")
 WEIGHTINGS = ("logistic", "exp", "uniform")
+
+
+def parse_sink_options(text: str | dict | None, sinks: list[str]) -> dict[str, dict[str, Any]]:
+    """``--ot.sink_options``: a JSON object mapping sink names (each in ``--ot.sinks`` or ``jsonl``) to objects of
+    keyword options; one error naming the option and the sink otherwise."""
+    if text is None or text == "" or text == {}:
+        return {}
+    if isinstance(text, dict):  # parsed by the command line (draccus) or read back from train_config.json
+        data: Any = text
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise OtplugError("--ot.sink_options must be a JSON object like "
+                              f"'{{\"csv\": {{\"filename\": \"m.csv\"}}}}': "
+                              f"{exc.msg} at column {exc.colno} (got {text!r})") from None
+    if not isinstance(data, dict):
+        raise OtplugError(f"--ot.sink_options must be a JSON object {{sink name: {{option: value}}}}, got "
+                          f"{type(data).__name__}")
+    out: dict[str, dict[str, Any]] = {}
+    for name, opts in data.items():
+        if name not in sinks and name != "jsonl":
+            raise OtplugError(f"--ot.sink_options gives options for sink {name!r}, which is not in --ot.sinks "
+                              f"({', '.join(sinks) or 'none'}); add it there")
+        if not isinstance(opts, dict):
+            raise OtplugError(f"--ot.sink_options[{name!r}] must be an object of keyword options, got "
+                              f"{type(opts).__name__}")
+        out[name] = dict(opts)
+    return out
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...], alias: str | None = None) -> None:

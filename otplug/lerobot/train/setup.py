@@ -211,6 +211,7 @@ def make_run_sinks(output_dir: Path, ot: Any, start_step: int = 0) -> Any:
     from otplug.sinks import make_sinks
 
     options = {"plan-heatmap": {"every": ot.plan_every}, "tensorboard": {"plan_every": ot.plan_every}}
+    options.update(ot.sink_options_map)  # --ot.sink_options: plugin sinks' options; replaces a built-in's defaults
     names = [n for n in ot.sinks if ot.has_loss or n != "plan-heatmap"]
     return make_sinks(output_dir, names, options, start_step=start_step)
 
