@@ -187,6 +187,12 @@ def _common(*maps: Mapping[Hashable, Any]) -> list[Hashable]:
     return [k for k in maps[0] if all(k in m for m in maps[1:])]
 
 
+def _sd(a: np.ndarray) -> float:
+    """Sample sd (ddof = 1); rounding noise (below 1e-12 of the values' scale) is 0, so equal values give 0."""
+    sd = float(a.std(ddof=1))
+    return 0.0 if sd <= 1e-12 * max(1.0, float(np.abs(a).max())) else sd
+
+
 def _t_interval(mean: float, sd: float, n: int, confidence: float) -> Interval:
     """``mean ± t_{(1+c)/2, n-1} · sd / √n`` (scipy.stats.t); the point ``(mean, mean)`` when ``sd == 0``."""
     from scipy.stats import t
@@ -240,7 +246,7 @@ def seed_mean(rates: Sequence[float], confidence: float = 0.95) -> SeedMean:
     mean = float(a.mean())
     if n < 2:
         return SeedMean(n=n, mean=mean, sd=None, ci95=None, per_seed=tuple(a.tolist()), confidence=c)
-    sd = float(a.std(ddof=1))
+    sd = _sd(a)
     return SeedMean(n=n, mean=mean, sd=sd, ci95=_t_interval(mean, sd, n, c), per_seed=tuple(a.tolist()),
                     confidence=c)
 
@@ -261,8 +267,11 @@ def paired_power(delta: float, sd: float, n: int, alpha: float = 0.05) -> float:
         raise StatsError(f"paired_power: sd must be > 0, got {sd}")
     df = n - 1
     crit = t.ppf(1.0 - alpha / 2.0, df)
-    lam = delta * math.sqrt(n) / sd
-    return float(nct.sf(crit, df, lam) + nct.cdf(-crit, df, lam))
+    lam = abs(delta) * math.sqrt(n) / sd
+    # P(T < -t*) for nct(df, lam) is P(T > t*) for nct(df, -lam): scipy's cdf returns NaN far in the tail at
+    # df = 1 (lam ~ 80), its sf does not; a NaN there is a tail below 1e-16 and counts as 0
+    minor = float(nct.sf(crit, df, -lam))
+    return float(min(1.0, nct.sf(crit, df, lam) + (minor if math.isfinite(minor) else 0.0)))
 
 
 def detectable_difference(sd: float, n: int, power: float = 0.8, alpha: float = 0.05) -> float:
@@ -334,7 +343,7 @@ def paired_difference(a: Mapping[Hashable, float], b: Mapping[Hashable, float],
     if n < 2:
         return PairedDifference(n=n, mean=mean, sd=None, ci95=None, p_value=None, separated=False, mdd80=None,
                                 seeds=tuple(seeds), differences=tuple(d.tolist()), confidence=c)
-    sd = float(d.std(ddof=1))
+    sd = _sd(d)
     lo, hi = _t_interval(mean, sd, n, c)
     p = None if sd == 0.0 else float(ttest_rel(av, bv).pvalue)
     return PairedDifference(n=n, mean=mean, sd=sd, ci95=(lo, hi), p_value=p, separated=bool(lo > 0 or hi < 0),
