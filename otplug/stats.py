@@ -175,6 +175,11 @@ def _check_confidence(confidence: float) -> float:
     return c
 
 
+def _check_n_boot(n_boot: int, what: str) -> None:
+    if int(n_boot) != n_boot or n_boot < 1:
+        raise StatsError(f"{what}: n_boot must be a whole number >= 1, got {n_boot!r}")
+
+
 def _finite(values: Sequence[float], what: str) -> np.ndarray:
     a = np.asarray(values, dtype=np.float64).reshape(-1)
     if not np.isfinite(a).all():
@@ -371,8 +376,7 @@ def hierarchical_bootstrap(a_counts: Mapping[Hashable, tuple[int, int]],
     ``(1+c)/2``. ``estimate`` is the observed statistic. Deterministic for a given ``seed``.
     """
     c = _check_confidence(confidence)
-    if n_boot < 1:
-        raise StatsError(f"hierarchical_bootstrap: n_boot must be >= 1, got {n_boot}")
+    _check_n_boot(n_boot, "hierarchical_bootstrap")
     seeds = _common(a_counts, b_counts) if b_counts is not None else list(a_counts)
     if not seeds:
         raise StatsError("hierarchical_bootstrap: no training seed" + (" in common" if b_counts is not None else ""))
@@ -420,6 +424,7 @@ def gap_closed(sim_m: Mapping[Hashable, float], real_m: Mapping[Hashable, float]
     interval is ``None`` (``fraction_reason`` says so); otherwise those few resamples are left out.
     """
     c = _check_confidence(confidence)
+    _check_n_boot(n_boot, "gap_closed")
     seeds = _common(sim_m, real_m, sim_c, real_c)
     if not seeds:
         raise StatsError("gap_closed: no training seed in all four of sim_m, real_m, sim_c, real_c")
@@ -476,6 +481,7 @@ def rank_correlation(x: Sequence[float], y: Sequence[float], n_boot: int = 2000,
     from scipy.stats import spearmanr
 
     c = _check_confidence(confidence)
+    _check_n_boot(n_boot, "rank_correlation")
     xa, ya = _finite(x, "rank_correlation x"), _finite(y, "rank_correlation y")
     if xa.size != ya.size:
         raise StatsError(f"rank_correlation: x and y must pair up, got {xa.size} and {ya.size} values")

@@ -171,6 +171,8 @@ def test_hierarchical_bootstrap_pairs_and_is_deterministic():
     _json(d)
     with pytest.raises(ValueError, match="episodes > 0"):
         st.hierarchical_bootstrap({0: (1, 0)})
+    with pytest.raises(ValueError, match="n_boot"):
+        st.hierarchical_bootstrap(counts, n_boot=0)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
