@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from otplug.errors import OtplugError
+from otplug.stats import retrieval_at_1  # its home; re-exported here
 
 __all__ = [
     "CollapseAlarm",
@@ -190,25 +191,6 @@ def _fit_logistic(x: np.ndarray, y: np.ndarray, *, c: float, max_iter: int) -> t
     with torch.enable_grad():
         opt.step(closure)
     return w.detach().numpy().copy(), float(b.detach())
-
-
-def retrieval_at_1(src: Any, tgt: Any, metric: str = "euclidean") -> float:
-    """Share of real (``tgt``) rows whose nearest sim (``src``) row is their own DTW partner (row ``i`` of
-    ``src`` for row ``i`` of ``tgt``). ``metric``: ``"euclidean"`` or ``"cosine"`` (zero rows have similarity 0
-    to everything). Chance level is ``1 / n``. Ties go to the lower row index. NaN for non-finite embeddings."""
-    s, t = _pair(src, tgt)
-    if not np.isfinite(s).all() or not np.isfinite(t).all():
-        return float("nan")
-    if metric == "euclidean":
-        d = (t * t).sum(1)[:, None] + (s * s).sum(1)[None, :] - 2.0 * t @ s.T  # (n_tgt, n_src)
-        nearest = np.argmin(d, axis=1)
-    elif metric == "cosine":
-        tn = t / np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-300)
-        sn = s / np.maximum(np.linalg.norm(s, axis=1, keepdims=True), 1e-300)
-        nearest = np.argmax(tn @ sn.T, axis=1)
-    else:
-        raise OtplugError(f"retrieval_at_1: metric must be 'euclidean' or 'cosine', got {metric!r}")
-    return float(np.mean(nearest == np.arange(t.shape[0])))
 
 
 def _one_blas_thread() -> Any:

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from otplug.bench.eval import wilson_interval as wilson
 from otplug.bench.study import METHODS, StudyConfig, StudyError, main, summarize_rows
+from otplug.stats import wilson_interval as wilson
 
 
 def test_wilson_interval_known_values():

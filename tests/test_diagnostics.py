@@ -189,3 +189,11 @@ def test_load_rejects_foreign_files(tmp_path):
     np.savez(p, src=np.array([object()], dtype=object), tgt=np.zeros(1))
     with pytest.raises(OtplugError):
         d.load_probe_embeddings(p)
+
+
+def test_retrieval_lives_in_stats_and_takes_tensors():
+    from otplug import stats
+
+    assert d.retrieval_at_1 is stats.retrieval_at_1
+    x = torch.randn(6, 2, 3, requires_grad=True)  # flattened to (6, 6); the graph is left alone
+    assert d.retrieval_at_1(x, x.detach().clone()) == 1.0

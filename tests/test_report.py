@@ -380,3 +380,12 @@ def test_fixed_limits_keep_a_linear_axis_without_warnings():
         warnings.simplefilter("error")
         png = curve_panel(rows, "retrieval", ["diag/retrieval_at_1"], {"ylim": (0.0, 1.05)})
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pca_lives_in_stats():
+    from otplug import stats
+    from otplug.report import figures
+
+    assert figures.pca_2d is stats.pca_2d
+    xy, share = figures.pca_2d(np.array([[0.0, 0.0], [2.0, 0.0], [4.0, 0.0]]))
+    assert np.allclose(np.abs(xy[:, 0]), [2.0, 0.0, 2.0]) and share.tolist() == [1.0, 0.0]

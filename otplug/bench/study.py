@@ -45,7 +45,6 @@ from typing import Any
 import attrs
 
 from otplug.atomic import write_text_atomic
-from otplug.bench.eval import wilson_interval
 from otplug.bench.study_config import (
     DEFAULT_METHODS,
     METHODS,
@@ -56,6 +55,7 @@ from otplug.bench.study_config import (
     StudyError,
 )
 from otplug.bench.study_outputs import embedding_picture, write_plot, write_table
+from otplug.stats import wilson_interval
 
 __all__ = ["METHODS", "RECOMMENDED_OT", "StudyConfig", "StudyError", "main", "run_study", "summarize_rows"]
 

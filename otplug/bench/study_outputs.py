@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from otplug.bench.study_config import CAMERA_KEY, RECOMMENDED_OT, StudyConfig
+from otplug.stats import pca_2d
 
 __all__ = ["embedding_picture", "write_plot", "write_table"]
 
@@ -112,10 +113,7 @@ def embedding_picture(ckpt: Path, paths: dict[str, Path], out: Path, title: str,
         for b in (src, tgt):
             x = loaded.preprocessor({CAMERA_KEY: b[CAMERA_KEY].float(), "observation.state": b["observation.state"]})
             feats.append(enc.encode_feature_for_ot(CAMERA_KEY, x[CAMERA_KEY]).flatten(1).double().cpu().numpy())
-    all_f = np.concatenate(feats)
-    centred = all_f - all_f.mean(0)
-    _u, _s, vt = np.linalg.svd(centred, full_matrices=False)
-    xy = centred @ vt[:2].T
+    xy, _share = pca_2d(np.concatenate(feats))
     n = len(idx)
     fig, ax = plt.subplots(figsize=(4.2, 4.0), dpi=120)
     ax.scatter(xy[:n, 0], xy[:n, 1], s=12, c="#4C72B0", label="sim", alpha=0.8)

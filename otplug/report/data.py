@@ -13,10 +13,10 @@ from typing import Any
 import attrs
 import numpy as np
 
-from otplug.bench.eval import wilson_interval
 from otplug.config.files import read_json_file, read_text_file
 from otplug.diagnostics import embedding_files
 from otplug.errors import OtplugError
+from otplug.stats import wilson_interval
 
 __all__ = ["RunFolder", "StudyFolder", "classify", "open_run", "open_study", "series"]
 

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from otplug.report.data import series
+from otplug.stats import pca_2d  # its home; re-exported here
 
 __all__ = ["CURVE_PANELS", "DIAG_PANELS", "curve_panel", "dtw_paths", "embedding_figure", "study_curves"]
 
@@ -164,19 +165,6 @@ def study_curves(runs: Sequence[tuple[str, int, list[Mapping[str, Any]]]], key: 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # embeddings
-
-def pca_2d(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """2-D PCA coordinates of the rows of ``x`` and the explained-variance share of each component."""
-    c = x - x.mean(axis=0, keepdims=True)
-    _u, s, vt = np.linalg.svd(c, full_matrices=False)
-    total = float((s ** 2).sum())
-    k = min(2, vt.shape[0])
-    xy = c @ vt[:k].T
-    if k < 2:
-        xy = np.concatenate([xy, np.zeros((xy.shape[0], 2 - k))], axis=1)
-    share = (s[:2] ** 2) / total if total > 0 else np.zeros(2)
-    return xy, np.pad(share, (0, 2 - len(share)))
-
 
 def tsne_2d(x: np.ndarray, seed: int = 0) -> np.ndarray:
     """2-D t-SNE (scikit-learn) of the rows of ``x`` (PCA-initialised, deterministic in ``seed``)."""
