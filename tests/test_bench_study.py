@@ -6,31 +6,83 @@ import json
 
 import pytest
 
-from otplug.bench.study import METHODS, StudyConfig, StudyError, main, summarize_rows
-from otplug.stats import wilson_interval as wilson
+from otplug.bench.study import METHODS, StudyConfig, StudyError, main
+from otplug.bench.study_config import SPLIT_SCENE_BASE, SPLIT_SCENE_SPAN, SPLIT_TRAINING_SEED_BASE
+from otplug.bench.study_summary import summarize
 
 
-def test_wilson_interval_known_values():
-    lo, hi = wilson(52, 100)
-    assert lo == pytest.approx(0.4231, abs=1e-3) and hi == pytest.approx(0.6153, abs=1e-3)
-    assert wilson(0, 50)[0] == pytest.approx(0.0, abs=1e-12) and wilson(50, 50)[1] == pytest.approx(1.0)
+def _row(method, seed, domain, region, successes, episodes=100):
+    return {"method": method, "seed": seed, "domain": domain, "region": region, "episodes": episodes,
+            "successes": successes, "success_rate": successes / episodes}
 
 
-def test_summary_pools_seeds_and_orders_methods():
-    rows = [
-        {"method": "cotrain", "seed": 1, "domain": "real", "region": "B", "episodes": 50, "successes": 20,
-         "success_rate": 0.4},
-        {"method": "cotrain", "seed": 0, "domain": "real", "region": "B", "episodes": 50, "successes": 30,
-         "success_rate": 0.6},
-        {"method": "target-only", "seed": 0, "domain": "real", "region": "B", "episodes": 50, "successes": 0,
-         "success_rate": 0.0},
-    ]
-    cells = summarize_rows(rows)
-    assert [c["method"] for c in cells] == ["target-only", "cotrain"]
-    co = cells[1]
-    assert co["episodes"] == 100 and co["successes"] == 50 and co["success_rate"] == 0.5
-    assert co["per_seed"] == [0.6, 0.4] and co["ci95"] == list(wilson(50, 100))
-    assert co["seed_mean_ci95"][0] < 0.5 < co["seed_mean_ci95"][1]
+def test_summary_is_at_the_seed_level():
+    """Means over seeds with a t interval, paired differences against co-training, gaps and the gap closed:
+    checked against values computed by hand (scipy's t quantile only)."""
+    from scipy.stats import t
+
+    co = {"A": {"sim": [90, 92, 88], "real": [70, 60, 65]}, "B": {"sim": [90, 85, 95], "real": [60, 65, 50]}}
+    ot = {"A": {"sim": [90, 90, 90], "real": [80, 70, 75]}, "B": {"sim": [88, 84, 90], "real": [70, 75, 60]}}
+    rows = [_row(m, s, d, g, tab[g][d][s]) for m, tab in (("cotrain", co), ("cotrain-ot", ot))
+            for g in "AB" for d in ("sim", "real") for s in range(3)]
+    rows += [_row("target-only", s, "real", "B", 0) for s in range(3)]
+    out = summarize(rows, methods=("target-only", "cotrain", "cotrain-ot"), domains=("real", "sim"),
+                    regions=("A", "B"), n_boot=2000)
+    cell = next(c for c in out["cells"] if (c["method"], c["domain"], c["region"]) == ("cotrain", "real", "B"))
+    rates = [0.60, 0.65, 0.50]
+    mean = sum(rates) / 3
+    sd = (sum((r - mean) ** 2 for r in rates) / 2) ** 0.5
+    half = t.ppf(0.975, 2) * sd / 3 ** 0.5
+    assert cell["mean"] == pytest.approx(mean) and cell["ci95"] == pytest.approx([mean - half, mean + half])
+    assert cell["pooled_rate"] == pytest.approx(175 / 300) and len(cell["episode_noise_wilson95"]) == 2
+    comp = next(c for c in out["comparisons"]
+                if (c["method"], c["domain"], c["region"]) == ("cotrain-ot", "real", "B"))
+    d = [0.10, 0.10, 0.10]  # OT - co-training per seed on real B
+    assert comp["paired"]["mean"] == pytest.approx(0.10) and comp["paired"]["differences"] == pytest.approx(d)
+    assert comp["paired"]["separated"] is True  # identical differences: a zero-width interval away from 0
+    assert comp["hierarchical_bootstrap"]["ci95"][0] < 0.10 < comp["hierarchical_bootstrap"]["ci95"][1]
+    gap_b = next(g for g in out["gaps"] if (g["method"], g["region"]) == ("cotrain", "B"))["gap"]
+    assert gap_b["mean"] == pytest.approx(((90 - 60) + (85 - 65) + (95 - 50)) / 300)
+    closed = next(g for g in out["gap_closed"] if g["region"] == "B")
+    gc = [0.30, 0.20, 0.45]
+    gm = [0.18, 0.09, 0.30]
+    assert closed["gap_cotrain"] == pytest.approx(sum(gc) / 3) and closed["gap_method"] == pytest.approx(sum(gm) / 3)
+    assert closed["fraction"] == pytest.approx(1 - sum(gm) / sum(gc))
+    assert not any(c["method"] == "target-only" for c in out["gap_closed"])  # not an alignment method
+    json.dumps(out, allow_nan=False)  # JSON-safe
+
+
+def test_offline_signals_are_ranked_against_real_success():
+    rows = [_row("cotrain", s, "real", "B", 10 * s) for s in range(6)]
+    offline = {("cotrain", s): {"domain_probe_acc": 1.0 - 0.1 * s, "ot_loss": None} for s in range(6)}
+    out = summarize(rows, offline, methods=("cotrain",), domains=("real",), regions=("B",), n_boot=500)
+    (sig,) = out["signals"]
+    assert sig["signal"] == "domain_probe_acc" and sig["runs"] == 6 and sig["rho"] == pytest.approx(-1.0)
+
+
+def test_splits_are_disjoint_and_recorded():
+    dev, test = StudyConfig(split="dev", eval_episodes=500), StudyConfig(split="test", eval_episodes=500)
+    assert dev.scene_seeds[1] <= test.scene_seeds[0] or test.scene_seeds[1] <= dev.scene_seeds[0]
+    assert not set(dev.training_seeds) & set(test.training_seeds)
+    assert dev.training_seeds == tuple(range(SPLIT_TRAINING_SEED_BASE["dev"], SPLIT_TRAINING_SEED_BASE["dev"] + 10))
+    # the training demos' scenes (real: data_seed + i, sim: data_seed + 1000 + i, held-out: + 50000 + i) lie below
+    assert min(SPLIT_SCENE_BASE.values()) >= 50_000 + 10_000
+    bases = sorted(SPLIT_SCENE_BASE.values())
+    assert all(b - a >= SPLIT_SCENE_SPAN for a, b in zip(bases, bases[1:]))
+    with pytest.raises(StudyError, match="--episodes must be in"):
+        StudyConfig(eval_episodes=SPLIT_SCENE_SPAN + 1)
+    with pytest.raises(ValueError):
+        StudyConfig(split="train")
+
+
+def test_every_method_trains_on_the_same_rows_per_step():
+    from otplug.bench.study import policy_args
+
+    cfg = StudyConfig()
+    sizes = {m: [a for a in policy_args(cfg, m) if a.startswith("--batch_size=")] for m in METHODS}
+    assert sizes["target-only"] == sizes["source-only"] == [f"--batch_size={cfg.rows_per_step}"]
+    assert cfg.rows_per_step == cfg.batch_size + 2 * cfg.ot_batch_size
+    assert all(sizes[m] == [f"--batch_size={cfg.batch_size}"] for m in METHODS if "cotrain" in m)
 
 
 def test_bad_options_are_one_message(tmp_path, capsys):
@@ -47,19 +99,29 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, monkeypatch):
     pytest.importorskip("lerobot")
     out = tmp_path / "study"
     args = ["--output-dir", str(out), "--methods", "target-only,cotrain-ot", "--seeds", "1", "--steps", "2",
-            "--episodes", "4", "-q"]
+            "--episodes", "4", "-q"]  # the full study's preset: real and sim domains
     import otplug.bench.study as study
 
-    tiny = dict(real_episodes=3, sim_episodes=4, batch_size=4, ot_batch_size=2)
+    tiny = dict(real_episodes=3, sim_episodes=4, batch_size=4, ot_batch_size=2, heldout_episodes=1)
     monkeypatch.setattr(study.StudyConfig, "__init__", _with_defaults(study.StudyConfig.__init__, tiny))
     assert main(args) == 0
     rows = json.loads((out / "study.json").read_text())
     assert {(r["method"], r["domain"], r["region"]) for r in rows} == {
-        (m, "real", g) for m in ("target-only", "cotrain-ot") for g in ("A", "B")}
+        (m, d, g) for m in ("target-only", "cotrain-ot") for d in ("real", "sim") for g in ("A", "B")}
     for r in rows:
-        assert set(r) == {"method", "seed", "domain", "region", "episodes", "successes", "success_rate"}
+        assert set(r) == {"method", "seed", "domain", "region", "episodes", "successes", "success_rate", "split",
+                          "scene_seeds"}
         assert r["episodes"] == 4 and 0 <= r["successes"] <= 4
-    assert "| target-only |" in (out / "study.md").read_text()
+        assert r["split"] == "dev" and r["scene_seeds"] == [SPLIT_SCENE_BASE["dev"], SPLIT_SCENE_BASE["dev"] + 4]
+    summary = json.loads((out / "study_summary.json").read_text())
+    assert summary["split"] == "dev" and summary["training_seeds"] == [0]
+    assert {(g["method"], g["region"]) for g in summary["gaps"]} == {(m, g) for m in ("target-only", "cotrain-ot")
+                                                                     for g in "AB"}
+    offline = {(o["method"], o["seed"]): o for o in summary["offline"]}
+    assert 0 <= offline[("cotrain-ot", 0)]["domain_probe_acc"] <= 1
+    assert offline[("target-only", 0)]["heldout_real_bc_loss"] > 0 and offline[("target-only", 0)]["ot_loss"] is None
+    md = (out / "study.md").read_text()
+    assert "| target-only |" in md and "One training seed" in md
     assert (out / "study.png").stat().st_size > 1000
     assert (out / "embeddings" / "cotrain-ot.png").is_file()
     # resume: a finished study trains nothing again; a deleted evaluation is redone, the rest kept
@@ -85,6 +147,9 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, monkeypatch):
     assert ckpt.stat().st_mtime == mtime
     assert sorted({r["seed"] for r in json.loads((out / "study.json").read_text())}) == [0, 1]
     assert json.loads((out / "study_config.json").read_text())["seeds"] == 2
+    # the test split is another study: its own folder
+    with pytest.raises(StudyError, match="other settings \\(split\\)"):
+        main([*more, "--split", "test"])
 
 
 def _with_defaults(init, over):
@@ -101,7 +166,8 @@ def test_methods_are_documented_and_their_configs_valid():
     from otplug.config import load_config
 
     assert set(StudyConfig().methods) < set(METHODS)
-    assert {"target-only", "source-only", "cotrain", "cotrain-mmd", "cotrain-ot"} <= set(StudyConfig().methods)
+    assert StudyConfig().methods == ("target-only", "cotrain", "cotrain-mmd", "cotrain-ot")
+    assert StudyConfig().seeds >= 10 and StudyConfig().eval_domains == ("real", "sim")
     docs = (Path(__file__).parents[1] / "docs" / "benchmark.md").read_text()
     for method in METHODS:
         assert f"| `{method}` |" in docs, method  # a row of the methods table

@@ -1,10 +1,12 @@
-"""``otplug study``: train and evaluate sim-to-real co-training methods on the reach benchmark, with seeds.
+"""``otplug study``: train and evaluate sim-to-real co-training methods on the reach benchmark, over training seeds,
+on held-out scenes, with seed-level statistics (SPEC §8.1).
 
 Data (recorded once per study folder, deterministic): ``real`` expert demonstrations in region A only (the real
-robot's demos cover part of the start states), ``sim`` demonstrations over the whole space (A and B), and their
-DTW ``pair_info.json`` (``otplug pair`` on ``observation.state``).
+robot's demos cover part of the start states), ``sim`` demonstrations over the whole space (A and B), their DTW
+``pair_info.json`` (``otplug pair`` on ``observation.state``), and a few held-out real demos of region A (other
+scenes; only for the offline signal "held-out real BC loss").
 
-Methods (every one the same policy, steps, batch size and seeds; they differ only in data and loss):
+Methods (every one the same policy, steps, BC rows per step and training seeds; they differ only in data and loss):
 
 =====================  =============================================================================================
 ``target-only``        BC on the real demos only
@@ -20,19 +22,23 @@ Methods (every one the same policy, steps, batch size and seeds; they differ onl
 ``cotrain-ot-l2``      co-training + OT on unit-length image features (``embed_norm = "l2"``), no prior, no anchor
 =====================  =============================================================================================
 
-Every trained policy is evaluated in closed loop (:func:`otplug.bench.eval.evaluate`) in the real domain on
-regions A and B (and in the sim domain when asked), with the same episode seeds for every method. Outputs in
-``--output-dir``: ``study.json`` (one row per method x seed x domain x region), ``study.md`` (means over seeds with
-95% intervals), ``study.png`` and ``embeddings/<method>.png`` (PCA of the policy's image features of paired
-sim/real frames). A killed study continues where it stopped: finished trainings and evaluations are kept
-(each is written atomically), an unfinished training restarts.
+The one-dataset methods (target-only, source-only) train on as many rows per step as the co-training methods
+(``batch_size + 2 * ot_batch_size``). Splits (``--split``): ``dev`` evaluates on scenes 200000.. with training seeds
+0.., ``test`` on scenes 300000.. with training seeds 1000..; every choice is made on dev, the final table is test,
+run once. Every trained policy is evaluated in closed loop (:func:`otplug.bench.eval.evaluate`) on regions A and B
+in the real domain and, in the full study, in the sim domain too, on the split's scenes (the same for every method
+and seed). Outputs in ``--output-dir``: ``study.json`` (one row per method x seed x domain x region, with the split
+and the scene seeds), ``study_summary.json`` (:mod:`otplug.bench.study_summary`: seed means with t intervals,
+paired differences against co-training, a hierarchical bootstrap, sim - real gaps, the gap each alignment method
+closes, which offline signal predicts success), ``study.md``, ``study.png`` and ``embeddings/<method>.png``. A
+killed study continues where it stopped: finished trainings and evaluations are kept (each written atomically),
+an unfinished training restarts.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import resource
 import subprocess
@@ -51,13 +57,13 @@ from otplug.bench.study_config import (
     MMD_LINEAR,
     PLAIN_OT,
     RECOMMENDED_OT,
+    SPLITS,
     StudyConfig,
     StudyError,
 )
 from otplug.bench.study_outputs import embedding_picture, write_plot, write_table
-from otplug.stats import wilson_interval
 
-__all__ = ["METHODS", "RECOMMENDED_OT", "StudyConfig", "StudyError", "main", "run_study", "summarize_rows"]
+__all__ = ["METHODS", "RECOMMENDED_OT", "StudyConfig", "StudyError", "main", "run_study"]
 
 # ---------------------------------------------------------------------------------------------------------------------
 # data
@@ -74,10 +80,11 @@ def ensure_data(out: Path, cfg: StudyConfig) -> dict[str, Path]:
     from otplug.lerobot.pair_info import save_pair_info
 
     data = out / "data"
-    paths = {"real": data / "real_A", "sim": data / "sim_all", "pair_info": data / "pair_info.json"}
+    paths = {"real": data / "real_A", "sim": data / "sim_all", "pair_info": data / "pair_info.json",
+             "heldout": data / "real_A_heldout"}
     stamp = data / "complete.json"
     want = {"real_episodes": cfg.real_episodes, "sim_episodes": cfg.sim_episodes, "image_size": cfg.image_size,
-            "data_seed": cfg.data_seed}
+            "data_seed": cfg.data_seed, "heldout_episodes": cfg.heldout_episodes, "task": "reach-and-hold"}
     if stamp.is_file() and json.loads(stamp.read_text()) == want:
         return paths
     import shutil
@@ -88,6 +95,8 @@ def ensure_data(out: Path, cfg: StudyConfig) -> dict[str, Path]:
                  scene_seed=cfg.data_seed, image_size=cfg.image_size, repo_id="otplug/study_real_A")
     record_demos(paths["sim"], domain="sim", region="all", n_episodes=cfg.sim_episodes, seed=cfg.data_seed + 1,
                  scene_seed=cfg.data_seed + 1000, image_size=cfg.image_size, repo_id="otplug/study_sim_all")
+    record_demos(paths["heldout"], domain="real", region="A", n_episodes=cfg.heldout_episodes, seed=cfg.data_seed + 2,
+                 scene_seed=cfg.data_seed + 50_000, image_size=cfg.image_size, repo_id="otplug/study_real_A_heldout")
     real = open_dataset("otplug/study_real_A", paths["real"])
     sim = open_dataset("otplug/study_sim_all", paths["sim"])
     save_pair_info(compute_pair_info(sim, real, key="observation.state", normalize="none", top_k=5),
@@ -99,17 +108,22 @@ def ensure_data(out: Path, cfg: StudyConfig) -> dict[str, Path]:
 # ---------------------------------------------------------------------------------------------------------------------
 # training
 
-def policy_args(cfg: StudyConfig) -> list[str]:
-    """The policy and schedule every method shares: a small ACT, no pretrained weights, CPU unless CUDA."""
+def policy_args(cfg: StudyConfig, method: str = "cotrain") -> list[str]:
+    """The policy and schedule every method shares: a small ACT, no pretrained weights, CPU unless CUDA, and the same
+    BC rows per step (:attr:`StudyConfig.rows_per_step`: the one-dataset methods get the co-training methods'
+    mixture rows + paired rows from their one dataset)."""
     device = "cuda" if _cuda() else "cpu"
+    batch = cfg.rows_per_step if method in ("target-only", "source-only") else cfg.batch_size
     return [
         "--policy.type=act", f"--policy.device={device}", "--policy.push_to_hub=false",
         "--policy.pretrained_backbone_weights=null", "--policy.dim_model=64", "--policy.n_heads=4",
         "--policy.dim_feedforward=128", "--policy.n_encoder_layers=2", "--policy.n_decoder_layers=1",
         "--policy.n_vae_encoder_layers=1", "--policy.latent_dim=16", "--policy.chunk_size=8",
         "--policy.n_action_steps=8", "--policy.optimizer_lr=3e-4", "--policy.optimizer_lr_backbone=3e-4",
-        f"--batch_size={cfg.batch_size}", "--num_workers=0", f"--steps={cfg.steps}", f"--log_freq={max(cfg.steps // 20, 1)}",
+        f"--batch_size={batch}", "--num_workers=0", f"--steps={cfg.steps}", f"--log_freq={max(cfg.steps // 20, 1)}",
         f"--save_freq={cfg.steps}", "--wandb.enable=false", "--dataset.video_backend=pyav",
+        # the fast path (docs/training.md): rows decoded once, fused AdamW (the same update up to rounding)
+        "--ot.frame_cache=memory", "--ot.optimizer_impl=fused",
     ]
 
 
@@ -183,43 +197,38 @@ def _train(run_dir: Path, args: list[str], log: Path, threads: int = 0) -> dict[
 # ---------------------------------------------------------------------------------------------------------------------
 # evaluation and summary
 
-def _evaluate(ckpt: Path, domain: str, region: str, cfg: StudyConfig, out: Path, loaded: Any) -> dict[str, Any]:
+def _evaluate(domain: str, region: str, cfg: StudyConfig, out: Path, loaded: Any) -> dict[str, Any]:
+    """One cell of one policy on the split's scenes (kept in ``out``, written atomically)."""
     from otplug.bench.eval import evaluate
 
     if out.is_file():
         return json.loads(out.read_text())
-    res = evaluate(loaded.policy, domain=domain, region=region, episodes=cfg.eval_episodes, seed=100_000,
+    first, stop = cfg.scene_seeds
+    res = evaluate(loaded.policy, domain=domain, region=region, episodes=cfg.eval_episodes, seed=first,
                    batch=min(cfg.eval_episodes, 100), image_size=cfg.image_size, preprocessor=loaded.preprocessor,
                    postprocessor=loaded.postprocessor, keep_frames=0)
     row = {"domain": domain, "region": region, "episodes": res.episodes, "successes": res.successes,
-           "success_rate": res.success_rate, "seconds": round(res.wall_s, 2)}
+           "success_rate": res.success_rate, "split": cfg.split, "scene_seeds": [first, stop],
+           "seconds": round(res.wall_s, 2)}
     out.parent.mkdir(parents=True, exist_ok=True)
     _write_json_atomic(out, row)
     return row
 
 
-def summarize_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per method x domain x region: pooled success over seeds and episodes with a 95% Wilson interval, the
-    per-seed rates, and (with >= 2 seeds) a t interval of the seed means."""
-    cells: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
-    for r in rows:
-        cells.setdefault((r["method"], r["domain"], r["region"]), []).append(r)
-    out = []
-    for (method, domain, region), rs in cells.items():
-        s, n = sum(r["successes"] for r in rs), sum(r["episodes"] for r in rs)
-        lo, hi = wilson_interval(s, n)
-        rates = [r["success_rate"] for r in sorted(rs, key=lambda r: r["seed"])]
-        cell = {"method": method, "domain": domain, "region": region, "seeds": len(rs), "episodes": n,
-                "successes": s, "success_rate": s / n, "ci95": [lo, hi], "per_seed": rates}
-        if len(rates) >= 2:
-            from statistics import mean, stdev
+def _offline(loaded: Any, paths: dict[str, Path], run_dir: Path, out: Path, picture: Path | None,
+             title: str) -> dict[str, Any]:
+    """The run's offline signals (kept in ``out``) and, for the first seed of a method, its embedding picture."""
+    from otplug.bench.study_offline import offline_signals, probe_features
 
-            t = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776}.get(len(rates), 2.262)
-            half = t * stdev(rates) / math.sqrt(len(rates))
-            cell["seed_mean_ci95"] = [max(0.0, mean(rates) - half), min(1.0, mean(rates) + half)]
-        out.append(cell)
-    order = {m: i for i, m in enumerate(METHODS)}
-    return sorted(out, key=lambda c: (order.get(c["method"], 99), c["domain"], c["region"]))
+    feats = None
+    if picture is not None and not picture.is_file():
+        feats = probe_features(loaded, paths)
+        embedding_picture(feats, picture, title)
+    if out.is_file():
+        return json.loads(out.read_text())
+    signals = offline_signals(loaded, paths, run_dir, feats)
+    _write_json_atomic(out, signals)
+    return signals
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -247,15 +256,10 @@ def _train_all(runs: list[tuple], jobs: int, say: Any) -> int:
     return n_jobs
 
 
-def run_study(out: str | Path, cfg: StudyConfig, *, quiet: bool = False, jobs: int = 0) -> dict[str, Any]:
-    """Run (or continue) the study in ``out``; ``jobs`` trainings side by side (0: 2 on a CPU, 1 on CUDA)."""
-    from otplug.bench.eval import load_policy
-
-    out = Path(out).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
+def _check_folder(out: Path, cfg: StudyConfig) -> None:
+    """A study folder holds one set of settings (the split included); methods and seeds may grow."""
     cfg_path = out / "study_config.json"
-    mine = attrs.asdict(cfg)
-    mine = {k: list(v) if isinstance(v, tuple) else v for k, v in mine.items()}
+    mine = {k: list(v) if isinstance(v, tuple) else v for k, v in attrs.asdict(cfg).items()}
     # the methods and the number of seeds are a selection, not a setting: a study may continue with more or fewer
     # of them (each run depends only on its method, its seed and the shared settings); anything else must match
     if cfg_path.is_file():
@@ -269,76 +273,102 @@ def run_study(out: str | Path, cfg: StudyConfig, *, quiet: bool = False, jobs: i
         _write_json_atomic(cfg_path, {**mine, "methods": done, "seeds": seeds})
     else:
         _write_json_atomic(cfg_path, mine)
+
+
+def _method_config(out: Path, method: str) -> Path:
+    ot_cfg = ot_config_for(method)
+    ot_path = out / "configs" / f"{method}.json"
+    if ot_cfg is not None:
+        # a method's runs are kept by name: a folder whose runs used another OT config for it (an older
+        # otplug's recommended config) must not be continued, or old and new runs would be pooled
+        if ot_path.is_file() and json.loads(ot_path.read_text()) != ot_cfg:
+            raise StudyError(f"{out}: method {method!r} was run here with another OT config ({ot_path}, an "
+                             f"older otplug's?); remove {out / 'runs' / method} and {out / 'evals' / method} to "
+                             "rerun it with the current one, or use another --output-dir")
+        ot_path.parent.mkdir(exist_ok=True)
+        _write_json_atomic(ot_path, ot_cfg)
+    return ot_path
+
+
+def run_study(out: str | Path, cfg: StudyConfig, *, quiet: bool = False, jobs: int = 0) -> dict[str, Any]:
+    """Run (or continue) the study in ``out``; ``jobs`` trainings side by side (0: 2 on a CPU, 1 on CUDA)."""
+    from otplug.bench.eval import load_policy
+    from otplug.bench.study_summary import summarize
+
+    out = Path(out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    _check_folder(out, cfg)
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     t0 = time.perf_counter()
     paths = ensure_data(out, cfg)
-    say(f"data: {paths['real']} (real, region A), {paths['sim']} (sim, A+B)")
+    first, stop = cfg.scene_seeds
+    say(f"data: {paths['real']} (real, region A), {paths['sim']} (sim, A+B); split {cfg.split}: scenes "
+        f"{first}..{stop - 1}, training seeds {', '.join(map(str, cfg.training_seeds))}")
     # 1. every training, `jobs` side by side (children; one thread each on a CPU)
     runs = []
     for method in cfg.methods:
-        ot_cfg = ot_config_for(method)
-        ot_path = out / "configs" / f"{method}.json"
-        if ot_cfg is not None:
-            # a method's runs are kept by name: a folder whose runs used another OT config for it (an older
-            # otplug's recommended config) must not be continued, or old and new runs would be pooled
-            if ot_path.is_file() and json.loads(ot_path.read_text()) != ot_cfg:
-                raise StudyError(f"{out}: method {method!r} was run here with another OT config ({ot_path}, an "
-                                 f"older otplug's?); remove {out / 'runs' / method} and {out / 'evals' / method} to "
-                                 "rerun it with the current one, or use another --output-dir")
-            ot_path.parent.mkdir(exist_ok=True)
-            _write_json_atomic(ot_path, ot_cfg)
-        for seed in range(cfg.seeds):
-            args = policy_args(cfg) + method_args(method, paths, cfg, ot_path) + [f"--seed={seed}"]
+        ot_path = _method_config(out, method)
+        for seed in cfg.training_seeds:
+            args = policy_args(cfg, method) + method_args(method, paths, cfg, ot_path) + [f"--seed={seed}"]
             runs.append((method, seed, out / "runs" / method / f"seed{seed}", args))
     n_jobs = _train_all(runs, jobs, say)
-    # 2. closed-loop evaluation of every policy (this process, all cores)
+    # 2. closed-loop evaluation of every policy (this process, all cores), then its offline signals
     rows: list[dict[str, Any]] = []
+    offline: dict[tuple[str, int], dict[str, Any]] = {}
     for method, seed, run_dir, _args in runs:
         t1 = time.perf_counter()
         ckpt = run_dir / "checkpoints" / "last" / "pretrained_model"
         loaded = load_policy(ckpt, "auto")
+        evals = out / "evals" / method / f"seed{seed}"
         for domain in cfg.eval_domains:
             for region in cfg.eval_regions:
-                r = _evaluate(ckpt, domain, region, cfg, out / "evals" / method / f"seed{seed}" /
-                              f"{domain}_{region}.json", loaded)
+                r = _evaluate(domain, region, cfg, evals / f"{domain}_{region}.json", loaded)
                 rows.append({"method": method, "seed": seed, **r})
                 say(f"{method:20s} seed {seed} {domain}/{region}: {r['successes']}/{r['episodes']}")
-        if seed == 0:
-            embedding_picture(ckpt, paths, out / "embeddings" / f"{method}.png", f"{method}: image features (PCA)\n"
-                              "real frames and their DTW sim partners", loaded)
+        picture = out / "embeddings" / f"{method}.png" if seed == cfg.training_seeds[0] else None
+        offline[(method, seed)] = _offline(loaded, paths, run_dir, evals / "offline.json", picture,
+                                           f"{method}: image features (PCA)\nreal frames and their DTW sim partners")
         say(f"evaluated {method} seed {seed} in {time.perf_counter() - t1:.0f} s")
-    keys = ("method", "seed", "domain", "region", "episodes", "successes", "success_rate")
+    keys = ("method", "seed", "domain", "region", "episodes", "successes", "success_rate", "split", "scene_seeds")
     table = [{k: r[k] for k in keys} for r in rows]
     _write_json_atomic(out / "study.json", table)
-    cells = summarize_rows(rows)
+    summary = summarize(rows, offline, methods=cfg.methods, domains=cfg.eval_domains, regions=cfg.eval_regions)
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
     me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     train_s = sum(json.loads((r[2] / "train_summary.json").read_text()).get("seconds", 0.0) for r in runs)
     eval_s = sum(r.get("seconds", 0.0) for r in rows)
     meta = {"minutes": (time.perf_counter() - t0) / 60, "device": "cuda" if _cuda() else "cpu",
             "peak_rss_gib": max(children, me), "train_minutes": train_s / 60, "eval_minutes": eval_s / 60,
-            "jobs": n_jobs}
-    _write_json_atomic(out / "study_summary.json", {"cells": cells, **meta})
-    text = write_table(out, cells, cfg, meta)
-    write_plot(out, cells, cfg)
+            "jobs": n_jobs, "split": cfg.split, "scene_seeds": [first, stop],
+            "training_seeds": list(cfg.training_seeds)}
+    _write_json_atomic(out / "study_summary.json", {**summary, **meta,
+                                                    "offline": [{"method": m, "seed": sd, **v}
+                                                                for (m, sd), v in offline.items()]})
+    text = write_table(out, summary, cfg, meta)
+    write_plot(out, summary["cells"], cfg)
     say(text)
     say(f"the study's page (tables, curves, embeddings, every run): otplug report {out}")
-    return {"rows": table, "cells": cells, **meta}
+    return {"rows": table, **summary, **meta}
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="otplug study", description=__doc__.split("\n\n")[0])
     p.add_argument("--output-dir", required=True, help="study folder (created; an existing study continues)")
     p.add_argument("--demo", action="store_true",
-                   help="cotrain vs cotrain-ot, 1 seed, 100 episodes (make demo, ~4 min)")
-    p.add_argument("--quick", action="store_true", help="3 methods, 1 seed, 100 episodes (~7 min on a 2-core CPU)")
-    p.add_argument("--seeds", type=int, help="training seeds per method (default 3; --quick 1)")
+                   help="cotrain vs cotrain-ot, 1 seed, 100 episodes, real domain (make demo; one seed is no evidence)")
+    p.add_argument("--quick", action="store_true",
+                   help="target-only, cotrain, cotrain-ot, 2 seeds, 100 episodes, real domain")
+    p.add_argument("--split", choices=SPLITS, default="dev",
+                   help="evaluation scenes and training seeds: dev (every choice is made here; default) or test (the "
+                        "final table, run once)")
+    p.add_argument("--seeds", type=int, help="training seeds per method (default 10; --quick 2, --demo 1)")
     p.add_argument("--methods", help=f"comma-separated subset of {','.join(METHODS)} (default: all but the "
                    f"ablations {','.join(m for m in METHODS if m not in DEFAULT_METHODS)})")
     p.add_argument("--steps", type=int, help="training steps per run")
     p.add_argument("--episodes", type=int, help="evaluation episodes per seed, domain and region")
     p.add_argument("--lambda-ot", type=float, help="weight of the OT loss in the OT methods (default 0.1)")
-    p.add_argument("--eval-sim", action="store_true", help="also evaluate in the sim domain")
+    p.add_argument("--eval-sim", action="store_true", help="also evaluate in the sim domain (--demo, --quick; the "
+                   "full study always does)")
     p.add_argument("--jobs", type=int, default=0, help="trainings side by side (default: 2 on a CPU, 1 on CUDA)")
     p.add_argument("-q", "--quiet", action="store_true")
     return p
@@ -364,6 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         over["lambda_ot"] = args.lambda_ot
     if args.eval_sim:
         over["eval_domains"] = ("real", "sim")
+    over["split"] = args.split
     if args.demo and args.quick:
         raise StudyError("--demo and --quick are two presets; choose one")
     cfg = StudyConfig.demo(**over) if args.demo else StudyConfig.quick(**over) if args.quick else StudyConfig(**over)

@@ -9,8 +9,8 @@ import attrs
 
 from otplug.errors import OtplugError
 
-__all__ = ["ABLATIONS", "CAMERA_KEY", "DEFAULT_METHODS", "METHODS", "MMD_LINEAR", "PLAIN_OT", "RECOMMENDED_OT", "StudyConfig",
-           "StudyError"]
+__all__ = ["ABLATIONS", "CAMERA_KEY", "DEFAULT_METHODS", "METHODS", "MMD_LINEAR", "PLAIN_OT", "RECOMMENDED_OT", "SPLITS",
+           "SPLIT_SCENE_BASE", "SPLIT_TRAINING_SEED_BASE", "StudyConfig", "StudyError"]
 
 CAMERA_KEY = "observation.images.front"
 
@@ -60,9 +60,20 @@ METHODS = ("target-only", "source-only", "cotrain", "cotrain-mmd", "cotrain-ot",
 #: direction; docs/math.md §7.6). Run on request (``--methods``).
 ABLATIONS = ("cotrain-ot-plain", "cotrain-ot-l2")
 
-#: The full study's default: the baselines, the MMD baseline, the recommended OT config and its variant without the
-#: prior. 6 methods x 3 seeds took 36.5 min on the 2-core CPU (budget 45; docs/benchmark.md).
-DEFAULT_METHODS = tuple(m for m in METHODS if m not in ABLATIONS)
+#: The full study's default: the question's four methods (SPEC §8.1) — target-only (what the real demos alone give),
+#: co-training (the baseline to beat), the MMD baseline and the recommended OT config — over paired training seeds.
+#: source-only and the OT variants run on request (``--methods``).
+DEFAULT_METHODS = ("target-only", "cotrain", "cotrain-mmd", "cotrain-ot")
+
+#: Evaluation scenes. Episode ``e`` of a split plays episode seed ``base + e``; the ranges are disjoint from each
+#: other and from the scenes the demos were recorded on (real: ``data_seed + i``, sim: ``data_seed + 1000 + i``,
+#: the held-out real demos: ``data_seed + 50_000 + i``). Every choice (config, lambda, steps, the task's knobs) is made on
+#: ``dev``; ``test`` is for the final table, run once per set of choices (SPEC §8.1).
+SPLITS = ("dev", "test")
+SPLIT_SCENE_BASE = {"dev": 200_000, "test": 300_000}
+SPLIT_SCENE_SPAN = 100_000  # at most this many evaluation episodes per cell
+#: Training seeds: ``dev`` tunes on seeds 0, 1, ...; ``test`` trains fresh ones, 1000, 1001, ... that no choice saw.
+SPLIT_TRAINING_SEED_BASE = {"dev": 0, "test": 1000}
 
 
 class StudyError(OtplugError):
@@ -74,7 +85,7 @@ class StudyConfig:
     """Everything that fixes a study's results; a study folder refuses to continue with another one."""
 
     methods: tuple[str, ...] = DEFAULT_METHODS
-    seeds: int = 3
+    seeds: int = 10
     real_episodes: int = 20
     sim_episodes: int = 100
     image_size: int = 32
@@ -84,17 +95,43 @@ class StudyConfig:
     bc_source_weight: float = 0.5
     lambda_ot: float = 0.1
     eval_episodes: int = 200
-    eval_domains: tuple[str, ...] = ("real",)
+    eval_domains: tuple[str, ...] = ("real", "sim")
     eval_regions: tuple[str, ...] = ("A", "B")
     data_seed: int = 0
+    split: str = attrs.field(default="dev", validator=attrs.validators.in_(SPLITS))
+    #: held-out real demos (region A) for the offline signal "held-out real BC loss"
+    heldout_episodes: int = 5
+
+    def __attrs_post_init__(self) -> None:
+        if not 1 <= self.eval_episodes <= SPLIT_SCENE_SPAN:
+            raise StudyError(f"--episodes must be in [1, {SPLIT_SCENE_SPAN}] (the size of a split's scene range), "
+                             f"got {self.eval_episodes}")
+
+    @property
+    def rows_per_step(self) -> int:
+        """BC rows every method trains on per step: the co-training methods' ``batch_size`` mixture rows plus the
+        ``2 * ot_batch_size`` DTW-paired rows; the one-dataset methods get as many rows from their dataset."""
+        return self.batch_size + 2 * self.ot_batch_size
+
+    @property
+    def scene_seeds(self) -> tuple[int, int]:
+        """``[first, stop)`` episode seeds of this split's evaluation scenes."""
+        base = SPLIT_SCENE_BASE[self.split]
+        return base, base + self.eval_episodes
+
+    @property
+    def training_seeds(self) -> tuple[int, ...]:
+        base = SPLIT_TRAINING_SEED_BASE[self.split]
+        return tuple(range(base, base + self.seeds))
 
     @classmethod
     def demo(cls, **over: Any) -> StudyConfig:
         """``make demo``: co-training against co-training + OT, one seed (stated as such), ~5 min on a 2-core CPU."""
-        base = dict(methods=("cotrain", "cotrain-ot"), seeds=1, eval_episodes=100)
+        base = dict(methods=("cotrain", "cotrain-ot"), seeds=1, eval_episodes=100, eval_domains=("real",))
         return cls(**{**base, **over})
 
     @classmethod
     def quick(cls, **over: Any) -> StudyConfig:
-        base = dict(methods=("target-only", "cotrain", "cotrain-ot"), seeds=1, eval_episodes=100)
+        base = dict(methods=("target-only", "cotrain", "cotrain-ot"), seeds=2, eval_episodes=100,
+                    eval_domains=("real",))
         return cls(**{**base, **over})

@@ -1,5 +1,6 @@
-"""What a study writes besides ``study.json``: ``study.md`` (the table), ``study.png`` (success with intervals)
-and ``embeddings/<method>.png`` (PCA of the policy's image features of DTW-paired sim/real frames)."""
+"""What a study writes besides ``study.json`` and ``study_summary.json``: ``study.md`` (the tables), ``study.png``
+(seed means with their intervals) and ``embeddings/<method>.png`` (PCA of the policy's image features of
+DTW-paired sim/real frames). Pictures and text only: the numbers come from :mod:`otplug.bench.study_summary`."""
 
 from __future__ import annotations
 
@@ -9,52 +10,131 @@ from typing import Any
 
 import numpy as np
 
-from otplug.bench.study_config import CAMERA_KEY, RECOMMENDED_OT, StudyConfig
-from otplug.stats import pca_2d
+from otplug.atomic import write_text_atomic
+from otplug.bench.study_config import RECOMMENDED_OT, StudyConfig
 
 __all__ = ["embedding_picture", "write_plot", "write_table"]
 
 
-def write_table(out: Path, cells: list[dict[str, Any]], cfg: StudyConfig, meta: dict[str, Any]) -> str:
+def _r(v: Any) -> str:
+    return f"{v:.2f}" if isinstance(v, int | float) and not isinstance(v, bool) else "–"
+
+
+def _ci(ci: Any) -> str:
+    return f"{_r(ci[0])} to {_r(ci[1])}" if isinstance(ci, list | tuple) and len(ci) == 2 else "n/a (1 seed)"
+
+
+def _signed(v: Any) -> str:
+    return f"{v:+.2f}" if isinstance(v, int | float) else "–"
+
+
+def _signed_ci(ci: Any) -> str:
+    return f"({_signed(ci[0])}, {_signed(ci[1])})" if isinstance(ci, list | tuple) and len(ci) == 2 else "(n/a)"
+
+
+def _results(summary: dict[str, Any], cfg: StudyConfig) -> list[str]:
     regions = [(d, r) for d in cfg.eval_domains for r in cfg.eval_regions]
-    head = "| method | " + " | ".join(f"{d} {r}" for d, r in regions) + " |"
-    lines = [
-        "# otplug study: closed-loop success on the reach benchmark",
-        "",
-        f"Real demos: {cfg.real_episodes} episodes in region A only; sim demos: {cfg.sim_episodes} episodes over A "
-        f"and B. Policy: small ACT (no pretrained weights), {cfg.steps} steps, batch {cfg.batch_size}"
-        f" (+{cfg.ot_batch_size} OT pairs for OT methods), bc_source_weight {cfg.bc_source_weight}, lambda_ot "
-        f"{cfg.lambda_ot}. Seeds: {cfg.seeds} (training seeds 0..{cfg.seeds - 1}); evaluation: "
-        f"{cfg.eval_episodes} episodes per seed and cell, the same episode seeds for every method.",
-        "",
-        "Success rate pooled over seeds and episodes, with a 95% Wilson interval; per-seed rates in brackets.",
-        "",
-        head,
-        "|---" * (len(regions) + 1) + "|",
-    ]
-    by = {(c["method"], c["domain"], c["region"]): c for c in cells}
+    by = {(c["method"], c["domain"], c["region"]): c for c in summary["cells"]}
+    lines = ["## Success (mean over training seeds, 95% t interval)", "",
+             "Each cell: the mean over seeds of the success rate, its t interval over seeds (n - 1 dof), and the "
+             "per-seed rates. The pooled Wilson interval, in the JSON, is one policy's episode noise only.", "",
+             "| method | " + " | ".join(f"{d} {r}" for d, r in regions) + " |", "|---" * (len(regions) + 1) + "|"]
     for m in cfg.methods:
         row = [m]
         for d, r in regions:
             c = by.get((m, d, r))
             if c is None:
-                row.append("-")
+                row.append("–")
                 continue
-            lo, hi = c["ci95"]
-            seeds = ", ".join(f"{x:.2f}" for x in c["per_seed"])
-            row.append(f"**{c['success_rate']:.2f}** ({lo:.2f}-{hi:.2f}) [{seeds}]")
+            per = ", ".join(_r(x) for x in c["per_seed"].values())
+            row.append(f"**{_r(c['mean'])}** ({_ci(c['ci95'])}) [{per}]" if c["seeds"] <= 5
+                       else f"**{_r(c['mean'])}** ({_ci(c['ci95'])})")
         lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def _comparisons(summary: dict[str, Any]) -> list[str]:
+    comps = summary["comparisons"]
+    if not comps:
+        return []
+    lines = ["", "## Against co-training, paired by training seed", "",
+             "Difference of success (method − co-training) over the seeds both ran: mean, 95% t interval, p "
+             "(paired t), the smallest true difference these seeds detect with 80% power (mdd80), and the "
+             "hierarchical bootstrap (seeds, then episodes) as a check. **separated** = the paired seed-level "
+             "interval excludes 0; nothing else is called that.", "",
+             "| method | cell | seeds | difference | 95% t interval | p | mdd80 | bootstrap 95% | separated |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for c in comps:
+        pd, hb = c["paired"], c["hierarchical_bootstrap"]
+        p = f"{pd['p_value']:.3f}" if isinstance(pd.get("p_value"), float) else "–"
+        lines.append(f"| {c['method']} | {c['domain']} {c['region']} | {pd['n']} | {_signed(pd['mean'])} | "
+                     f"{_signed_ci(pd['ci95'])} | {p} | {_r(pd['mdd80'])} | {_signed_ci(hb['ci95'])} | "
+                     f"{'**yes**' if pd['separated'] else 'no'} |")
+    return lines
+
+
+def _gaps(summary: dict[str, Any]) -> list[str]:
+    if not summary["gaps"]:
+        return []
+    lines = ["", "## The room: sim − real success per method (paired per seed)", "",
+             "| method | region | sim − real | 95% t interval |", "|---|---|---|---|"]
+    for g in summary["gaps"]:
+        lines.append(f"| {g['method']} | {g['region']} | {_signed(g['gap']['mean'])} | {_signed_ci(g['gap']['ci95'])} |")
+    if summary["gap_closed"]:
+        lines += ["", "How much of co-training's sim − real gap each alignment method closes (gap_cotrain − "
+                  "gap_method per seed, t interval; the fraction with a paired seed bootstrap):", "",
+                  "| method | region | co-training gap | method gap | closed | 95% t interval | fraction closed | "
+                  "95% bootstrap |", "|---|---|---|---|---|---|---|---|"]
+        for g in summary["gap_closed"]:
+            frac = _r(g["fraction"]) if g["fraction"] is not None else "– (no gap)"
+            fci = _signed_ci(g["fraction_ci95"]) if g["fraction_ci95"] else f"({g.get('fraction_reason') or 'n/a'})"
+            lines.append(f"| {g['method']} | {g['region']} | {_signed(g['gap_cotrain'])} | {_signed(g['gap_method'])} | "
+                         f"{_signed(g['closed']['mean'])} | {_signed_ci(g['closed']['ci95'])} | {frac} | {fci} |")
+    return lines
+
+
+def _signals(summary: dict[str, Any]) -> list[str]:
+    if not summary["signals"]:
+        return []
+    lines = ["", "## Which offline signal predicts real success (Spearman over every run)", "",
+             "| signal | region | runs | rho | 95% bootstrap |", "|---|---|---|---|---|"]
+    for s in summary["signals"]:
+        rho = _signed(s["rho"]) if s["rho"] is not None else f"– ({s.get('reason')})"
+        lines.append(f"| {s['signal']} | {s['region']} | {s['runs']} | {rho} | {_signed_ci(s['ci95'])} |")
+    return lines
+
+
+def write_table(out: Path, summary: dict[str, Any], cfg: StudyConfig, meta: dict[str, Any]) -> str:
+    first, stop = cfg.scene_seeds
+    seeds = cfg.training_seeds
+    lines = [
+        f"# otplug study ({cfg.split} split): closed-loop success on the reach-and-hold benchmark",
+        "",
+        f"Real demos: {cfg.real_episodes} episodes in region A only; sim demos: {cfg.sim_episodes} episodes over A "
+        f"and B. Policy: small ACT (no pretrained weights), {cfg.steps} steps, {cfg.rows_per_step} BC rows per step "
+        f"for every method (co-training: {cfg.batch_size} mixture rows, bc_source_weight {cfg.bc_source_weight}, + "
+        f"{cfg.ot_batch_size} DTW pairs), lambda_ot {cfg.lambda_ot}. Training seeds: {seeds[0]}..{seeds[-1]} "
+        f"({len(seeds)}); evaluation: {cfg.eval_episodes} episodes per seed and cell on the {cfg.split} scenes "
+        f"(episode seeds {first}..{stop - 1}), the same for every method and seed.",
+        "",
+    ]
+    if len(seeds) < 2:
+        lines += ["**One training seed: these numbers show the pipeline, not the effect. A seed fixes the data, not "
+                  "the policy (floating point differs between machines), so they vary between machines and are "
+                  "evidence neither way.**", ""]
+    lines += _results(summary, cfg) + _comparisons(summary) + _gaps(summary) + _signals(summary)
     lines += ["", f"Measured on {meta.get('device', '?')}: this invocation took {meta.get('minutes', 0):.1f} min; "
               f"training {meta.get('train_minutes', 0):.1f} min summed over runs ({meta.get('jobs', 1)} side by side), "
               f"evaluation {meta.get('eval_minutes', 0):.1f} min; peak resident memory of one training or evaluation "
               f"process {meta.get('peak_rss_gib', 0):.2f} GiB.",
               "", "Recommended OT config (`cotrain-ot`):", "", "```json", json.dumps(RECOMMENDED_OT, indent=2), "```"]
     text = "\n".join(lines) + "\n"
-    (out / "study.md").write_text(text)
+    write_text_atomic(out / "study.md", text)
     return text
 
 
 def write_plot(out: Path, cells: list[dict[str, Any]], cfg: StudyConfig) -> Path:
+    """Seed means with their t intervals (error bars) and the per-seed rates (dots), one group per method."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -62,59 +142,55 @@ def write_plot(out: Path, cells: list[dict[str, Any]], cfg: StudyConfig) -> Path
 
     regions = [(d, r) for d in cfg.eval_domains for r in cfg.eval_regions]
     by = {(c["method"], c["domain"], c["region"]): c for c in cells}
-    fig, ax = plt.subplots(figsize=(max(5.5, 1.6 + 1.5 * len(cfg.methods)), 3.6), dpi=120)
+    fig, ax = plt.subplots(figsize=(max(5.5, 1.6 + 1.6 * len(cfg.methods)), 3.8), dpi=120)
     width = 0.8 / max(1, len(regions))
-    colours = ["#4C72B0", "#DD8452", "#55A868", "#C44E52"]
+    colours = {("real", "A"): "#4C72B0", ("real", "B"): "#C44E52", ("sim", "A"): "#8DA0CB", ("sim", "B"): "#E78AC3"}
     for j, (d, r) in enumerate(regions):
-        xs, ys, lo, hi = [], [], [], []
+        xs, ys, lo, hi, dots = [], [], [], [], []
         for i, m in enumerate(cfg.methods):
             c = by.get((m, d, r))
             if c is None:
                 continue
-            xs.append(i + (j - (len(regions) - 1) / 2) * width)
-            ys.append(c["success_rate"])
-            lo.append(max(0.0, c["success_rate"] - c["ci95"][0]))
-            hi.append(max(0.0, c["ci95"][1] - c["success_rate"]))
-        ax.bar(xs, ys, width * 0.95, yerr=[lo, hi], capsize=3, label=f"{d} {r}", color=colours[j % len(colours)])
+            x = i + (j - (len(regions) - 1) / 2) * width
+            xs.append(x)
+            ys.append(c["mean"])
+            ci = c["ci95"] or [c["mean"], c["mean"]]
+            lo.append(max(0.0, c["mean"] - ci[0]))
+            hi.append(max(0.0, ci[1] - c["mean"]))
+            dots += [(x, v) for v in c["per_seed"].values()]
+        colour = colours.get((d, r), "#999999")
+        ax.bar(xs, ys, width * 0.95, yerr=[lo, hi], capsize=3, label=f"{d} {r}", color=colour,
+               hatch="//" if d == "sim" else None, edgecolor="white")
+        if dots:
+            ax.scatter([p[0] for p in dots], [p[1] for p in dots], s=6, c="black", alpha=0.5, zorder=3)
     ax.set_xticks(range(len(cfg.methods)), cfg.methods, rotation=15)
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("success rate (95% CI)")
-    ax.set_title(f"closed-loop success ({' and '.join(cfg.eval_domains)} domain)\n"
-                 f"{cfg.seeds} seed(s) x {cfg.eval_episodes} episodes per cell", fontsize=10)
-    ax.legend(loc="upper left", fontsize=8)
+    ax.set_ylabel("success rate")
+    ax.set_title(f"closed-loop success, {cfg.split} split: mean over {cfg.seeds} training seed(s) with 95% t interval"
+                 f"\n(dots: one seed each, {cfg.eval_episodes} episodes per seed and cell)", fontsize=9)
+    ax.legend(loc="upper left", fontsize=7, ncol=2)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     path = out / "study.png"
-    fig.savefig(path)
+    tmp = path.with_name(".study.png.partial")
+    fig.savefig(tmp, format="png")
     plt.close(fig)
+    tmp.replace(path)
     return path
 
 
-def embedding_picture(ckpt: Path, paths: dict[str, Path], out: Path, title: str, loaded: Any) -> Path | None:
-    """PCA of the policy's image features of real frames and their DTW sim partners, coloured by domain."""
+def embedding_picture(feats: tuple[np.ndarray, np.ndarray], out: Path, title: str) -> Path:
+    """PCA (:func:`otplug.stats.pca_2d`) of the ``(sim, real)`` image features of DTW-paired frames, by domain."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import torch
 
-    from otplug.lerobot.adapters import ACTEncoder
-    from otplug.lerobot.datasets import open_dataset
-    from otplug.lerobot.pair_dataset import partner_pairs
+    from otplug.stats import pca_2d
 
-    if out.is_file():
-        return out
-    real = open_dataset("otplug/study_real_A", paths["real"])
-    sim = open_dataset("otplug/study_sim_all", paths["sim"])
-    _ds, idx, (src, tgt) = partner_pairs(real, sim, paths["pair_info"], 96)
-    enc = ACTEncoder(loaded.policy)
-    feats = []
-    with torch.no_grad():
-        for b in (src, tgt):
-            x = loaded.preprocessor({CAMERA_KEY: b[CAMERA_KEY].float(), "observation.state": b["observation.state"]})
-            feats.append(enc.encode_feature_for_ot(CAMERA_KEY, x[CAMERA_KEY]).flatten(1).double().cpu().numpy())
-    xy, _share = pca_2d(np.concatenate(feats))
-    n = len(idx)
+    src, tgt = feats
+    xy, _var = pca_2d(np.concatenate([src, tgt]))
+    n = len(src)
     fig, ax = plt.subplots(figsize=(4.2, 4.0), dpi=120)
     ax.scatter(xy[:n, 0], xy[:n, 1], s=12, c="#4C72B0", label="sim", alpha=0.8)
     ax.scatter(xy[n:, 0], xy[n:, 1], s=12, c="#C44E52", label="real", alpha=0.8)
@@ -126,6 +202,8 @@ def embedding_picture(ckpt: Path, paths: dict[str, Path], out: Path, title: str,
     ax.set_ylabel("PC 2")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
+    tmp = out.with_name(f".{out.name}.partial")
+    fig.savefig(tmp, format="png")
     plt.close(fig)
+    tmp.replace(out)
     return out
