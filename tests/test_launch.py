@@ -248,6 +248,23 @@ def test_sbatch_options_of_a_slurm_config(tmp_path, monkeypatch):
     assert "--partition" not in text and "--gpus-per-node" not in text and f"--time={DEFAULT_TIMEOUT_MIN}" in text
 
 
+def test_a_job_that_left_no_result_is_one_line(tmp_path):
+    """submitit's own error for a job that ended without a result (time limit, killed, node lost) becomes one line
+    with the job's state."""
+    pytest.importorskip("submitit")
+    from submitit.local.local import LocalJob
+
+    from otplug.bench.launch import _job_error
+
+    job = LocalJob(folder=tmp_path, job_id="4242")  # no process, no result pickle
+    job._results_timeout_s = 0
+    with pytest.raises(Exception) as info:
+        job.result()
+    assert type(info.value).__name__ == "UncompletedJobError"
+    assert _job_error(info.value) == ("job 4242 ended without a result (state: NO PROCESS AND NO RESULT; e.g. time "
+                                      "limit or memory)")
+
+
 def test_the_cluster_can_be_forced_by_the_environment(tmp_path, monkeypatch):
     """$OTPLUG_SUBMITIT_CLUSTER is read when the grid runs; a wrong value is one message."""
     pytest.importorskip("submitit")
