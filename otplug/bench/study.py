@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -109,13 +108,12 @@ def ensure_data(out: Path, cfg: StudyConfig) -> dict[str, Path]:
 # training
 
 def policy_args(cfg: StudyConfig, method: str = "cotrain") -> list[str]:
-    """The policy and schedule every method shares: a small ACT, no pretrained weights, CPU unless CUDA, and the same
+    """The policy and schedule every method shares: a small ACT, no pretrained weights, and the same
     BC rows per step (:attr:`StudyConfig.rows_per_step`: the one-dataset methods get the co-training methods'
     mixture rows + paired rows from their one dataset)."""
-    device = "cuda" if _cuda() else "cpu"
     batch = cfg.rows_per_step if method in ("target-only", "source-only") else cfg.batch_size
     return [
-        "--policy.type=act", f"--policy.device={device}", "--policy.push_to_hub=false",
+        "--policy.type=act", "--policy.push_to_hub=false",
         "--policy.pretrained_backbone_weights=null", "--policy.dim_model=64", "--policy.n_heads=4",
         "--policy.dim_feedforward=128", "--policy.n_encoder_layers=2", "--policy.n_decoder_layers=1",
         "--policy.n_vae_encoder_layers=1", "--policy.latent_dim=16", "--policy.chunk_size=8",
@@ -171,29 +169,6 @@ def ot_config_for(method: str) -> dict[str, Any] | None:
     return None
 
 
-def _train(run_dir: Path, args: list[str], log: Path, threads: int = 0) -> dict[str, Any]:
-    """One training in a child process (memory is returned after each run); returns train_summary.json.
-    ``threads`` > 0 pins the child's intra-op threads (several trainings side by side must not oversubscribe the
-    cores: OpenMP spin-waiting then costs 10x)."""
-    import shutil
-
-    summary = run_dir / "train_summary.json"
-    if summary.is_file():
-        return json.loads(summary.read_text())
-    shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished run restarts from scratch
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
-    if threads > 0:
-        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    cmd = [sys.executable, "-m", "otplug", "train", f"--output_dir={run_dir}", *args]
-    with log.open("w") as fh:
-        rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, check=False).returncode
-    if rc != 0 or not summary.is_file():
-        tail = log.read_text().strip().splitlines()[-1:] if log.is_file() else []
-        raise StudyError(f"training {run_dir} failed (exit {rc}): {tail[0] if tail else 'no output'}; log: {log}")
-    return json.loads(summary.read_text())
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # evaluation and summary
 
@@ -234,28 +209,6 @@ def _offline(loaded: Any, paths: dict[str, Path], run_dir: Path, out: Path, pict
 # ---------------------------------------------------------------------------------------------------------------------
 # the study
 
-def _train_all(runs: list[tuple], jobs: int, say: Any) -> int:
-    """Every unfinished training, ``jobs`` side by side (0: 2 on a CPU, 1 on CUDA) with the cores split between
-    them; returns the number of jobs used."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    n_jobs = max(1, jobs if jobs else (1 if _cuda() else min(2, os.cpu_count() or 1)))
-    threads = 0 if n_jobs == 1 else max(1, (os.cpu_count() or 1) // n_jobs)
-
-    def _one(run: tuple) -> None:
-        method, seed, run_dir, args = run
-        t1 = time.perf_counter()
-        done = (run_dir / "train_summary.json").is_file()
-        _train(run_dir, args, run_dir.parent / f"seed{seed}.log", threads)
-        if not done:
-            say(f"trained {method} seed {seed} in {time.perf_counter() - t1:.0f} s")
-
-    with ThreadPoolExecutor(n_jobs) as pool:
-        for _ in pool.map(_one, runs):
-            pass
-    return n_jobs
-
-
 def _check_folder(out: Path, cfg: StudyConfig) -> None:
     """A study folder holds one set of settings (the split included); methods and seeds may grow."""
     cfg_path = out / "study_config.json"
@@ -290,9 +243,13 @@ def _method_config(out: Path, method: str) -> Path:
     return ot_path
 
 
-def run_study(out: str | Path, cfg: StudyConfig, *, quiet: bool = False, jobs: int = 0) -> dict[str, Any]:
-    """Run (or continue) the study in ``out``; ``jobs`` trainings side by side (0: 2 on a CPU, 1 on CUDA)."""
+def run_study(out: str | Path, cfg: StudyConfig, *, quiet: bool = False, launch: Any = None) -> dict[str, Any]:
+    """Run (or continue) the study in ``out``. The trainings go through ``launch``
+    (:class:`otplug.bench.launch.LaunchConfig`; default: on this machine, 2 side by side on a CPU, 1 with CUDA).
+    A failed training is reported with its log and the rest go on; the study's files then cover the finished runs
+    and :class:`StudyError` names the failed ones."""
     from otplug.bench.eval import load_policy
+    from otplug.bench.launch import Cell, LaunchConfig, run_cells, split_cores
     from otplug.bench.study_summary import summarize
 
     out = Path(out).expanduser()
@@ -304,14 +261,21 @@ def run_study(out: str | Path, cfg: StudyConfig, *, quiet: bool = False, jobs: i
     first, stop = cfg.scene_seeds
     say(f"data: {paths['real']} (real, region A), {paths['sim']} (sim, A+B); split {cfg.split}: scenes "
         f"{first}..{stop - 1}, training seeds {', '.join(map(str, cfg.training_seeds))}")
-    # 1. every training, `jobs` side by side (children; one thread each on a CPU)
-    runs = []
+    # 1. every training: one cell per (method, seed), through the launcher (local children or submitit jobs)
+    launch = launch if launch is not None else LaunchConfig()
+    n_jobs, threads = split_cores(launch.jobs)
+    runs, cells = [], []
     for method in cfg.methods:
         ot_path = _method_config(out, method)
         for seed in cfg.training_seeds:
             args = policy_args(cfg, method) + method_args(method, paths, cfg, ot_path) + [f"--seed={seed}"]
-            runs.append((method, seed, out / "runs" / method / f"seed{seed}", args))
-    n_jobs = _train_all(runs, jobs, say)
+            run_dir = out / "runs" / method / f"seed{seed}"
+            runs.append((method, seed, run_dir, args))
+            cells.append(Cell(name=f"{method}/seed{seed}", run_dir=run_dir, argv=args,
+                              log=run_dir.parent / f"seed{seed}.log", threads=threads))
+    outcomes = run_cells(cells, launch, say=say)
+    failed = [o for o in outcomes if not o.ok]
+    runs = [r for r, o in zip(runs, outcomes, strict=True) if o.ok]
     # 2. closed-loop evaluation of every policy (this process, all cores), then its offline signals
     rows: list[dict[str, Any]] = []
     offline: dict[tuple[str, int], dict[str, Any]] = {}
@@ -339,7 +303,7 @@ def run_study(out: str | Path, cfg: StudyConfig, *, quiet: bool = False, jobs: i
     eval_s = sum(r.get("seconds", 0.0) for r in rows)
     meta = {"minutes": (time.perf_counter() - t0) / 60, "device": "cuda" if _cuda() else "cpu",
             "peak_rss_gib": max(children, me), "train_minutes": train_s / 60, "eval_minutes": eval_s / 60,
-            "jobs": n_jobs, "split": cfg.split, "scene_seeds": [first, stop],
+            "jobs": n_jobs if launch.launcher == "local" else None, "launcher": launch.launcher, "split": cfg.split, "scene_seeds": [first, stop],
             "training_seeds": list(cfg.training_seeds)}
     _write_json_atomic(out / "study_summary.json", {**summary, **meta,
                                                     "offline": [{"method": m, "seed": sd, **v}
@@ -348,6 +312,10 @@ def run_study(out: str | Path, cfg: StudyConfig, *, quiet: bool = False, jobs: i
     write_plot(out, summary["cells"], cfg)
     say(text)
     say(f"the study's page (tables, curves, embeddings, every run): otplug report {out}")
+    if failed:
+        listed = "; ".join(f"{o.cell.name} ({o.error}; log: {o.log})" for o in failed)
+        raise StudyError(f"{len(failed)} of {len(outcomes)} trainings failed, the study's files cover the other "
+                         f"{len(outcomes) - len(failed)}: {listed}; rerun the same command to retry them")
     return {"rows": table, **summary, **meta}
 
 
@@ -369,8 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lambda-ot", type=float, help="weight of the OT loss in the OT methods (default 0.1)")
     p.add_argument("--eval-sim", action="store_true", help="also evaluate in the sim domain (--demo, --quick; the "
                    "full study always does)")
-    p.add_argument("--jobs", type=int, default=0, help="trainings side by side (default: 2 on a CPU, 1 on CUDA)")
     p.add_argument("-q", "--quiet", action="store_true")
+    from otplug.bench.launch import add_launch_arguments
+
+    add_launch_arguments(p)
     return p
 
 
@@ -398,7 +368,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.demo and args.quick:
         raise StudyError("--demo and --quick are two presets; choose one")
     cfg = StudyConfig.demo(**over) if args.demo else StudyConfig.quick(**over) if args.quick else StudyConfig(**over)
-    result = run_study(args.output_dir, cfg, quiet=args.quiet, jobs=args.jobs)
+    from otplug.bench.launch import launch_config_from_args
+
+    launch = launch_config_from_args(args, args.output_dir)
+    result = run_study(args.output_dir, cfg, quiet=args.quiet, launch=launch)
     if args.demo:
         surface_demo_run(Path(args.output_dir).expanduser(), result)
     return 0
