@@ -516,6 +516,33 @@ def test_debiased_loss_at_large_reg_is_the_linear_mmd():
     assert MMD_LINEAR["debias"] and MMD_LINEAR["reg"] >= 1000 and MMD_LINEAR["tau_src"] >= 1e3 * MMD_LINEAR["reg"]
 
 
+def test_energy_mmd_config_is_geomloss_energy_distance():
+    """The study's paper baseline (``cotrain-mmd``): the debiased loss with ``distance = "euclidean"`` at a large reg
+    is the energy distance, value and gradient, as geomloss's SamplesLoss("energy") computes it."""
+    geomloss = pytest.importorskip("geomloss")
+
+    class Identity:  # the "encoder": features are the batch values
+        def encode_feature_for_ot(self, key, x):
+            return x
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(8, 5, generator=g, dtype=torch.float64).requires_grad_(True)
+    y = (torch.randn(7, 5, generator=g, dtype=torch.float64) * 1.3 + 0.4).requires_grad_(True)
+    cfg = {"terms": [{"type": "embedding", "name": "f", "src_key": "f", "weight_embed": 1.0,
+                      "distance": "euclidean"}], "debias": True, "reg": 1.0e4, "tau_src": 1.0e8, "tau_tgt": 1.0e8}
+    ours = otplug.OTLoss(cfg)({"f": x}, {"f": y}, encoder=Identity()).loss
+    ref = geomloss.SamplesLoss("energy")(x, y)
+    assert float(ours) == pytest.approx(float(ref), rel=1e-3)
+    gx, gy = torch.autograd.grad(ours, (x, y))
+    rx, ry = torch.autograd.grad(ref, (x, y))
+    torch.testing.assert_close(gx, rx, rtol=2e-2, atol=1e-4)
+    torch.testing.assert_close(gy, ry, rtol=2e-2, atol=1e-4)
+    from otplug.bench.study_config import MMD_ENERGY
+
+    assert MMD_ENERGY["debias"] and MMD_ENERGY["terms"][0]["distance"] == "euclidean"
+    assert MMD_ENERGY["reg"] >= 1000 and MMD_ENERGY["tau_src"] >= 1e3 * MMD_ENERGY["reg"]
+
+
 def test_term_normalization_divisor_has_a_floor_and_is_saved():
     """A term whose cost falls towards 0 is divided by at least 1% of its first mean (not by its own vanishing
     mean, which scaled its gradient up without bound: l2 + term_normalization grew features 2.4e11x on the demo);

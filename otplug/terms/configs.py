@@ -119,6 +119,10 @@ class EmbeddingConfig(FeatureConfig):
       norm of the encoder features (src and tgt, before ``embed_norm``) and ``s0`` its value at the term's first
       call (kept with the checkpoint): the features' scale can neither shrink (plain cost) nor grow (a free
       direction under ``embed_norm = "l2"``) without a cost.
+
+    ``distance = "euclidean"`` uses ``cdist(enc(src), enc(tgt))`` (not squared) for the embedding part: with
+    ``debias = true`` and the independent coupling (a large ``reg``) the loss is then the energy distance, the
+    MMD of the paper's baseline (``docs/math.md`` §7.5; equal to geomloss's ``SamplesLoss("energy")``, tested).
     """
 
     embed_name: str | None = attrs.field(default=None, validator=non_empty_key)
@@ -133,6 +137,7 @@ class EmbeddingConfig(FeatureConfig):
     covariance_weight: float = attrs.field(default=0.0, validator=[non_negative,
                                                                     _needs_embedding])
     scale_anchor: float = attrs.field(default=0.0, validator=[non_negative, _needs_embedding])
+    distance: str = attrs.field(default="sqeuclidean", validator=v.one_of("sqeuclidean", "euclidean"))
 
     def contributes(self) -> bool:
         return self.weight_embed > 0 or self.weight_label > 0

@@ -100,7 +100,7 @@ class EmbeddingTerm:
             if c.scale_anchor > 0:
                 penalties["scale_anchor"], stats["scale_drift"] = self._anchor(x, y)
             x, y = self._compared(x), self._compared(y)
-            m_embed = ctx.sq_dist(x, y, what=f"embedding {c.src_key!r}/{c.target_key!r}")
+            m_embed = self._distance(ctx.sq_dist(x, y, what=f"embedding {c.src_key!r}/{c.target_key!r}"))
             parts["embed"] = m_embed
             if c.variance_floor > 0 or c.covariance_weight > 0:
                 z = torch.cat([x, y.to(x.dtype)])
@@ -117,6 +117,13 @@ class EmbeddingTerm:
                                   what=f"label {c.src_key!r}/{c.target_key!r}")
             parts["label"] = m_label
         return TermCost(self._combine(m_embed, m_label), parts, stats, penalties)
+
+    def _distance(self, sq: torch.Tensor) -> torch.Tensor:
+        """The embedding cost from squared distances: as is (``distance = "sqeuclidean"``) or their square root
+        (``"euclidean"``: the energy distance's kernel), with a zero gradient at distance 0 instead of an infinite one."""
+        if self.config.distance == "euclidean":
+            return sq.clamp_min(1e-30).sqrt()
+        return sq
 
     def _anchor(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
         """``scale_anchor * log(s / s0)^2`` and ``s / s0``; ``s`` the mean squared norm of src and tgt features
@@ -139,7 +146,7 @@ class EmbeddingTerm:
         if self._learned():
             key = c.src_key if side == "src" else c.target_key
             f = self._compared(self._raw_embedding(batch, side, ctx))
-            m_embed = ctx.sq_dist(f, f, what=f"embedding {key!r}")
+            m_embed = self._distance(ctx.sq_dist(f, f, what=f"embedding {key!r}"))
             parts["embed"] = m_embed
         if c.weight_label > 0:
             f = self._label(batch, side, ctx)
