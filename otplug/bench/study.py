@@ -44,7 +44,7 @@ from typing import Any
 
 import attrs
 
-from otplug.atomic import write_text_atomic
+from otplug.atomic import save_text, writing
 from otplug.bench.eval import wilson_interval
 from otplug.bench.study_config import (
     DEFAULT_METHODS,
@@ -63,7 +63,7 @@ __all__ = ["METHODS", "RECOMMENDED_OT", "StudyConfig", "StudyError", "main", "ru
 # data
 
 def _write_json_atomic(path: Path, data: Any) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
+    save_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
 
 
 def ensure_data(out: Path, cfg: StudyConfig) -> dict[str, Path]:
@@ -172,7 +172,7 @@ def _train(run_dir: Path, args: list[str], log: Path, threads: int = 0) -> dict[
     if threads > 0:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     cmd = [sys.executable, "-m", "otplug", "train", f"--output_dir={run_dir}", *args]
-    with log.open("w") as fh:
+    with writing(log, "the training log"), log.open("w") as fh:
         rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, check=False).returncode
     if rc != 0 or not summary.is_file():
         tail = log.read_text().strip().splitlines()[-1:] if log.is_file() else []

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from otplug.atomic import save_file, save_text, writing
 from otplug.bench.study_config import CAMERA_KEY, RECOMMENDED_OT, StudyConfig
 
 __all__ = ["embedding_picture", "write_plot", "write_table"]
@@ -49,7 +50,7 @@ def write_table(out: Path, cells: list[dict[str, Any]], cfg: StudyConfig, meta: 
               f"process {meta.get('peak_rss_gib', 0):.2f} GiB.",
               "", "Recommended OT config (`cotrain-ot`):", "", "```json", json.dumps(RECOMMENDED_OT, indent=2), "```"]
     text = "\n".join(lines) + "\n"
-    (out / "study.md").write_text(text)
+    save_text(out / "study.md", text, "the study table")
     return text
 
 
@@ -84,8 +85,10 @@ def write_plot(out: Path, cells: list[dict[str, Any]], cfg: StudyConfig) -> Path
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     path = out / "study.png"
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        save_file(path, fig.savefig, "the study plot")
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -127,7 +130,10 @@ def embedding_picture(ckpt: Path, paths: dict[str, Path], out: Path, title: str,
     ax.set_xlabel("PC 1")
     ax.set_ylabel("PC 2")
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
+    try:
+        with writing(out, "the embedding picture"):
+            out.parent.mkdir(parents=True, exist_ok=True)
+        save_file(out, fig.savefig, "the embedding picture")
+    finally:
+        plt.close(fig)
     return out

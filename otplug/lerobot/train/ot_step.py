@@ -13,6 +13,7 @@ The scope (``rank`` / ``global``) is applied in one place, :func:`scoped_ot`.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import warnings
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 
 import otplug
+from otplug.atomic import writing
 from otplug.distributed import scoped_ot
 from otplug.ema import EMAEncoder
 from otplug.errors import OtplugError
@@ -196,10 +198,16 @@ class OTSide:
         own state (e.g. ``scale_anchor``'s reference scale)."""
         state_dir = Path(checkpoint_dir) / "training_state"
         if self.ema is not None:
-            torch.save(self.ema.state_dict(), state_dir / self.EMA_FILE)
+            # serialised in memory and written with one Python write: torch.save straight to a full disk fails with
+            # "unexpected pos" (no errno); this way it is an OSError(ENOSPC) naming the file
+            buffer = io.BytesIO()
+            torch.save(self.ema.state_dict(), buffer)
+            with writing(state_dir / self.EMA_FILE, "the EMA encoder"):
+                (state_dir / self.EMA_FILE).write_bytes(buffer.getbuffer())
         terms = self.loss_fn.state_dict() if self.loss_fn is not None else {}
         if terms:
-            (state_dir / self.TERMS_FILE).write_text(json.dumps(terms, allow_nan=False))
+            with writing(state_dir / self.TERMS_FILE, "the OT terms' state"):
+                (state_dir / self.TERMS_FILE).write_text(json.dumps(terms, allow_nan=False))
 
     def load(self, checkpoint_dir: Any) -> None:
         state_dir = Path(checkpoint_dir) / "training_state"

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from otplug.atomic import save_text
 from otplug.errors import OtplugError
 from otplug.lerobot.mixture import MixtureDataset, WeightedFrameSampler, mixture_probabilities
 from otplug.lerobot.pair_dataset import make_source_dataset
@@ -215,4 +216,4 @@ def write_run_info(output_dir: Path, cfg: Any, accelerator: Any, dataset: Any, s
         info["source"] = info["sources"][0]
     if cfg.ot.config and Path(cfg.ot.config).is_file():
         info["ot_config_text"] = Path(cfg.ot.config).read_text()
-    (output_dir / "run_info.json").write_text(json.dumps(info, indent=2, default=str))
+    save_text(output_dir / "run_info.json", json.dumps(info, indent=2, default=str), "the run info")
