@@ -334,7 +334,8 @@ def test_cli_last_resort_for_a_full_disk_without_a_message(monkeypatch, capsys):
     monkeypatch.setattr("otplug.report.main", report_main)
     assert cli.main(["report", "x"]) == 2
     err = capsys.readouterr().err
-    assert err == f"otplug: error: {FULL} /somewhere/file.bin: No space left on device; free some space, then run again\n"
+    assert err == (f"otplug: error: {FULL} /somewhere/file.bin: No space left on device; free some space, then run "
+                   "again\n")
     monkeypatch.setattr("otplug.report.main", lambda argv: 1 / 0)
     with pytest.raises(ZeroDivisionError):  # a bug keeps its traceback
         cli.main(["report", "x"])
