@@ -15,6 +15,7 @@ from otplug.atomic import save_text
 from otplug.errors import OtplugError
 from otplug.lerobot.mixture import MixtureDataset, WeightedFrameSampler, mixture_probabilities
 from otplug.lerobot.pair_dataset import make_source_dataset
+from otplug.lerobot.video_backend import default_backend
 
 __all__ = [
     "check_supported",
@@ -206,6 +207,8 @@ def write_run_info(output_dir: Path, cfg: Any, accelerator: Any, dataset: Any, s
         "dataset": _ds(dataset, cfg.dataset.repo_id, cfg.dataset.root),
         "policy": cfg.policy.type,
         "world_size": accelerator.num_processes,
+        "video_backend": {"used": cfg.dataset.video_backend, "default_here": default_backend().backend,
+                          "reason": default_backend().reason},
         "ot": {k: getattr(cfg.ot, k) for k in ("enabled", "config", "lambda_ot", "layout", "batch_size", "scope",
                                                 "source_repo_id", "source_root", "pair_info", "sources_file",
                                                 "bc_source_weight", "cotrain_only")},
