@@ -253,5 +253,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("otplug: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        # the last resort for a full disk at a write site that has no message of its own (a library writing for
+        # us): one line, exit code 2, like every OtplugError; every other exception is a bug and keeps its traceback
+        from otplug.atomic import disk_full, write_error
+
+        if os.environ.get("OTPLUG_DEBUG") or not disk_full(exc):
+            raise
+        print(f"otplug: error: {write_error(getattr(exc, 'filename', None), exc)}", file=sys.stderr)
+        return 2
     parser.error(f"unknown command {args.command!r}")
     return 2

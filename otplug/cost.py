@@ -11,7 +11,8 @@ term or a time reducer names that component and its plugin (:mod:`otplug.plugins
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import attrs
@@ -198,13 +199,28 @@ def _check_penalties(term: BoundTerm, out: Any) -> dict[str, torch.Tensor]:
     return found
 
 
+@contextlib.contextmanager
+def _naming(term: BoundTerm) -> Iterator[None]:
+    """A batch value a built-in term cannot use (missing key, sparse, complex, meta, non-finite...: raised by
+    :func:`otplug.features.extract.read_value` with the key) names the term too; a third-party term's errors are
+    named by :func:`~otplug.plugins.calls.calling` already."""
+    try:
+        yield
+    except BatchError as exc:
+        if term.who.builtin and getattr(exc, "key", None) is not None and not getattr(exc, "_otplug_term", None):
+            exc._otplug_term = term.name  # type: ignore[attr-defined]
+            if exc.args and isinstance(exc.args[0], str):
+                exc.args = (f"term {term.name!r} (type {term.type!r}): {exc.args[0]}", *exc.args[1:])
+        raise
+
+
 def _within_cost(term: BoundTerm, batch: Mapping[str, torch.Tensor], side: str, ctx: TermContext) -> torch.Tensor:
     fn = getattr(term.impl, "within_cost", None)
     if fn is None:
         raise OtplugError(f"term {term.name!r} (type {term.type!r}) has no within_cost(batch, side, ctx), which "
                           "debias = true needs")
     call = f"within_cost({side!r})"
-    with calling(term.who, call):
+    with calling(term.who, call), _naming(term):
         out = fn(batch, side, ctx)
     n = _batch_size(batch, term_keys(term, side))
     m = _check_matrix(term, out, n, n, call, within="source" if side == "src" else "target")
@@ -243,7 +259,7 @@ def compose_cost(terms: list[BoundTerm], src: Mapping[str, torch.Tensor], tgt: M
     for term in terms:
         ctx = TermContext(reducer=_checked_reducer(term), reducer_name=term.reducer_name, encoder=encoder,
                           cache=cache, ema_encoder=ema_encoder)
-        with calling(term.who, "cost()"):
+        with calling(term.who, "cost()"), _naming(term):
             out = term.impl.cost(src, tgt, ctx)
         n_src = _batch_size(src, term_keys(term, "src"))
         n_tgt = _batch_size(tgt, term_keys(term, "tgt"))

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from otplug.atomic import write_error
 from otplug.errors import OtplugError
 from otplug.stats import retrieval_at_1  # its home; re-exported here
 
@@ -343,7 +344,7 @@ def save_probe_embeddings(run_dir: str | Path, step: int, src: Any, tgt: Any, *,
         finally:
             tmp.unlink(missing_ok=True)
     except OSError as exc:
-        raise OtplugError(f"cannot write the probe embeddings to {folder}: {exc.strerror or exc}") from exc
+        raise write_error(folder / f"step_{int(step):06d}.npz", exc, "the probe embeddings") from exc
     return path
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "BatchError",
     "ConfigError",
+    "DiskFullError",
     "DuplicateComponentError",
     "InputFileError",
     "OtplugError",
@@ -74,3 +75,11 @@ class InputFileError(OtplugError, ValueError):
 
 class BatchError(OtplugError, ValueError):
     """A batch handed to ``OTLoss`` lacks a key, has mismatched shapes or non-finite values."""
+
+
+class DiskFullError(OtplugError):
+    """A file could not be written because the disk (or the user's quota) is full. ``path`` names the file."""
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path

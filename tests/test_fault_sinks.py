@@ -234,7 +234,8 @@ def test_jsonl_full_disk_is_one_otplug_error_after_the_other_sinks(tmp_path, sin
     group.entries[0].sink._fh = FullDisk()
     with pytest.raises(OtplugError) as info:
         group.log(1, {"bc_loss": 1.0})
-    assert str(info.value) == f"cannot write {tmp_path / 'metrics.jsonl'}: No space left on device"
+    assert str(info.value) == (f"the disk is full: cannot write {tmp_path / 'metrics.jsonl'}: No space left on "
+                               "device; free some space, then run again")
     recorder = group.entries[1].sink
     assert [s for s, _ in recorder.rows] == [1]  # the other sinks got the row first
     group.close()  # the failure was reported once: closing does not raise it again
@@ -245,7 +246,7 @@ def test_jsonl_full_disk_is_one_otplug_error_after_the_other_sinks(tmp_path, sin
 def test_jsonl_on_dev_full(tmp_path):
     (tmp_path / "metrics.jsonl").symlink_to("/dev/full")
     group = make_sinks(tmp_path, [])
-    with pytest.raises(OtplugError, match=r"^cannot write .*metrics.jsonl: No space left on device$"):
+    with pytest.raises(OtplugError, match=r"^the disk is full: cannot write .*metrics.jsonl: No space left on device;"):
         group.log(1, {"bc_loss": 1.0})
     group.close()
 

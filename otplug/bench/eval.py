@@ -28,6 +28,7 @@ from typing import Any
 import attrs
 import numpy as np
 
+from otplug.atomic import save_file, save_text, writing
 from otplug.bench.env import CAMERA, CAMERA_KEY, REGIONS, TASK, BatchReachEnv, DomainParams, get_domain
 from otplug.errors import OtplugError
 
@@ -350,8 +351,9 @@ def write_frame_strip(frames: Sequence[np.ndarray], success: Sequence[bool], ste
             canvas.paste(img, (x0, y0 + head))
             draw.rectangle([x0 - 1, y0 + head - 1, x0 + fw, y0 + head + fh], outline=(120, 120, 120))
             draw.text((x0, y0 + head + fh + 1), f"t={t}", fill=(60, 60, 60), font=font)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
+    with writing(path, "the frame strip"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(path, canvas.save, "the frame strip")
     return path
 
 
@@ -414,7 +416,7 @@ def run_eval(policy_path: str | Path, *, domain: str, region: str = "all", episo
                                   seeds=[seed + i for i in range(n)],
                                   title=f"{loaded.policy_type} on {domain}/{region}: {res.successes}/{episodes}")
         info["frames_png"] = strip.name
-    (out / "eval.json").write_text(json.dumps(info, indent=2) + "\n")
+    save_text(out / "eval.json", json.dumps(info, indent=2) + "\n", "the evaluation result")
     if not quiet:
         lo, hi = res.ci95
         print(f"{domain}/{region}: success {res.successes}/{episodes} = {res.success_rate:.3f} "

@@ -35,6 +35,7 @@ from typing import Any
 import attrs
 
 from otplug.config import validators as v
+from otplug.atomic import writing
 from otplug.errors import OtplugError
 
 __all__ = [
@@ -295,7 +296,7 @@ def train_cell(cell: Cell, device: str, threads: int | None = None) -> dict[str,
     threads = cell.threads if threads is None else threads
     if threads > 0:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    with cell.log.open("w") as fh:
+    with writing(cell.log, "the training log"), cell.log.open("w") as fh:
         rc = subprocess.run(train_command(cell, device), stdout=fh, stderr=subprocess.STDOUT, env=env,
                             check=False).returncode
     summary = read_summary(cell.run_dir)

@@ -28,6 +28,7 @@ from typing import Any
 import attrs
 import numpy as np
 
+from otplug.atomic import save_text
 from otplug.bench.env import CAMERA, CAMERA_KEY, TASK, BatchReachEnv, DomainParams, get_domain
 from otplug.bench.expert import DEFAULT_K, expert_action
 from otplug.errors import OtplugError
@@ -169,7 +170,7 @@ def record_demos(root: str | Path, *, domain: str | DomainParams = "real", regio
         "expert_successes": successes, "episode_seeds": seeds,
         "episode_success": [ep["success"] for ep in episodes],
     }
-    (root / "meta" / BENCH_META).write_text(json.dumps(meta, indent=1))
+    save_text(root / "meta" / BENCH_META, json.dumps(meta, indent=1), "the benchmark metadata")
     return RecordResult(root, repo_id, dom.name, region, n_episodes, frames, successes, seeds)
 
 

@@ -50,7 +50,7 @@ from typing import Any
 
 import attrs
 
-from otplug.atomic import write_text_atomic
+from otplug.atomic import save_text
 from otplug.bench.study_config import (
     DEFAULT_METHODS,
     METHODS,
@@ -70,7 +70,7 @@ __all__ = ["METHODS", "RECOMMENDED_OT", "StudyConfig", "StudyError", "main", "ru
 # data
 
 def _write_json_atomic(path: Path, data: Any) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
+    save_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
 
 
 def ensure_data(out: Path, cfg: StudyConfig) -> dict[str, Path]:

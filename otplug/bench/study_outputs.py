@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from otplug.atomic import write_text_atomic
+from otplug.atomic import save_file, save_text
 from otplug.bench.study_config import RECOMMENDED_OT, StudyConfig
 
 __all__ = ["embedding_picture", "write_plot", "write_table"]
@@ -129,7 +129,7 @@ def write_table(out: Path, summary: dict[str, Any], cfg: StudyConfig, meta: dict
               f"process {meta.get('peak_rss_gib', 0):.2f} GiB.",
               "", "Recommended OT config (`cotrain-ot`):", "", "```json", json.dumps(RECOMMENDED_OT, indent=2), "```"]
     text = "\n".join(lines) + "\n"
-    write_text_atomic(out / "study.md", text)
+    save_text(out / "study.md", text, "the study table")
     return text
 
 
@@ -172,10 +172,10 @@ def write_plot(out: Path, cells: list[dict[str, Any]], cfg: StudyConfig) -> Path
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     path = out / "study.png"
-    tmp = path.with_name(".study.png.partial")
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        save_file(path, lambda tmp: fig.savefig(tmp, format="png"), "the study plot")
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -201,9 +201,9 @@ def embedding_picture(feats: tuple[np.ndarray, np.ndarray], out: Path, title: st
     ax.set_xlabel("PC 1")
     ax.set_ylabel("PC 2")
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial")
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    tmp.replace(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_file(out, lambda tmp: fig.savefig(tmp, format="png"), "the embedding picture")
+    finally:
+        plt.close(fig)
     return out

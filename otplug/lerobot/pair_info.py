@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from otplug.atomic import disk_full, write_error
 from otplug.atomic import write_text_atomic
 from otplug.config.files import PAIR_INFO_MAX_BYTES, read_json_file
 from otplug.errors import OtplugError
@@ -62,6 +63,8 @@ def write_json(path: Path, data: Any, indent: int | None = None) -> Path:
     try:
         return write_text_atomic(path, text)
     except OSError as exc:
+        if disk_full(exc):
+            raise write_error(path, exc, "pair_info") from exc
         raise PairInfoError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from otplug.atomic import write_error
 from otplug.atomic import write_text_atomic
 from otplug.diagnostics import load_probe_embeddings
 from otplug.errors import OtplugError
@@ -379,7 +380,7 @@ def _write(path: Path, text: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(path, text)
     except OSError as exc:
-        raise OtplugError(f"cannot write the report {path}: {exc.strerror or exc}") from exc
+        raise write_error(path, exc, "the report") from exc
 
 
 def _check_matplotlib() -> None:

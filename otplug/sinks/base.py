@@ -5,7 +5,7 @@ A sink is any object with ``log(step, metrics)``; ``log_plan(step, plan, labels)
 isolates every call: a sink that raises is reported in one :class:`SinkWarning` line (sink, plugin
 distribution, method, error) and disabled for the rest of the run, and the other sinks go on. A *required* sink
 (the built-in ``jsonl``, the record of the run) is never disabled: its error is raised after the other sinks
-got the row.
+got the row. A full disk is raised the same way from any sink: the run cannot go on saving checkpoints either.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from typing import Any
 
 import attrs
 
-from otplug.errors import OtplugError
+from otplug.atomic import disk_full, write_error
+from otplug.errors import DiskFullError, OtplugError
 
 __all__ = ["BoundSink", "Sink", "SinkGroup", "SinkWarning", "scalar_metrics"]
 
@@ -144,8 +145,11 @@ class SinkGroup:
         try:
             return getattr(entry.sink, method)(*args)
         except Exception as exc:  # noqa: BLE001 -- isolate every sink
-            if entry.required:
+            if entry.required or disk_full(exc):  # a full disk stops the run: the next checkpoint could not be saved
                 entry.failed = failure_line(entry.label(), method, exc)
+                if not isinstance(exc, OtplugError):
+                    exc = DiskFullError(f"{entry.label()} failed in {method}: "
+                                        f"{write_error(getattr(exc, 'filename', None), exc)}")
                 errors.append(exc)
             else:
                 entry.failed = self.report(entry.label(), method, exc)

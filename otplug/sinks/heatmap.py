@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from otplug.atomic import save_file, writing
 from otplug.errors import OtplugError
 from otplug.sinks.base import Sink
 
@@ -35,9 +36,12 @@ def save_plan_png(path: Path, plan: Any, title: str = "", labels: Mapping[str, A
         extra += f", diag {np.trace(p) / p.sum():.0%}"
     ax.set_title((title + extra).strip(), fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        with writing(path, "the plan picture"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(path, fig.savefig, "the plan picture")
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -9,8 +9,8 @@ Exactness rules:
   ``step <= N`` -- each step once, the last row written for it -- so after the resume every step appears once;
 * NaN and +-inf are written as ``null`` and their keys listed in the row's ``nonfinite`` list: every line is
   strict JSON (RFC 8259), readable by any JSON parser, not only Python's;
-* an OS error (disk full, read-only folder) is an :class:`~otplug.errors.OtplugError` naming the file -- never
-  a silently lost record.
+* an OS error (disk full, read-only folder) is an :class:`~otplug.errors.OtplugError` naming the file (a
+  :class:`~otplug.errors.DiskFullError` saying so for a full disk) -- never a silently lost record.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from otplug.atomic import write_error
 from otplug.errors import OtplugError
 from otplug.sinks.base import Sink, scalar_metrics
 
@@ -51,7 +52,7 @@ def format_row(step: int, metrics: Mapping[str, Any]) -> str:
 
 
 def _os_error(path: Path, exc: OSError) -> OtplugError:
-    return OtplugError(f"cannot write {path}: {exc.strerror or exc}")
+    return write_error(path, exc)
 
 
 def truncate_jsonl(path: Path, last_step: int) -> tuple[int, int]:

@@ -14,6 +14,7 @@ from lerobot.policies import make_policy, make_pre_post_processors
 from lerobot.policies.factory import get_policy_class
 from lerobot.utils.random_utils import set_seed
 
+from otplug.atomic import save_text
 from otplug.lerobot.adapters import ACTEncoder, DiffusionEncoder
 from otplug.lerobot.pair_dataset import make_source_dataset, partner_pairs
 from otplug.lerobot.train.batches import images_to_float
@@ -139,8 +140,9 @@ def summarize(out: Path, data, cfg, ot_summary: dict, base_summary: dict | None,
         "datasets": {"sim": str(data.sim_root), "real": str(data.real_root), "pair_info": str(data.pair_info_path)},
     }
     summary["text"] = _text(summary, out)
-    (out / "summary.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "text"}, indent=2))
-    (out / "summary.md").write_text(summary["text"] + "\n")
+    save_text(out / "summary.json", json.dumps({k: v for k, v in summary.items() if k != "text"}, indent=2),
+              "the demo summary")
+    save_text(out / "summary.md", summary["text"] + "\n", "the demo summary")
     return summary
 
 

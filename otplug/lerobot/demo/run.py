@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from otplug.atomic import write_text_atomic
+from otplug.atomic import save_text
 from otplug.bench.study_config import RECOMMENDED_OT
 from otplug.errors import OtplugError
 from otplug.lerobot.demo.data import ensure_demo_datasets
@@ -95,7 +95,7 @@ def run_demo(user_args: Sequence[str], *, resume: bool = False, output_dir: str 
     if data.pair_info_path is None or not Path(data.pair_info_path).is_file():
         raise OtplugError(f"demo pair_info missing at {data.pair_info_path}; rerun to regenerate the demo cache")
     ot_config = Path(data.sim_root).parent / "demo_ot.json"
-    write_text_atomic(ot_config, json.dumps(DEMO_OT_CONFIG, indent=2))
+    save_text(ot_config, json.dumps(DEMO_OT_CONFIG, indent=2), "the demo's OT config")
     _prepare_output(out, resume)
     user = [a for a in user_args if not a.startswith(("--output_dir", "--steps="))]
 
@@ -105,9 +105,10 @@ def run_demo(user_args: Sequence[str], *, resume: bool = False, output_dir: str 
     accelerator = make_accelerator(cfg)
     ot_summary = run(cfg, accelerator, end_training=False)  # creates the folder (after every process parsed)
     if _rank() == 0:
-        (out / MARKER).write_text("made by otplug train --demo; a new demo run replaces this folder\n")
+        save_text(out / MARKER, "made by otplug train --demo; a new demo run replaces this folder\n")
         used = Path(cfg.ot.config).read_text() if cfg.ot.config else json.dumps(DEMO_OT_CONFIG, indent=2)
-        write_text_atomic(out / "ot_config.json", used)  # the config this run used (--ot.config may replace the demo's)
+        # the config this run used (--ot.config may replace the demo's)
+        save_text(out / "ot_config.json", used, "the demo's OT config")
 
     base_summary = None
     if baseline:

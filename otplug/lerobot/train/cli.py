@@ -21,6 +21,7 @@ from otplug.lerobot.datasets import quiet_lerobot
 from otplug.lerobot.train.config import OTTrainConfig
 from otplug.lerobot.train.loop import train
 from otplug.lerobot.train.run_dir import complete_checkpoint
+from otplug.lerobot.video_backend import default_backend
 
 __all__ = ["HELP", "expand_short_flags", "main", "parse_config", "run"]
 
@@ -122,6 +123,21 @@ def _json_lists(args: Sequence[str]) -> list[str]:
     return out
 
 
+def _say_video_backend(cfg: Any, choice: Any, given: bool, from_file: bool) -> None:
+    """One line about the video decoder (the main process only)."""
+    backend = cfg.dataset.video_backend
+    if given:
+        why = "from --dataset.video_backend"
+    elif from_file and backend != choice.backend:
+        why = f"from the config file; otplug's default here would be {choice.backend}"
+    elif from_file:
+        why = "from the config file"
+    else:
+        why = choice.reason + "; --dataset.video_backend chooses another"
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"otplug train: video backend {backend} ({why})", flush=True)
+
+
 def parse_config(cli_args: Sequence[str], *, resume: bool = False, output_dir: str | None = None):
     """Parse lerobot-train style arguments into an :class:`OTTrainConfig` and validate it."""
     register_third_party_plugins()
@@ -137,6 +153,9 @@ def parse_config(cli_args: Sequence[str], *, resume: bool = False, output_dir: s
     if not resume and not any(a.startswith("--policy.push_to_hub") for a in args) and any(
             a.startswith(("--policy.type", "--policy.path")) for a in args):
         args.append("--policy.push_to_hub=false")  # offline by default; lerobot would demand a hub repo_id
+    choice = default_backend()  # also the default of --dataset.video_backend (OTDatasetConfig)
+    given = any(a.startswith("--dataset.video_backend") for a in args)
+    from_file = resume or any(a.startswith("--config_path") for a in args)
     with _argv(args):
         try:
             for plugin_arg, plugin_path in parser.parse_plugin_args(parser.PLUGIN_DISCOVERY_SUFFIX, args).items():
@@ -151,6 +170,7 @@ def parse_config(cli_args: Sequence[str], *, resume: bool = False, output_dir: s
             else:
                 cfg = draccus.parse(config_class=OTTrainConfig, config_path=None, args=args)
             cfg.validate()  # lerobot's checks, then the ot section's (which parses the OT config file once)
+            _say_video_backend(cfg, choice, given, from_file)
         except OtplugError:
             raise
         except SystemExit as exc:  # argparse inside draccus already printed the problem

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lerobot.configs.default import DatasetConfig
 from lerobot.configs.train import TrainPipelineConfig
 
 from otplug.errors import OtplugError
@@ -270,8 +271,24 @@ def _integer(name: str, value: Any, *, minimum: int) -> None:
         raise OtplugError(f"--ot.{name} must be an integer >= {minimum}, got {value!r}")
 
 
+def _quiet_video_backend() -> str:
+    from otplug.lerobot.video_backend import default_backend
+
+    return default_backend().backend
+
+
+@dataclass
+class OTDatasetConfig(DatasetConfig):
+    """lerobot's dataset options, with one change: the default ``video_backend`` comes from otplug's quiet probe
+    (:mod:`otplug.lerobot.video_backend`), not lerobot's, which draccus calls for every parse and which logs the
+    whole torchcodec load failure when FFmpeg is missing. ``--dataset.video_backend`` still wins."""
+
+    video_backend: str = field(default_factory=_quiet_video_backend)
+
+
 @dataclass
 class OTTrainConfig(TrainPipelineConfig):
+    dataset: OTDatasetConfig
     ot: OTSection = field(default_factory=OTSection)
 
     def validate(self) -> None:

@@ -36,6 +36,7 @@ from lerobot.utils.constants import TRAINING_STATE_DIR
 from lerobot.utils.random_utils import load_rng_state, set_seed
 from tqdm import tqdm
 
+from otplug.atomic import save_text, writing
 from otplug.lerobot.mixture import source_fractions
 from otplug.lerobot.train import setup
 from otplug.lerobot.train.batches import check_image_range, images_to_float
@@ -101,7 +102,8 @@ def _save(cfg: Any, step: int, output_dir: Path, accelerator: Any, policy: Any, 
             ot_side.save(folder)
 
     ckpt = write_checkpoint(get_step_checkpoint_dir(output_dir, cfg.steps, step), write)
-    update_last_checkpoint(ckpt)
+    with writing(ckpt.parent / "last", f"the link to checkpoint {ckpt.name}"):
+        update_last_checkpoint(ckpt)
 
 
 def train(cfg: Any, accelerator: Any = None, *, end_training: bool = True) -> dict[str, Any]:
@@ -210,5 +212,6 @@ def _train(cfg: Any, accelerator: Any, output_dir: Path) -> dict[str, Any]:
     summary = {"steps": step, "seconds": time.perf_counter() - t_start, "first": first, "last": last,
                "world_size": accelerator.num_processes, "output_dir": str(output_dir)}
     if is_main:
-        (output_dir / "train_summary.json").write_text(json.dumps(strict_json(summary), indent=2, allow_nan=False))
+        save_text(output_dir / "train_summary.json", json.dumps(strict_json(summary), indent=2, allow_nan=False),
+                  "the run summary")
     return summary

@@ -13,6 +13,7 @@ The scope (``rank`` / ``global``) is applied in one place, :func:`scoped_ot`.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import warnings
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 
 import otplug
+from otplug.atomic import writing
 from otplug.distributed import scoped_ot
 from otplug.ema import EMAEncoder
 from otplug.errors import OtplugError
@@ -76,6 +78,7 @@ class OTSide:
             raise OtplugError(f"--ot.batch_size={ot.batch_size} is larger than the OT pair dataset "
                               f"({len(self.pair_dataset)} target frames)")
         self._pairs = cycle_epochs(self.pair_dataset, self.loader)
+        self._last_pairs: tuple[dict, dict] | None = None  # the separate layout's last pairs (a step's recomputation)
         pcfg = unwrap_policy(policy).config
         self.policy_inputs = sorted(set(pcfg.input_features) | set(pcfg.output_features))
         self.loss_fn = otplug.OTLoss(ot.loss_config) if ot.has_loss else None
@@ -139,15 +142,16 @@ class OTSide:
         parts = [images_to_float(p, self.camera_keys) for p in (src, tgt, bc_batch)]
         return concat_batches(parts, required=self.policy_inputs), n
 
-    def loss(self, batch: dict, n: int, policy: Any, device: torch.device) -> Any:
+    def loss(self, batch: dict, n: int, policy: Any, device: torch.device, *, replay: bool = False) -> Any:
         """The OT result of this step (``None`` without an OT loss). ``batch`` is the preprocessed batch the policy
-        was just run on; ``n`` as returned by :meth:`build_batch`."""
+        was just run on; ``n`` as returned by :meth:`build_batch`. ``replay``: the same pairs as the last call (the
+        separate layout draws new ones otherwise), to recompute a step."""
         if self.loss_fn is None:
             return None
         if self.single_pass:
             res = self._single_pass_loss(batch, n)
         else:
-            res = self._separate_loss(batch, policy, device)
+            res = self._separate_loss(batch, policy, device, replay=replay)
         res.metrics["ot_capture_fallback"] = float(len(self.fallback_keys))
         return res
 
@@ -159,8 +163,10 @@ class OTSide:
             encoder = CapturedEncoder(self.capture, sides, fallback=self.encoder if self.fallback_keys else None)
         return scoped_ot(self.loss_fn, src, tgt, encoder=encoder, scope=self._scope(), ema_encoder=self.ema)
 
-    def _separate_loss(self, bc_batch: dict, policy: Any, device: torch.device) -> Any:
-        src, tgt = (images_to_float(b, self.camera_keys) for b in self.next_pairs())
+    def _separate_loss(self, bc_batch: dict, policy: Any, device: torch.device, replay: bool = False) -> Any:
+        pairs = self._last_pairs if replay and self._last_pairs is not None else self.next_pairs()
+        self._last_pairs = pairs
+        src, tgt = (images_to_float(dict(b), self.camera_keys) for b in pairs)
         check_image_range(src, self.camera_keys, "source pairs")
         check_image_range(tgt, self.camera_keys, "target pairs")
         src, tgt = self.preprocessor(src), self.preprocessor(tgt)
@@ -196,10 +202,16 @@ class OTSide:
         own state (e.g. ``scale_anchor``'s reference scale)."""
         state_dir = Path(checkpoint_dir) / "training_state"
         if self.ema is not None:
-            torch.save(self.ema.state_dict(), state_dir / self.EMA_FILE)
+            # serialised in memory and written with one Python write: torch.save straight to a full disk fails with
+            # "unexpected pos" (no errno); this way it is an OSError(ENOSPC) naming the file
+            buffer = io.BytesIO()
+            torch.save(self.ema.state_dict(), buffer)
+            with writing(state_dir / self.EMA_FILE, "the EMA encoder"):
+                (state_dir / self.EMA_FILE).write_bytes(buffer.getbuffer())
         terms = self.loss_fn.state_dict() if self.loss_fn is not None else {}
         if terms:
-            (state_dir / self.TERMS_FILE).write_text(json.dumps(terms, allow_nan=False))
+            with writing(state_dir / self.TERMS_FILE, "the OT terms' state"):
+                (state_dir / self.TERMS_FILE).write_text(json.dumps(terms, allow_nan=False))
 
     def load(self, checkpoint_dir: Any) -> None:
         state_dir = Path(checkpoint_dir) / "training_state"

@@ -23,7 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from otplug.errors import OtplugError
+from otplug.atomic import disk_full, safetensors_names_files, write_error, writing
+from otplug.errors import DiskFullError, OtplugError
 
 __all__ = ["LOCK_NAME", "RunLock", "check_writable", "complete_checkpoint", "write_checkpoint"]
 
@@ -39,6 +40,8 @@ def check_writable(folder: Path) -> None:
             fh.write("ok")
         probe.unlink()
     except OSError as exc:
+        if disk_full(exc):
+            raise write_error(folder, exc, "the output folder") from exc
         raise OtplugError(f"output folder {folder} is not writable: {exc.strerror or exc}") from exc
 
 
@@ -81,8 +84,12 @@ class RunLock:
                 continue
             except OSError as exc:
                 raise OtplugError(f"cannot create the lock file {self.path}: {exc.strerror or exc}") from exc
-            with os.fdopen(fd, "w") as fh:
-                fh.write(json.dumps(info))
+            try:
+                with writing(self.path, "the lock file"), os.fdopen(fd, "w") as fh:
+                    fh.write(json.dumps(info))
+            except OtplugError:
+                self.path.unlink(missing_ok=True)  # an empty lock would read as another run's
+                raise
             self._held = True
             return self
         raise OtplugError(f"could not lock {self.folder}: another run is starting in it")
@@ -148,26 +155,47 @@ def _problem(ckpt: Path) -> str | None:
     return None
 
 
+def _newest_file(folder: Path) -> Path | None:
+    """The file last modified under ``folder``: the one being written when a write without a file name (a plain
+    ``write()`` on a full disk) failed."""
+    try:
+        files = [(f.stat().st_mtime_ns, f) for f in folder.rglob("*") if f.is_file()]
+    except OSError:
+        return None
+    return max(files)[1] if files else None
+
+
 def write_checkpoint(ckpt: Path, write: Callable[[Path], None]) -> Path:
     """``write(folder)`` into ``.<name>.partial`` beside ``ckpt``, then rename it to ``ckpt`` (atomic on one file
-    system). A leftover partial folder of the same step (an earlier kill) is removed first; on an OS error the
-    partial folder is removed and one :class:`OtplugError` names the file and says what is intact."""
+    system). A leftover partial folder of the same step (an earlier kill) is removed first; on an OS error (a full
+    disk also when safetensors reports it) the partial folder is removed and one :class:`OtplugError` names the file
+    and says what is intact (:class:`DiskFullError` when the disk is full)."""
     partial = ckpt.parent / f".{ckpt.name}.partial"
     try:
         ckpt.parent.mkdir(parents=True, exist_ok=True)
         if partial.exists():
             shutil.rmtree(partial)
-        write(partial)
+        with safetensors_names_files():
+            write(partial)
         if ckpt.exists():  # the same step written before (an in-place writer's leftover): replace it whole
             shutil.rmtree(ckpt)
         os.replace(partial, ckpt)
-    except OSError as exc:
+    except Exception as exc:
+        full = disk_full(exc)
+        os_error = exc if isinstance(exc, OSError) else exc.__cause__  # writing() keeps the OSError as the cause
+        where = getattr(exc, "filename", None) or getattr(exc, "path", None) or _newest_file(partial) or partial
         shutil.rmtree(partial, ignore_errors=True)
-        where = exc.filename or partial
+        if not (full or isinstance(os_error, OSError)):
+            raise
+        exc = os_error if isinstance(os_error, OSError) else exc
         kept = sorted(p.name for p in ckpt.parent.iterdir() if p.name.isdigit()) if ckpt.parent.is_dir() else []
-        raise OtplugError(f"could not write checkpoint {ckpt.name} ({exc.strerror or exc} at {where}); nothing "
-                          f"of it was kept; the earlier checkpoints {kept or 'none'} are intact (free space or fix "
-                          "the folder, then --resume)") from exc
+        reason = getattr(exc, "strerror", None) or ("No space left on device" if full else str(exc))
+        earlier = f"the earlier checkpoints {kept} are intact" if kept else "there is no earlier checkpoint"
+        message = (f"could not write checkpoint {ckpt.name} ({reason} at {where}); nothing of it was kept; {earlier} "
+                   "(free space or fix the folder, then --resume)")
+        if full:
+            raise DiskFullError("the disk is full: " + message, path=str(where)) from exc
+        raise OtplugError(message) from exc
     return ckpt
 
 

@@ -11,10 +11,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from otplug.atomic import save_text
 from otplug.errors import OtplugError
 from otplug.lerobot.frame_cache import maybe_cache
 from otplug.lerobot.mixture import MixtureDataset, WeightedFrameSampler, mixture_probabilities
 from otplug.lerobot.pair_dataset import make_source_dataset
+from otplug.lerobot.video_backend import default_backend
 
 __all__ = [
     "check_supported",
@@ -227,6 +229,8 @@ def write_run_info(output_dir: Path, cfg: Any, accelerator: Any, dataset: Any, s
         "dataset": _ds(dataset, cfg.dataset.repo_id, cfg.dataset.root),
         "policy": cfg.policy.type,
         "world_size": accelerator.num_processes,
+        "video_backend": {"used": cfg.dataset.video_backend, "default_here": default_backend().backend,
+                          "reason": default_backend().reason},
         "ot": {k: getattr(cfg.ot, k) for k in ("enabled", "config", "lambda_ot", "layout", "batch_size", "scope",
                                                 "source_repo_id", "source_root", "pair_info", "sources_file",
                                                 "bc_source_weight", "cotrain_only", "frame_cache",
@@ -238,4 +242,4 @@ def write_run_info(output_dir: Path, cfg: Any, accelerator: Any, dataset: Any, s
         info["source"] = info["sources"][0]
     if cfg.ot.config and Path(cfg.ot.config).is_file():
         info["ot_config_text"] = Path(cfg.ot.config).read_text()
-    (output_dir / "run_info.json").write_text(json.dumps(info, indent=2, default=str))
+    save_text(output_dir / "run_info.json", json.dumps(info, indent=2, default=str), "the run info")
