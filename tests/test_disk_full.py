@@ -187,15 +187,17 @@ def test_study_eval_and_report_files_on_a_real_full_disk(small_disk, monkeypatch
     pytest.importorskip("matplotlib")
     from otplug.bench import study, study_outputs
     from otplug.bench.study_config import StudyConfig
+    from otplug.bench.study_summary import summarize
 
-    cfg = StudyConfig(methods=("cotrain",), seeds=1)
-    cells = [{"method": "cotrain", "domain": "real", "region": region, "success_rate": 0.5, "ci95": [0.4, 0.6],
-              "per_seed": [0.5], "episodes": 10, "successes": 5} for region in cfg.eval_regions]
+    cfg = StudyConfig(methods=("cotrain",), seeds=1, eval_domains=("real",))
+    rows = [{"method": "cotrain", "seed": 0, "domain": "real", "region": region, "episodes": 10, "successes": 5}
+            for region in cfg.eval_regions]
+    summary = summarize(rows, methods=cfg.methods, domains=cfg.eval_domains, regions=cfg.eval_regions, n_boot=10)
     fill(small_disk)
     calls = {
         "study.json": lambda: study._write_json_atomic(small_disk / "study.json", [{"a": 1}]),
-        "study.md": lambda: study_outputs.write_table(small_disk, cells, cfg, {}),
-        "study.png": lambda: study_outputs.write_plot(small_disk, cells, cfg),
+        "study.md": lambda: study_outputs.write_table(small_disk, summary, cfg, {}),
+        "study.png": lambda: study_outputs.write_plot(small_disk, summary["cells"], cfg),
         "eval.json": lambda: save_text(small_disk / "eval.json", "{}", "the evaluation result"),
     }
     for name, call in calls.items():

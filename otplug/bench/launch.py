@@ -34,8 +34,8 @@ from typing import Any
 
 import attrs
 
-from otplug.config import validators as v
 from otplug.atomic import writing
+from otplug.config import validators as v
 from otplug.errors import OtplugError
 
 __all__ = [
