@@ -68,7 +68,6 @@ _LAZY = {
     "OTCollapseWarning": "otplug.loss",
     "EMAEncoder": "otplug.ema",
     "PlanCheck": "otplug.solvers.problems",
-    "validators": "otplug.config",  # the shared attrs validators for config classes (plugins too)
     # the types a plugin's component returns or receives (docs/plugins.md)
     "SolveResult": "otplug.solvers.base",
     "TermContext": "otplug.terms.base",
@@ -76,7 +75,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from otplug.config import OTConfig, load_config, validators
+    from otplug.config import OTConfig, load_config
     from otplug.ema import EMAEncoder
     from otplug.loss import OTCollapseWarning, OTLoss, OTResult, OTSolverWarning
     from otplug.solvers.problems import PlanCheck
@@ -85,6 +84,10 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
+    if name == "validators":  # the shared attrs validators for config classes (plugins too): a submodule
+        import importlib
+
+        return importlib.import_module("otplug.validators")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'otplug' has no attribute {name!r}")

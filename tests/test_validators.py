@@ -1,4 +1,4 @@
-"""otplug.config.validators: the shared number validators of every config class (and of plugins)."""
+"""otplug.validators (also otplug.config.validators): the shared number validators of every config class (and of plugins)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 import otplug
 from otplug.config import load_config
-from otplug.config import validators as v
+from otplug import validators as v
 from otplug.errors import ConfigError
 
 

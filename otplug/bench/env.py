@@ -48,6 +48,8 @@ from typing import Any
 import attrs
 import numpy as np
 
+from otplug.recipes import CAMERA_KEY
+
 __all__ = [
     "CAMERA",
     "CAMERA_KEY",
@@ -66,8 +68,7 @@ __all__ = [
 ]
 
 TASK = "move the agent to the goal"
-CAMERA = "front"
-CAMERA_KEY = f"observation.images.{CAMERA}"
+CAMERA = CAMERA_KEY.rsplit(".", 1)[1]
 REGIONS = ("A", "B", "all")
 SUCCESS_RULES = ("hold", "reach")
 TEXTURES = ("none", "stripes", "checker")

@@ -35,7 +35,7 @@ from typing import Any
 import attrs
 
 from otplug.atomic import writing
-from otplug.config import validators as v
+from otplug import validators as v
 from otplug.errors import OtplugError
 
 __all__ = [

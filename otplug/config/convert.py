@@ -32,7 +32,7 @@ import attrs
 import cattrs
 from cattrs._compat import is_literal, is_mapping, is_mutable_set, is_frozenset, is_sequence, is_tuple, is_union_type
 
-from otplug.config.validators import show_value
+from otplug.validators import show_value
 
 __all__ = [
     "Problem",

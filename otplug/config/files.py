@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from otplug.config.validators import show_value
+from otplug.validators import show_value
 from otplug.errors import ConfigError, InputFileError, OtplugError
 
 __all__ = [

@@ -28,7 +28,7 @@ from otplug.config.convert import (
 )
 from otplug.config.files import read_config_file
 from otplug.config.schema import DEBIAS_WITH_HEURISTIC, RESERVED_TERM_KEYS, OTConfig, TermSpec
-from otplug.config.validators import show_value
+from otplug.validators import show_value
 from otplug.config.seed import SEED_TOP_LEVEL_KEYS, SeedFeature
 from otplug.errors import ConfigError, OtplugError
 from otplug.solvers.problems import MARGINALS, PROBLEM_OF_MARGINALS, marginals_of, mismatch

@@ -11,7 +11,7 @@ from typing import Any
 
 import attrs
 
-from otplug.config import validators as v
+from otplug import validators as v
 
 __all__ = [
     "COST_NORMALIZATIONS",

@@ -17,9 +17,9 @@ from typing import Any
 
 import attrs
 
-from otplug.config.validators import batch_key as non_empty_key
-from otplug.config.validators import dim_slice as check_dim_slice
-from otplug.config.validators import non_negative
+from otplug.validators import batch_key as non_empty_key
+from otplug.validators import dim_slice as check_dim_slice
+from otplug.validators import non_negative
 
 __all__ = ["SEED_TOP_LEVEL_KEYS", "SeedFeature"]
 

@@ -10,7 +10,7 @@ from typing import Literal
 
 import attrs
 
-from otplug.config import validators as v
+from otplug import validators as v
 
 __all__ = ["DTYPES", "POT_BALANCED_METHODS", "PotBalancedConfig", "PotConfig", "SinkhornConfig"]
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import attrs
 
-from otplug.config import validators as v
-from otplug.config.validators import batch_key as non_empty_key
-from otplug.config.validators import dim_slice as check_dim_slice
-from otplug.config.validators import non_negative
+from otplug import validators as v
+from otplug.validators import batch_key as non_empty_key
+from otplug.validators import dim_slice as check_dim_slice
+from otplug.validators import non_negative
 
 __all__ = [
     "GRAD_SIDES",

@@ -33,6 +33,7 @@ import numpy as np
 from otplug.lerobot.datasets import DatasetError, no_progress_bars, open_dataset, quiet_lerobot
 from otplug.lerobot.dtw import compute_pair_info
 from otplug.lerobot.pair_info import save_pair_info
+from otplug.recipes import CAMERA_KEY
 
 __all__ = [
     "DEMO_TASK",
@@ -53,7 +54,7 @@ SIM_REPO_ID = "otplug/demo_sim"
 REAL_REPO_ID = "otplug/demo_real"
 STATE_NAMES = ["agent_x", "agent_y", "goal_x", "goal_y"]
 ACTION_NAMES = ["vel_x", "vel_y"]
-CAMERA = "observation.images.front"
+CAMERA = CAMERA_KEY
 _STAMP = "otplug-demo.json"
 
 

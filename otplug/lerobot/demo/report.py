@@ -18,10 +18,11 @@ from otplug.atomic import save_text
 from otplug.lerobot.adapters import ACTEncoder, DiffusionEncoder
 from otplug.lerobot.pair_dataset import make_source_dataset, partner_pairs
 from otplug.lerobot.train.batches import images_to_float
+from otplug.recipes import CAMERA_KEY
 
 __all__ = ["embedding_alignment", "summarize"]
 
-CAMERA = "observation.images.front"
+CAMERA = CAMERA_KEY
 
 
 def _load(policy_dir: Path | None, cfg, dataset):

@@ -25,17 +25,17 @@ from pathlib import Path
 from typing import Any
 
 from otplug.atomic import save_text
-from otplug.bench.study_config import RECOMMENDED_OT
 from otplug.errors import OtplugError
 from otplug.lerobot.demo.data import ensure_demo_datasets
 from otplug.lerobot.demo.report import summarize
 from otplug.lerobot.train.cli import expand_short_flags, parse_config, run
 from otplug.lerobot.train.run_dir import RunLock
 from otplug.lerobot.train.setup import make_accelerator
+from otplug.recipes import CAMERA_KEY, RECOMMENDED_OT
 
 __all__ = ["DEMO_OT_CONFIG", "demo_args", "main", "run_demo"]
 
-CAMERA = "observation.images.front"
+CAMERA = CAMERA_KEY
 MARKER = ".otplug-demo"
 DEFAULT_STEPS = 150
 
