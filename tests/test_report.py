@@ -377,8 +377,11 @@ def test_study_sections_show_the_summary(study_dir, tmp_path):
     ot_b = next(r for r in _rows_of(comp) if "<td>cotrain-ot</td><td>real B</td>" in r)
     assert "<b>separated</b>" in ot_a and "separated" not in ot_b
     mdds = [c["paired"]["mdd80"] for c in summary["comparisons"]]
-    assert "smallest difference these 3 paired seeds could detect with 80% power is " in comp
-    assert f"{min(mdds):.2f}" in comp and f"{max(mdds):.2f}" in comp
+    real = [c["paired"]["mdd80"] for c in summary["comparisons"] if c["domain"] == "real"]
+    assert "smallest difference these 3 paired seeds could detect with 80% power: in real, " in comp
+    assert f"in real, {min(real):.2f}" in comp and f"{max(real):.2f}" in comp
+    blind = sum(m > 0.10 for m in mdds)
+    assert 0 < blind < len(mdds) and f"{blind} of {len(mdds)} cannot detect +0.10" in comp
     gaps = _section(page, "gaps")
     for g in summary["gaps"]:
         row = next(r for r in _rows_of(gaps) if f"<td>{g['method']}</td><td>{g['region']}</td><td" in r)
@@ -404,6 +407,7 @@ def test_one_seed_study_warns(tmp_path):
     assert "n/a (1 seed)" in _section(page, "results")
     comp = _section(page, "comparisons")
     assert "separated</b>" not in comp and "cannot detect any difference" in comp
+    assert "(episodes only)" in comp and "n/a (1 seed)" in _section(page, "gaps")
     assert 'class="error"' not in page
 
 

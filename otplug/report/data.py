@@ -237,7 +237,8 @@ class StudyFolder:
             return []
         good = [e for e in data if isinstance(e, dict)]
         if len(good) < len(data):
-            self._problem(note + f"{len(data) - len(good)} of the {len(data)} entries of '{key}' are not objects; skipped")
+            self._problem(note + f"{len(data) - len(good)} of the {len(data)} entries of '{key}' are not objects; "
+                          "skipped")
         return good
 
     def _problem(self, text: str) -> None:
