@@ -4,6 +4,7 @@ benchmarks/screenshot_report.sh)."""
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import re
@@ -132,30 +133,79 @@ def make_run(root: Path, *, ot: bool = True, steps: int = 400, seed: int = 0, pa
     return root
 
 
-def make_study(root: Path) -> Path:
+#: successes out of STUDY_EPISODES per training seed 0, 1, 2 (method, domain, region): cotrain-ot beats co-training in
+#: real A on every seed (+0.20, +0.22, +0.20: separated), not in real B (+0.20, -0.10, +0.08)
+STUDY_EPISODES = 50
+STUDY_COUNTS = {
+    ("target-only", "real", "A"): [30, 26, 33], ("target-only", "real", "B"): [2, 4, 1],
+    ("target-only", "sim", "A"): [5, 3, 6], ("target-only", "sim", "B"): [4, 2, 3],
+    ("cotrain", "real", "A"): [25, 20, 28], ("cotrain", "real", "B"): [12, 20, 8],
+    ("cotrain", "sim", "A"): [40, 38, 42], ("cotrain", "sim", "B"): [35, 30, 38],
+    ("cotrain-ot", "real", "A"): [35, 31, 38], ("cotrain-ot", "real", "B"): [22, 15, 12],
+    ("cotrain-ot", "sim", "A"): [41, 36, 43], ("cotrain-ot", "sim", "B"): [30, 33, 34],
+}
+STUDY_METHODS = ["target-only", "cotrain", "cotrain-ot"]
+
+
+def study_rows(seeds: int = 3) -> list[dict]:
+    """study.json rows of the synthetic study (the format ``otplug study`` writes: test split, scenes 300000..)."""
+    rows = []
+    for (m, d, g), counts in STUDY_COUNTS.items():
+        for seed, s in enumerate(counts[:seeds]):
+            rows.append({"method": m, "seed": 1000 + seed, "domain": d, "region": g, "episodes": STUDY_EPISODES,
+                         "successes": s, "success_rate": s / STUDY_EPISODES, "split": "test",
+                         "scene_seeds": [300000, 300000 + STUDY_EPISODES]})
+    return rows
+
+
+def study_summary(rows: list[dict]) -> dict:
+    """study_summary.json as ``otplug study`` writes it: :func:`otplug.bench.study_summary.summarize` and the meta."""
+    from otplug.bench.study_summary import summarize
+
+    seeds = sorted({r["seed"] for r in rows})
+    offline = {}
+    for r in rows:  # the domain probe falls as real A success rises (a signal that predicts), the OT loss is noise
+        if (r["domain"], r["region"]) == ("real", "A"):
+            offline[(r["method"], r["seed"])] = {
+                "domain_probe_acc": 1.0 - 0.5 * r["success_rate"], "retrieval_at_1": 0.3,
+                "embed_scale": 4.0, "effective_rank": 12.0, "embed_scale_ratio": 0.9 + 0.01 * (r["seed"] % 3),
+                "heldout_real_bc_loss": 1.0 + 0.1 * ((r["seed"] * 7 + len(r["method"])) % 5),
+                "ot_loss": 0.2 if r["method"].endswith("-ot") else None}
+    summary = summarize(rows, offline, methods=STUDY_METHODS, domains=["real", "sim"], regions=["A", "B"],
+                        n_boot=2000)
+    meta = {"minutes": 12.0, "device": "cpu", "launcher": "local", "jobs": 2, "split": "test",
+            "scene_seeds": [300000, 300000 + STUDY_EPISODES], "training_seeds": seeds}
+    return {**summary, **meta, "offline": [{"method": m, "seed": s, **v} for (m, s), v in offline.items()]}
+
+
+def old_study_summary(rows: list[dict]) -> dict:
+    """study_summary.json as ``otplug study`` wrote it before SPEC §8.1 (pooled Wilson cells, per-seed lists)."""
+    cells = []
+    for m, d, g in STUDY_COUNTS:
+        rs = [r for r in rows if (r["method"], r["domain"], r["region"]) == (m, d, g)]
+        s, n = sum(r["successes"] for r in rs), sum(r["episodes"] for r in rs)
+        cells.append({"method": m, "domain": d, "region": g, "seeds": len(rs), "episodes": n, "successes": s,
+                      "success_rate": s / n, "ci95": [s / n - 0.09, s / n + 0.09],
+                      "per_seed": [r["success_rate"] for r in rs], "seed_mean_ci95": [0.0, 1.0]})
+    return {"cells": cells, "minutes": 12.0, "device": "cpu"}
+
+
+def make_study(root: Path, seeds: int = 3, old: bool = False) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     root.mkdir(parents=True, exist_ok=True)
-    methods = ["target-only", "cotrain", "cotrain-ot"]
-    (root / "study_config.json").write_text(json.dumps({"methods": methods, "seeds": 2, "steps": 400,
-                                                        "eval_episodes": 50}))
-    rows, cells = [], []
-    for i, m in enumerate(methods):
-        for region, base in (("A", 0.7), ("B", 0.1 + 0.15 * i)):
-            per = []
-            for seed in range(2):
-                s = int(50 * min(1.0, base + 0.04 * seed))
-                rows.append({"method": m, "seed": seed, "domain": "real", "region": region, "episodes": 50,
-                             "successes": s, "success_rate": s / 50})
-                per.append(s / 50)
-            tot = sum(per) * 50
-            cells.append({"method": m, "domain": "real", "region": region, "seeds": 2, "episodes": 100,
-                          "successes": int(tot), "success_rate": tot / 100,
-                          "ci95": [tot / 100 - 0.09, tot / 100 + 0.09],
-                          "per_seed": per, "seed_mean_ci95": [max(0, tot / 100 - 0.2), min(1, tot / 100 + 0.2)]})
+    methods = STUDY_METHODS
+    config = {"methods": methods, "seeds": seeds, "steps": 400, "eval_episodes": STUDY_EPISODES,
+              "eval_domains": ["real", "sim"], "eval_regions": ["A", "B"]}
+    rows = study_rows(seeds)
+    if old:
+        rows = [{k: v for k, v in r.items() if k not in ("split", "scene_seeds")} for r in rows]
+    else:
+        config["split"] = "test"
+    (root / "study_config.json").write_text(json.dumps(config))
     (root / "study.json").write_text(json.dumps(rows))
-    (root / "study_summary.json").write_text(json.dumps({"cells": cells, "minutes": 12.0, "device": "cpu"}))
+    (root / "study_summary.json").write_text(json.dumps(old_study_summary(rows) if old else study_summary(rows)))
     (root / "study.md").write_text("# otplug study\n\n| method | real A | real B |\n|---|---|---|\n")
     for path in (root / "study.png", root / "embeddings" / "cotrain-ot.png", root / "embeddings" / "cotrain.png"):
         fig = Figure(figsize=(4, 3))
@@ -167,8 +217,8 @@ def make_study(root: Path) -> Path:
         fig.savefig(path)
     pair_info = write_pair_info(root / "pair_info.json")
     for i, m in enumerate(methods):
-        for seed in range(2):
-            make_run(root / "runs" / m / f"seed{seed}", ot=m.endswith("-ot"), seed=10 * i + seed,
+        for seed in range(min(seeds, 2)):
+            make_run(root / "runs" / m / f"seed{1000 + seed}", ot=m.endswith("-ot"), seed=10 * i + seed,
                      pair_info=pair_info, plan_every=200)
     return root
 
@@ -269,22 +319,96 @@ def test_bare_metrics_only(tmp_path):
     assert _images(_section(page, "curves")) == 1
 
 
+def _rows_of(section: str) -> list[str]:
+    return re.findall(r"<tr>(.*?)</tr>", section)
+
+
 def test_study(study_dir, tmp_path):
     study = _copy(study_dir, tmp_path / "study")
     out = build_report(study, tsne=False, quiet=True)
     page = out.read_text()
-    assert 'class="error"' not in page
+    assert 'class="error"' not in page and 'class="warn"' not in page
+    order = [page.index(f'<h2 id="{a}">') for a in ("study", "results", "comparisons", "gaps", "signals",
+                                                    "study-embeddings", "runs")]
+    assert order == sorted(order)
+    head = _section(page, "study")
+    assert "test" in head and "300000..300049 (50 scenes)" in head and "1000, 1001, 1002 (3)" in head
     res = _section(page, "results")
-    assert all(m in res for m in ("target-only", "cotrain", "cotrain-ot")) and "95% CI" in res
+    assert all(m in res for m in STUDY_METHODS) and "95% t interval" in res and "episode noise only" in res
     assert _images(res) == 1  # study.png
+    assert "study.md" in res
     assert _images(_section(page, "study-embeddings")) == 2
     runs = _section(page, "runs")
     assert runs.count('<a href="runs/') == 6
     assert _images(runs) >= 2
-    for m in ("target-only", "cotrain", "cotrain-ot"):
-        sub = (study / "runs" / m / "seed1" / "report.html").read_text()
-        assert f"Run report: {m} seed 1" in sub
-    assert "Not recorded" in _section((study / "runs" / "cotrain" / "seed0" / "report.html").read_text(), "plans")
+    for m in STUDY_METHODS:
+        sub = (study / "runs" / m / "seed1001" / "report.html").read_text()
+        assert f"Run report: {m} seed 1001" in sub
+    assert "Not recorded" in _section((study / "runs" / "cotrain" / "seed1000" / "report.html").read_text(), "plans")
+
+
+def test_study_sections_show_the_summary(study_dir, tmp_path):
+    """The numbers of study_summary.json appear, and "separated" only where the paired interval excludes 0."""
+    study = _copy(study_dir, tmp_path / "study")
+    summary = json.loads((study / "study_summary.json").read_text())
+    page = build_report(study, tsne=False, run_pages=False, quiet=True).read_text()
+    res = _section(page, "results")
+    for c in summary["cells"]:
+        row = next(r for r in _rows_of(res) if f"<td>{c['method']}</td><td>{c['domain']}</td><td>{c['region']}</td>"
+                   in r)
+        assert f"<b>{c['mean']:.2f}</b>" in row and f"{c['ci95'][0]:.2f} to {c['ci95'][1]:.2f}" in row
+        assert all(f"{k}: {v:.2f}" in row for k, v in c["per_seed"].items())
+        w = c["episode_noise_wilson95"]
+        assert f"{w[0]:.2f} to {w[1]:.2f}" in row and row.count("<circle") == 3
+    comp = _section(page, "comparisons")
+    assert len(summary["comparisons"]) == 8
+    seen = {True: 0, False: 0}
+    for c in summary["comparisons"]:
+        pd, hb = c["paired"], c["hierarchical_bootstrap"]
+        row = next(r for r in _rows_of(comp) if f"<td>{c['method']}</td><td>{c['domain']} {c['region']}</td>" in r)
+        lo, hi = pd["ci95"]
+        excludes = lo > 0 or hi < 0
+        assert ("separated" in row) == excludes, row
+        seen[excludes] += 1
+        assert f"<b>{pd['mean']:+.2f}</b>" in row and f"{lo:+.2f} to {hi:+.2f}" in row
+        assert f"{pd['mdd80']:.2f}" in row and f"{hb['ci95'][0]:+.2f} to {hb['ci95'][1]:+.2f}" in row
+    assert seen[True] >= 1 and seen[False] >= 1
+    ot_a = next(r for r in _rows_of(comp) if "<td>cotrain-ot</td><td>real A</td>" in r)
+    ot_b = next(r for r in _rows_of(comp) if "<td>cotrain-ot</td><td>real B</td>" in r)
+    assert "<b>separated</b>" in ot_a and "separated" not in ot_b
+    mdds = [c["paired"]["mdd80"] for c in summary["comparisons"]]
+    real = [c["paired"]["mdd80"] for c in summary["comparisons"] if c["domain"] == "real"]
+    assert "smallest difference these 3 paired seeds could detect with 80% power: in real, " in comp
+    assert f"in real, {min(real):.2f}" in comp and f"{max(real):.2f}" in comp
+    blind = sum(m > 0.10 for m in mdds)
+    assert 0 < blind < len(mdds) and f"{blind} of {len(mdds)} cannot detect +0.10" in comp
+    gaps = _section(page, "gaps")
+    for g in summary["gaps"]:
+        row = next(r for r in _rows_of(gaps) if f"<td>{g['method']}</td><td>{g['region']}</td><td" in r)
+        assert f"<b>{g['gap']['mean']:+.2f}</b>" in row
+    assert {g["method"] for g in summary["gap_closed"]} == {"cotrain-ot"}
+    for g in summary["gap_closed"]:
+        row = next(r for r in _rows_of(gaps) if f"<td>{g['method']}</td><td>{g['region']}</td><td" in r
+                   and f"{g['gap_cotrain']:+.2f}" in r)
+        assert f"<b>{g['closed']['mean']:+.2f}</b>" in row
+        assert (f"{g['fraction']:.2f}" in row) if g["fraction"] is not None else g["fraction_reason"][:20] in row
+    sig = _section(page, "signals")
+    probe_a = next(s for s in summary["signals"] if (s["signal"], s["region"]) == ("domain_probe_acc", "A"))
+    assert probe_a["rho"] < -0.9 and f"<b>{probe_a['rho']:+.2f}</b>" in sig
+    assert "Region A: domain_probe_acc predicts real success best" in sig
+    assert "offline signals per run (9 runs)" in sig
+    assert 'class="error"' not in page
+
+
+def test_one_seed_study_warns(tmp_path):
+    study = make_study(tmp_path / "study", seeds=1)
+    page = build_report(study, tsne=False, run_pages=False, quiet=True).read_text()
+    assert 'class="warn">One seed is not evidence; numbers vary by machine.' in _section(page, "study")
+    assert "n/a (1 seed)" in _section(page, "results")
+    comp = _section(page, "comparisons")
+    assert "separated</b>" not in comp and "cannot detect any difference" in comp
+    assert "(episodes only)" in comp and "n/a (1 seed)" in _section(page, "gaps")
+    assert 'class="error"' not in page
 
 
 def test_study_in_progress(tmp_path):
@@ -294,15 +418,64 @@ def test_study_in_progress(tmp_path):
     page = build_report(study, tsne=False, quiet=True).read_text()
     assert "Not recorded yet" in _section(page, "results")
     assert "Not recorded" in _section(page, "runs")
+    assert "One seed is not evidence" in page
+
+
+def test_old_study_summary_is_recomputed_per_seed(tmp_path):
+    """A study from before SPEC §8.1 (pooled Wilson cells, no split): seed means from study.json."""
+    from otplug.stats import seed_mean
+
+    study = make_study(tmp_path / "study", old=True)
+    page = build_report(study, tsne=False, run_pages=False, quiet=True).read_text()
+    assert 'class="error"' not in page
+    assert "not recorded (a study from before the dev/test splits)" in _section(page, "study")
+    assert "older format" in _section(page, "study")
+    res = _section(page, "results")
+    rates = [s / STUDY_EPISODES for s in STUDY_COUNTS[("cotrain-ot", "real", "A")]]
+    sm = seed_mean(rates)
+    row = next(r for r in _rows_of(res) if "<td>cotrain-ot</td><td>real</td><td>A</td>" in r)
+    assert f"<b>{sm.mean:.2f}</b>" in row and f"{sm.ci95[0]:.2f} to {sm.ci95[1]:.2f}" in row
+    assert "Computed from study.json" in res
+    for anchor in ("comparisons", "gaps", "signals"):
+        assert "Not recorded" in _section(page, anchor)
+    (study / "study.json").unlink()  # only the old summary: its per-seed lists
+    page = build_report(study, tsne=False, run_pages=False, quiet=True).read_text()
+    row = next(r for r in _rows_of(_section(page, "results")) if "<td>cotrain-ot</td><td>real</td><td>A</td>" in r)
+    assert f"<b>{sm.mean:.2f}</b>" in row and 'class="error"' not in page
 
 
 def test_study_cells_from_study_json(study_dir, tmp_path):
+    from otplug.stats import seed_mean
+
     study = _copy(study_dir, tmp_path / "study")
     (study / "study_summary.json").unlink()
     page = build_report(study, tsne=False, run_pages=False, quiet=True).read_text()
     res = _section(page, "results")
-    assert "cotrain-ot" in res and "–" in res
+    sm = seed_mean([s / STUDY_EPISODES for s in STUDY_COUNTS[("cotrain", "sim", "B")]])
+    row = next(r for r in _rows_of(res) if "<td>cotrain</td><td>sim</td><td>B</td>" in r)
+    assert f"<b>{sm.mean:.2f}</b>" in row and "1000: 0.70" in row
+    assert "300000..300049" in _section(page, "study")  # the design from the rows
     assert "report</a>" not in _section(page, "runs")
+
+
+def test_malformed_study_files_are_one_line(study_dir, tmp_path):
+    study = _copy(study_dir, tmp_path / "study")
+    summary = json.loads((study / "study_summary.json").read_text())
+    summary["comparisons"] = "junk"
+    summary["gaps"] = [summary["gaps"][0], 7, {"method": "x", "region": "A", "gap": "?"}]
+    summary["signals"][0]["rho"] = "high"
+    summary["cells"][0]["ci95"] = [0.1]
+    (study / "study_summary.json").write_text(json.dumps(summary))
+    page = build_report(study, tsne=False, run_pages=False, quiet=True).read_text()
+    notes = html.unescape(_section(page, "notes"))
+    assert notes.count('class="error"') == 2
+    assert "'comparisons' is not a list" in notes and "1 of the 3 entries of 'gaps' are not objects" in notes
+    assert "Could not draw" not in page
+    (study / "study_summary.json").write_text("{broken")
+    (study / "study.json").write_text("[1, 2, {}]")
+    page = build_report(study, tsne=False, run_pages=False, quiet=True).read_text()
+    assert page.count("not valid JSON") == 1 and "3 row(s) without" in page
+    assert "Not recorded yet" in _section(page, "results")
 
 
 def test_bad_input(tmp_path, capsys):
@@ -366,6 +539,8 @@ if __name__ == "__main__":  # write the synthetic folders: python tests/test_rep
     print(make_run(base / "run_ot"))
     print(make_run(base / "run_no_ot", ot=False))
     print(make_study(base / "study"))
+    print(make_study(base / "study_one_seed", seeds=1))
+    print(make_study(base / "study_old", old=True))
 
 
 def test_fixed_limits_keep_a_linear_axis_without_warnings():

@@ -5,9 +5,11 @@ metrics, training curves (BC/OT loss, plan mass, source share), the alignment di
 (``diag/*``, ``ot_embed_scale/*``, ``ot_cost_share/*``), transport plans spread over training (``plans/``), PCA and
 t-SNE pictures of the probe embeddings at the first and last saved step (``embeddings/step_*.npz``), and the DTW
 warping paths of a few episode pairs (the run's ``pair_info``). What a run did not record is said so in its
-section. A study folder (``study.json``) gets its success table with 95% intervals, ``study.png``, the
-per-method embedding pictures and a table of its runs, each linked to its own page
-(``runs/<method>/seed<k>/report.html``). Every picture is embedded as a ``data:`` URI: the page is one file
+section. A study folder (``study.json``) gets, at the level of the training seed (SPEC §8.1): the split, scenes and
+training seeds (a warning for one seed), success per seed with its t interval (Wilson as episode noise), the paired
+comparisons against co-training with their power, the sim − real gaps and the gap closed, which offline signal
+predicts real success, ``study.png``, ``study.md``, the per-method embedding pictures and a table of its runs, each
+linked to its own page (``runs/<method>/seed<k>/report.html``). Every picture is embedded as a ``data:`` URI: the page is one file
 with no external assets. See docs/report.md.
 """
 

@@ -16,7 +16,7 @@ from otplug.atomic import write_error
 from otplug.atomic import write_text_atomic
 from otplug.diagnostics import load_probe_embeddings
 from otplug.errors import OtplugError
-from otplug.report import figures
+from otplug.report import figures, study_sections
 from otplug.report.data import (
     RunFolder,
     StudyFolder,
@@ -280,35 +280,20 @@ def _link(href: str, text: str) -> tuple[str, str]:
 
 
 def _study_results(page: Page, st: StudyFolder) -> None:
-    page.section("results", "Closed-loop success")
+    page.section("results", "Closed-loop success per training seed")
     cells = st.cells()
     if not cells:
         page.missing("Not recorded yet: no study.json / study_summary.json (the study has not finished its "
                      "evaluations).")
     else:
-        def rate(v: Any) -> str:
-            return f"{v:.2f}" if isinstance(v, int | float) and not isinstance(v, bool) else "–"
-
-        def interval(ci: Any) -> str:
-            return f"{rate(ci[0])}–{rate(ci[1])}" if isinstance(ci, list) and len(ci) == 2 else "–"
-
-        rows = []
-        for c in cells:
-            rows.append([c.get("method"), c.get("domain"), c.get("region"), c.get("seeds"), c.get("episodes"),
-                         c.get("successes"), ("html", f"<b>{esc(rate(c.get('success_rate')))}</b>"),
-                         interval(c.get("ci95")), ", ".join(rate(x) for x in c.get("per_seed") or []),
-                         interval(c.get("seed_mean_ci95"))])
-        page.p("Success pooled over seeds and evaluation episodes with a 95% Wilson interval; with two or more "
-               "seeds also a t interval of the per-seed rates (the seed-to-seed spread).", "note")
-        page.table(["method", "domain", "region", "seeds", "episodes", "successes", "success rate", "95% CI",
-                    "per seed", "seed-mean 95% CI"], rows)
-    if st.markdown:
-        page.details("study.md", f"<pre>{esc(st.markdown)}</pre>")
+        study_sections.results_table(page, st, cells)
     pic = st.path / "study.png"
     if pic.is_file():
-        page.img(read_png(pic), "study success plot", "study.png")
+        page.img(read_png(pic), "study success plot", "study.png (as the study drew it)")
     elif cells:
         page.missing("study.png not recorded.")
+    if st.markdown:
+        page.details("study.md (the study's own tables)", f"<pre>{esc(st.markdown)}</pre>")
 
 
 def _study_embeddings(page: Page, st: StudyFolder) -> None:
@@ -356,12 +341,11 @@ def study_page(st: StudyFolder, runs: list[tuple[str, int, RunFolder]], links: d
     page = Page(f"otplug study report: {st.path.name}")
     page.h1(f"Study report: {st.path.name}",
             f"{st.path.resolve()} — generated {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}")
-    page.section("study", "Study")
-    if st.config:
-        page.kv([(k, ", ".join(map(str, v)) if isinstance(v, list) else v) for k, v in st.config.items()])
-    else:
-        page.missing("study_config.json not recorded.")
+    _guard(page, "the study design", lambda: study_sections.design(page, st))
     _guard(page, "the results", lambda: _study_results(page, st))
+    _guard(page, "the comparisons", lambda: study_sections.comparisons(page, st))
+    _guard(page, "the sim - real gaps", lambda: study_sections.gaps(page, st))
+    _guard(page, "the offline signals", lambda: study_sections.signals(page, st))
     _guard(page, "the embeddings", lambda: _study_embeddings(page, st))
     _guard(page, "the runs", lambda: _study_runs(page, st, runs, links))
     if st.problems:

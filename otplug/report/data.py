@@ -16,7 +16,7 @@ import numpy as np
 from otplug.config.files import read_json_file, read_text_file
 from otplug.diagnostics import embedding_files
 from otplug.errors import OtplugError
-from otplug.stats import wilson_interval
+from otplug.stats import seed_mean, wilson_interval
 
 __all__ = ["RunFolder", "StudyFolder", "classify", "open_run", "open_study", "series"]
 
@@ -217,25 +217,142 @@ class StudyFolder:
     runs: list[tuple[str, int, Path]] = attrs.Factory(list)  # (method, seed, run folder)
     embedding_pictures: list[tuple[str, Path]] = attrs.Factory(list)
 
-    def cells(self) -> list[dict[str, Any]]:
-        """Per method x domain x region success with a 95% Wilson interval: study_summary.json's cells, else
-        pooled from study.json."""
-        if self.summary and isinstance(self.summary.get("cells"), list):
-            return [c for c in self.summary["cells"] if isinstance(c, dict)]
-        if not self.table:
+    @property
+    def seed_level(self) -> bool:
+        """Whether study_summary.json is the seed-level summary (SPEC §8.1): cells with a ``mean`` over seeds."""
+        cells = (self.summary or {}).get("cells")
+        return isinstance(cells, list) and any(isinstance(c, dict) and "mean" in c for c in cells)
+
+    def _entries(self, key: str) -> list[dict[str, Any]]:
+        """The objects in one list of the seed-level summary (empty for an older summary); a malformed list or entry
+        is a line in ``problems``, once."""
+        if not self.seed_level:
             return []
-        groups: dict[tuple, list[dict]] = {}
-        for r in self.table:
-            if isinstance(r, dict) and {"method", "domain", "region", "successes", "episodes"} <= set(r):
-                groups.setdefault((r["method"], r["domain"], r["region"]), []).append(r)
+        data = self.summary.get(key) if self.summary else None
+        if data is None:
+            return []
+        note = f"{self.path / 'study_summary.json'}: "
+        if not isinstance(data, list):
+            self._problem(note + f"'{key}' is not a list ({type(data).__name__}); not shown")
+            return []
+        good = [e for e in data if isinstance(e, dict)]
+        if len(good) < len(data):
+            self._problem(note + f"{len(data) - len(good)} of the {len(data)} entries of '{key}' are not objects; "
+                          "skipped")
+        return good
+
+    def _problem(self, text: str) -> None:
+        if text not in self.problems:
+            self.problems.append(text)
+
+    def comparisons(self) -> list[dict[str, Any]]:
+        return self._entries("comparisons")
+
+    def gaps(self) -> list[dict[str, Any]]:
+        return self._entries("gaps")
+
+    def gap_closed(self) -> list[dict[str, Any]]:
+        return self._entries("gap_closed")
+
+    def signals(self) -> list[dict[str, Any]]:
+        return self._entries("signals")
+
+    def offline(self) -> list[dict[str, Any]]:
+        return self._entries("offline")
+
+    def _rows(self) -> list[dict[str, Any]]:
+        """study.json rows with a method, domain, region, integer seed and counts (others noted and skipped)."""
+        good, bad = [], 0
+        for r in self.table or []:
+            ok = isinstance(r, dict) and {"method", "domain", "region", "seed", "successes", "episodes"} <= set(r)
+            if ok:
+                try:
+                    r = {**r, "seed": int(r["seed"]), "successes": int(r["successes"]),
+                         "episodes": int(r["episodes"])}
+                except (TypeError, ValueError):
+                    ok = False
+            if ok and 0 <= r["successes"] <= r["episodes"] and r["episodes"] > 0:
+                good.append(r)
+            else:
+                bad += 1
+        if bad:
+            self._problem(f"{self.path / 'study.json'}: {bad} row(s) without a method, domain, region, seed and "
+                          "valid counts; skipped")
+        return good
+
+    def design(self) -> dict[str, Any]:
+        """The split, the evaluation scenes ``[first, stop)`` and the training seeds: the summary's record, else what
+        study.json's rows and study_config.json say (``None`` where nothing does)."""
+        summ, cfg, rows = self.summary or {}, self.config or {}, self._rows()
+        splits = sorted({str(r["split"]) for r in rows if r.get("split") is not None})
+        scenes = sorted({tuple(r["scene_seeds"]) for r in rows if isinstance(r.get("scene_seeds"), list)
+                         and len(r["scene_seeds"]) == 2})
+        seeds = summ.get("training_seeds")
+        if not isinstance(seeds, list):
+            seeds = sorted({r["seed"] for r in rows}) or None
+        sc = summ.get("scene_seeds")
+        return {"split": summ.get("split") or (splits[0] if len(splits) == 1 else None) or cfg.get("split"),
+                "splits_in_rows": splits,
+                "scene_seeds": list(sc) if isinstance(sc, list) and len(sc) == 2 else
+                (list(scenes[0]) if len(scenes) == 1 else None),
+                "scene_ranges_in_rows": [list(s) for s in scenes],
+                "training_seeds": seeds,
+                "n_seeds": len(seeds) if seeds else cfg.get("seeds") if isinstance(cfg.get("seeds"), int) else None}
+
+    def cells(self) -> list[dict[str, Any]]:
+        """Per method x domain x region at the level of the training seed: ``mean`` over seeds of the success rate
+        with its t interval (``ci95``, None for one seed), ``per_seed`` ({seed: rate}) and the pooled Wilson interval
+        as ``episode_noise_wilson95``. The seed-level study_summary.json's cells; for an older summary or none, the
+        rows of study.json pooled per seed (:func:`otplug.stats.seed_mean`); else an older summary's cells."""
+        if self.seed_level:
+            return [c for c in self._entries("cells") if isinstance(c.get("method"), str)]
+        rows = self._rows()
+        if rows:
+            groups: dict[tuple, dict[int, list[int]]] = {}
+            for r in rows:
+                per = groups.setdefault((r["method"], r["domain"], r["region"]), {})
+                s, n = per.get(r["seed"], [0, 0])
+                per[r["seed"]] = [s + r["successes"], n + r["episodes"]]
+            return [_cell(m, d, reg, {str(k): v for k, v in sorted(per.items())})
+                    for (m, d, reg), per in groups.items()]
         out = []
-        for (m, d, reg), rs in groups.items():
-            s, n = sum(int(r["successes"]) for r in rs), sum(int(r["episodes"]) for r in rs)
-            out.append({"method": m, "domain": d, "region": reg, "seeds": len(rs), "episodes": n, "successes": s,
-                        "success_rate": s / n if n else math.nan,
-                        "ci95": list(wilson_interval(s, n)) if n else [math.nan, math.nan],
-                        "per_seed": [r.get("success_rate") for r in sorted(rs, key=lambda r: r.get("seed", 0))]})
+        for c in (self.summary or {}).get("cells") or []:  # an older summary without study.json: its per-seed list
+            rates = c.get("per_seed") if isinstance(c, dict) else None
+            if not isinstance(rates, list) or not rates or not all(_num(x) for x in rates):
+                continue
+            cell = _cell(c.get("method"), c.get("domain"), c.get("region"), None, [float(x) for x in rates])
+            cell.update(episodes=c.get("episodes"), successes=c.get("successes"),
+                        episode_noise_wilson95=c.get("ci95"), pooled_rate=c.get("success_rate"))
+            out.append(cell)
         return out
+
+    def cells_source(self) -> str:
+        if self.seed_level:
+            return "study_summary.json"
+        if self._rows():
+            return "study.json"
+        return "study_summary.json (older format)" if self.cells() else ""
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _cell(method: Any, domain: Any, region: Any, counts: dict[str, list[int]] | None,
+          rates: list[float] | None = None) -> dict[str, Any]:
+    """A seed-level cell from per-seed ``[successes, episodes]`` (or bare per-seed rates): every number from
+    :mod:`otplug.stats`."""
+    if counts is not None:
+        per = {k: s / n for k, (s, n) in counts.items()}
+        s, n = sum(v[0] for v in counts.values()), sum(v[1] for v in counts.values())
+        extra = {"episodes": n, "successes": s, "episode_noise_wilson95": list(wilson_interval(s, n)),
+                 "pooled_rate": s / n}
+    else:
+        per = {f"#{i + 1}": r for i, r in enumerate(rates or [])}
+        extra = {}
+    sm = seed_mean(list(per.values()))
+    return {"method": method, "domain": domain, "region": region, "seeds": sm.n, "mean": sm.mean, "sd": sm.sd,
+            "ci95": list(sm.ci95) if sm.ci95 else None, "per_seed": per, **extra}
 
 
 def open_study(path: Path) -> StudyFolder:

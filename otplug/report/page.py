@@ -32,6 +32,7 @@ figure { margin: 0 0 10px; }
 figure img { max-width: 100%; height: auto; border: 1px solid #e3e4e8; background: #fff; }
 figcaption { font-size: 0.85em; color: #444; margin-top: 2px; }
 .missing { color: #6b4e00; background: #fff8e1; border-left: 4px solid #f0c000; padding: 6px 10px; }
+.warn { color: #5a1a00; background: #ffe9dc; border: 2px solid #e0661a; padding: 8px 12px; font-weight: 600; }
 .error { color: #8a1010; background: #fdecec; border-left: 4px solid #d33; padding: 6px 10px; }
 .note { color: #333; font-size: 0.92em; }
 pre { background: #f6f7f9; border: 1px solid #e1e3e8; padding: 8px; overflow-x: auto; font-size: 0.82em; }
@@ -89,6 +90,10 @@ class Page:
 
     def error(self, text: str) -> None:
         self.p(text, "error")
+
+    def warn(self, text: str) -> None:
+        """A caveat the reader must not miss (not a failure to draw)."""
+        self.p(text, "warn")
 
     def pre(self, text: str) -> None:
         self.raw(f"<pre>{esc(text)}</pre>")
