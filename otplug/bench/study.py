@@ -120,6 +120,7 @@ def policy_args(cfg: StudyConfig, method: str = "cotrain") -> list[str]:
         "--policy.dim_feedforward=128", "--policy.n_encoder_layers=2", "--policy.n_decoder_layers=1",
         "--policy.n_vae_encoder_layers=1", "--policy.latent_dim=16", "--policy.chunk_size=8",
         "--policy.n_action_steps=8", "--policy.optimizer_lr=3e-4", "--policy.optimizer_lr_backbone=3e-4",
+        f"--policy.use_vae={str(cfg.use_vae).lower()}",
         f"--batch_size={batch}", "--num_workers=0", f"--steps={cfg.steps}", f"--log_freq={max(cfg.steps // 20, 1)}",
         f"--save_freq={cfg.steps}", "--wandb.enable=false", "--dataset.video_backend=pyav",
         # the fast path (docs/training.md): rows decoded once, fused AdamW (the same update up to rounding)
@@ -329,11 +330,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--demo", action="store_true",
                    help="cotrain vs cotrain-ot, 1 seed, 100 episodes, real domain (make demo; one seed is no evidence)")
     p.add_argument("--quick", action="store_true",
-                   help="target-only, cotrain, cotrain-ot, 2 seeds, 100 episodes, real domain")
+                   help="target-only, cotrain, cotrain-ot, 1 seed, 100 episodes, real domain")
     p.add_argument("--split", choices=SPLITS, default="dev",
                    help="evaluation scenes and training seeds: dev (every choice is made here; default) or test (the "
                         "final table, run once)")
-    p.add_argument("--seeds", type=int, help="training seeds per method (default 10; --quick 2, --demo 1)")
+    p.add_argument("--seeds", type=int, help="training seeds per method (default 10; --quick and --demo 1)")
     p.add_argument("--methods", help=f"comma-separated subset of {','.join(METHODS)} (default: all but the "
                    f"ablations {','.join(m for m in METHODS if m not in DEFAULT_METHODS)})")
     p.add_argument("--steps", type=int, help="training steps per run")

@@ -50,10 +50,12 @@ class StudyConfig:
     real_episodes: int = 20
     sim_episodes: int = 100
     image_size: int = 32
-    steps: int = 400
+    steps: int = 1000
     batch_size: int = 16
     ot_batch_size: int = 8
-    bc_source_weight: float = 0.5
+    bc_source_weight: float = 0.75
+    #: ACT's conditional VAE: off (the expert is deterministic; on dev it trained faster without, docs/benchmark.md)
+    use_vae: bool = False
     lambda_ot: float = 0.1
     eval_episodes: int = 200
     eval_domains: tuple[str, ...] = ("real", "sim")
@@ -93,6 +95,6 @@ class StudyConfig:
 
     @classmethod
     def quick(cls, **over: Any) -> StudyConfig:
-        base = dict(methods=("target-only", "cotrain", "cotrain-ot"), seeds=2, eval_episodes=100,
+        base = dict(methods=("target-only", "cotrain", "cotrain-ot"), seeds=1, eval_episodes=100,
                     eval_domains=("real",))
         return cls(**{**base, **over})
