@@ -243,7 +243,7 @@ def _method_config(out: Path, method: str) -> Path:
             raise StudyError(f"{out}: method {method!r} was run here with another OT config ({ot_path}, an "
                              f"older otplug's?); remove {out / 'runs' / method} and {out / 'evals' / method} to "
                              "rerun it with the current one, or use another --output-dir")
-        ot_path.parent.mkdir(exist_ok=True)
+        ot_path.parent.mkdir(parents=True, exist_ok=True)
         _write_json_atomic(ot_path, ot_cfg)
     return ot_path
 
