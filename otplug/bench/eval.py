@@ -278,10 +278,8 @@ def load_policy(path: str | Path, device: str = "auto") -> LoadedPolicy:
     ckpt = resolve_checkpoint(path)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     dev = _pick_device(device)
-    try:
-        from otplug.lerobot.datasets import quiet_lerobot
-    except ImportError:
-        from otplug.lerobot.demo_data import quiet_lerobot
+    from otplug.lerobot.datasets import quiet_lerobot
+
     quiet_lerobot()
     from lerobot.configs.policies import PreTrainedConfig
     from lerobot.policies.factory import get_policy_class, make_pre_post_processors

@@ -74,11 +74,9 @@ def _features(image_size: int, use_videos: bool) -> dict:
 
 
 def _lerobot_helpers():
-    """(quiet_lerobot, open_dataset) from otplug's lerobot layer, wherever it lives now."""
-    try:
-        from otplug.lerobot.datasets import open_dataset, quiet_lerobot
-    except ImportError:  # older layout
-        from otplug.lerobot.demo_data import open_dataset, quiet_lerobot
+    """(quiet_lerobot, open_dataset) from otplug's lerobot layer (imported late: lerobot is an optional extra)."""
+    from otplug.lerobot.datasets import open_dataset, quiet_lerobot
+
     return quiet_lerobot, open_dataset
 
 

@@ -14,6 +14,7 @@ This costs nothing on a normal step (only the RNG state is kept), and the run st
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from typing import Any
@@ -72,7 +73,7 @@ def update_policy(policy: Any, batch: dict, n_pairs: int, *, optimizer: Any, lr_
     rng = _rng_state() if on_nonfinite == "stop" else None  # to recompute this step if its gradient is non-finite
     ot_res = None
     with accelerator.autocast():
-        with ot_side.capturing() if ot_side is not None else _null():
+        with ot_side.capturing() if ot_side is not None else contextlib.nullcontext():
             bc_loss, output_dict = policy.forward(batch)
         loss = bc_loss
         if ot_side is not None:
@@ -154,7 +155,7 @@ def attribute_nonfinite_gradient(policy: Any, batch: dict, n_pairs: int, *, ot_s
     parts: list[tuple[str, torch.Tensor]] = []
     try:
         with torch.enable_grad(), accelerator.autocast():
-            with ot_side.capturing() if ot_side is not None else _null():
+            with ot_side.capturing() if ot_side is not None else contextlib.nullcontext():
                 bc_loss, _ = model.forward(batch)
             res = None
             if ot_side is not None:
@@ -183,14 +184,6 @@ def attribute_nonfinite_gradient(policy: Any, batch: dict, n_pairs: int, *, ot_s
     return (" and ".join(bad) + (" gives" if len(bad) == 1 else " give") + " a non-finite gradient (found by one "
             "backward per part" + (f"; finite: {', '.join(others)}" if others else "")
             + (f"; no gradient: {', '.join(constant)}" if constant else "") + ")")
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
 
 
 def check_finite_weights(policy: Any, step: int) -> None:
