@@ -33,7 +33,11 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+from otplug.errors import OtplugError
+
 __all__ = [
+    "OptionError",
+    "check_option",
     "FieldTypeError",
     "FieldValueError",
     "NumberValidator",
@@ -282,3 +286,24 @@ def one_of(*options: Any) -> OneOf:
 batch_key = _BatchKey()
 #: a last-axis slice ``[start, stop)`` of two integers with 0 <= start < stop (``None`` allowed)
 dim_slice = _DimSlice()
+
+
+class OptionError(OtplugError, ValueError):
+    """A command-line option (``--ot.<field>``, a study flag) failed a validator of this module; ``str()`` is
+    ``<flag>: <message>`` (the CLI shows it as one line, exit code 2)."""
+
+
+class _Named:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def check_option(flag: str, value: Any, validator: Any) -> None:
+    """Run ``validator`` (any of this module's) on the option ``flag``: the same mistake gets the same message as in
+    a config file, with the flag in front (``--ot.batch_size: must be an integer >= 1, got 0``)."""
+    try:
+        validator(None, _Named(flag), value)
+    except (FieldValueError, FieldTypeError) as exc:
+        raise OptionError(str(exc)) from None

@@ -103,7 +103,7 @@ def test_auto_mode_respects_the_budget_and_says_so(data):
     out = maybe_cache(ds, "auto", 1.0, say=said.append)
     assert isinstance(out, FrameCache) and "MiB in memory" in said[0] and "decoded in" in said[1]
     assert maybe_cache(ds, "disk", 1.0) is ds
-    with pytest.raises(OtplugError, match="--ot.frame_cache must be one of"):
+    with pytest.raises(OtplugError, match="--ot.frame_cache: must be one of"):
         maybe_cache(ds, "sometimes", 1.0)
 
 

@@ -124,7 +124,7 @@ def test_errors_are_one_clear_message(pair, tmp_path, capsys):
     out = tmp_path / "e"
     cases = [
         (["--ot.pair_info=/nope/pair.json"], "--ot.pair_info: no such file"),
-        (["--ot.layout=singlepass"], "--ot.layout must be one of"),
+        (["--ot.layout=singlepass"], "--ot.layout: must be one of"),
         (["--ot.lamda_ot=0.1"], "invalid training options"),
     ]
     for extra, msg in cases:

@@ -25,6 +25,7 @@ import torch
 
 from otplug.errors import OtplugError
 from otplug.lerobot.datasets import RenamedDataset, dataset_label
+from otplug.validators import check_option, one_of
 
 __all__ = ["FRAME_CACHE_MODES", "FrameCache", "cache_frames", "estimate_item_bytes", "maybe_cache"]
 
@@ -104,7 +105,7 @@ def maybe_cache(ds: Any, mode: str, max_gib: float, *, say: Callable[[str], None
     """Apply ``--ot.frame_cache`` (:data:`FRAME_CACHE_MODES`) to one dataset: the estimate (first row x rows) is
     printed before the decode starts; ``auto`` keeps a dataset above ``max_gib`` on disk and says so."""
     if mode not in FRAME_CACHE_MODES:
-        raise OtplugError(f"--ot.frame_cache must be one of {', '.join(FRAME_CACHE_MODES)}, got {mode!r}")
+        check_option("--ot.frame_cache", mode, one_of(*FRAME_CACHE_MODES))
     if mode == "disk" or len(ds) == 0 or isinstance(_base(ds), FrameCache):
         return ds
     base = _base(ds)

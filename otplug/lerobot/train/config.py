@@ -9,7 +9,6 @@ Every ``lerobot-train`` option works unchanged (``--dataset.repo_id``, ``--polic
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,9 +16,11 @@ from typing import Any
 from lerobot.configs.default import DatasetConfig
 from lerobot.configs.train import TrainPipelineConfig
 
+from otplug import validators as v
 from otplug.errors import OtplugError
 from otplug.lerobot.frame_cache import FRAME_CACHE_MODES
 from otplug.lerobot.sources import check_specs, read_sources_file, single_source
+from otplug.validators import check_option
 
 __all__ = ["LAYOUTS", "SCOPES", "OTSection", "OTTrainConfig"]
 
@@ -159,10 +160,8 @@ class OTSection:
             _integer("top_k", self.top_k, minimum=1)
         if self.window_size is not None:
             _integer("window_size", self.window_size, minimum=0)
-        _number("bc_source_weight", self.bc_source_weight, minimum=0.0)
-        if self.bc_source_weight > 1:
-            raise OtplugError(f"--ot.bc_source_weight must be in [0, 1] (the expected share of source rows in BC "
-                              f"batches), got {self.bc_source_weight!r}")
+        # the expected share of source rows in BC batches
+        check_option("--ot.bc_source_weight", self.bc_source_weight, v.in_range(0.0, 1.0))
         if self.num_workers is not None:
             _integer("num_workers", self.num_workers, minimum=0)
         if not isinstance(self.source_rename_map, dict) or not all(
@@ -254,36 +253,15 @@ def parse_sink_options(text: str | dict | None, sinks: list[str]) -> dict[str, d
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...], alias: str | None = None) -> None:
-    if value not in choices:
-        flag = f"--ot.{name}" + (f" / {alias}" if alias else "")
-        raise OtplugError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")
+    check_option(f"--ot.{name}" + (f" / {alias}" if alias else ""), value, v.one_of(*choices))
 
 
 def _number(name: str, value: Any, *, minimum: float | None = None) -> None:
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or (minimum is not None and value < minimum):
-        bound = f" >= {minimum:g}" if minimum is not None else ""
-        raise OtplugError(f"--ot.{name} must be a finite number{bound}, got {value!r}")
+    check_option(f"--ot.{name}", value, v.finite if minimum is None else v.at_least(minimum))
 
 
 def _integer(name: str, value: Any, *, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise OtplugError(f"--ot.{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def _quiet_video_backend() -> str:
-    from otplug.lerobot.video_backend import default_backend
-
-    return default_backend().backend
-
-
-@dataclass
-class OTDatasetConfig(DatasetConfig):
-    """lerobot's dataset options, with one change: the default ``video_backend`` comes from otplug's quiet probe
-    (:mod:`otplug.lerobot.video_backend`), not lerobot's, which draccus calls for every parse and which logs the
-    whole torchcodec load failure when FFmpeg is missing. ``--dataset.video_backend`` still wins."""
-
-    video_backend: str = field(default_factory=_quiet_video_backend)
+    check_option(f"--ot.{name}", value, v.at_least(minimum, integer=True))
 
 
 @dataclass
