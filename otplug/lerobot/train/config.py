@@ -264,6 +264,21 @@ def _integer(name: str, value: Any, *, minimum: int) -> None:
     check_option(f"--ot.{name}", value, v.at_least(minimum, integer=True))
 
 
+def _quiet_video_backend() -> str:
+    from otplug.lerobot.video_backend import default_backend
+
+    return default_backend().backend
+
+
+@dataclass
+class OTDatasetConfig(DatasetConfig):
+    """lerobot's dataset options, with one change: the default ``video_backend`` comes from otplug's quiet probe
+    (:mod:`otplug.lerobot.video_backend`), not lerobot's, which draccus calls for every parse and which logs the
+    whole torchcodec load failure when FFmpeg is missing. ``--dataset.video_backend`` still wins."""
+
+    video_backend: str = field(default_factory=_quiet_video_backend)
+
+
 @dataclass
 class OTTrainConfig(TrainPipelineConfig):
     dataset: OTDatasetConfig
