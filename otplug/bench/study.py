@@ -318,7 +318,11 @@ def run_study(out: str | Path, cfg: StudyConfig, *, quiet: bool = False, launch:
     say(text)
     say(f"the study's page (tables, curves, embeddings, every run): otplug report {out}")
     if failed:
-        listed = "; ".join(f"{o.cell.name} ({o.error}; log: {o.log})" for o in failed)
+        def _one(o: Any) -> str:
+            return f"{o.cell.name} ({o.error})" if str(o.log) in (o.error or "") else f"{o.cell.name} ({o.error}; log: {o.log})"
+
+        listed = "; ".join(_one(o) for o in failed[:3]) + (f"; and {len(failed) - 3} more (above)" if len(failed) > 3
+                                                           else "")
         raise StudyError(f"{len(failed)} of {len(outcomes)} trainings failed, the study's files cover the other "
                          f"{len(outcomes) - len(failed)}: {listed}; rerun the same command to retry them")
     return {"rows": table, **summary, **meta}
