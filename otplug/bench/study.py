@@ -308,7 +308,8 @@ def run_study(out: str | Path, cfg: StudyConfig, *, quiet: bool = False, launch:
     eval_s = sum(r.get("seconds", 0.0) for r in rows)
     meta = {"minutes": (time.perf_counter() - t0) / 60, "device": "cuda" if _cuda() else "cpu",
             "peak_rss_gib": max(children, me), "train_minutes": train_s / 60, "eval_minutes": eval_s / 60,
-            "jobs": n_jobs if launch.launcher == "local" else None, "launcher": launch.launcher, "split": cfg.split, "scene_seeds": [first, stop],
+            "jobs": n_jobs if launch.launcher == "local" else None, "launcher": launch.launcher, "split": cfg.split,
+            "scene_seeds": [first, stop],
             "training_seeds": list(cfg.training_seeds)}
     _write_json_atomic(out / "study_summary.json", {**summary, **meta,
                                                     "offline": [{"method": m, "seed": sd, **v}
@@ -319,7 +320,8 @@ def run_study(out: str | Path, cfg: StudyConfig, *, quiet: bool = False, launch:
     say(f"the study's page (tables, curves, embeddings, every run): otplug report {out}")
     if failed:
         def _one(o: Any) -> str:
-            return f"{o.cell.name} ({o.error})" if str(o.log) in (o.error or "") else f"{o.cell.name} ({o.error}; log: {o.log})"
+            named = str(o.log) in (o.error or "")
+            return f"{o.cell.name} ({o.error})" if named else f"{o.cell.name} ({o.error}; log: {o.log})"
 
         listed = "; ".join(_one(o) for o in failed[:3]) + (f"; and {len(failed) - 3} more (above)" if len(failed) > 3
                                                            else "")

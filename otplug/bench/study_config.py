@@ -10,8 +10,8 @@ import attrs
 from otplug.errors import OtplugError
 from otplug.recipes import CAMERA_KEY, MMD_ENERGY, MMD_LINEAR, PLAIN_OT, RECOMMENDED_OT
 
-__all__ = ["ABLATIONS", "CAMERA_KEY", "DEFAULT_METHODS", "METHODS", "MMD_ENERGY", "MMD_LINEAR", "PLAIN_OT", "RECOMMENDED_OT", "SPLITS",
-           "SPLIT_SCENE_BASE", "SPLIT_TRAINING_SEED_BASE", "StudyConfig", "StudyError"]
+__all__ = ["ABLATIONS", "CAMERA_KEY", "DEFAULT_METHODS", "METHODS", "MMD_ENERGY", "MMD_LINEAR", "PLAIN_OT",
+           "RECOMMENDED_OT", "SPLITS", "SPLIT_SCENE_BASE", "SPLIT_TRAINING_SEED_BASE", "StudyConfig", "StudyError"]
 
 #: Every method a study can run (``--methods`` picks a subset).
 METHODS = ("target-only", "source-only", "cotrain", "cotrain-mmd", "cotrain-mmd-linear", "cotrain-ot",
@@ -28,8 +28,8 @@ DEFAULT_METHODS = ("target-only", "cotrain", "cotrain-mmd", "cotrain-ot")
 
 #: Evaluation scenes. Episode ``e`` of a split plays episode seed ``base + e``; the ranges are disjoint from each
 #: other and from the scenes the demos were recorded on (real: ``data_seed + i``, sim: ``data_seed + 1000 + i``,
-#: the held-out real demos: ``data_seed + 50_000 + i``). Every choice (config, lambda, steps, the task's knobs) is made on
-#: ``dev``; ``test`` is for the final table, run once per set of choices (SPEC §8.1).
+#: the held-out real demos: ``data_seed + 50_000 + i``). Every choice (config, lambda, steps, the task's knobs) is
+#: made on ``dev``; ``test`` is for the final table, run once per set of choices (SPEC §8.1).
 SPLITS = ("dev", "test")
 SPLIT_SCENE_BASE = {"dev": 200_000, "test": 300_000}
 SPLIT_SCENE_SPAN = 100_000  # at most this many evaluation episodes per cell

@@ -79,7 +79,8 @@ def _gaps(summary: dict[str, Any]) -> list[str]:
     lines = ["", "## The room: sim − real success per method (paired per seed)", "",
              "| method | region | sim − real | 95% t interval |", "|---|---|---|---|"]
     for g in summary["gaps"]:
-        lines.append(f"| {g['method']} | {g['region']} | {_signed(g['gap']['mean'])} | {_signed_ci(g['gap']['ci95'])} |")
+        gap = g["gap"]
+        lines.append(f"| {g['method']} | {g['region']} | {_signed(gap['mean'])} | {_signed_ci(gap['ci95'])} |")
     if summary["gap_closed"]:
         lines += ["", "How much of co-training's sim − real gap each alignment method closes (gap_cotrain − "
                   "gap_method per seed, t interval; the fraction with a paired seed bootstrap):", "",
@@ -88,7 +89,8 @@ def _gaps(summary: dict[str, Any]) -> list[str]:
         for g in summary["gap_closed"]:
             frac = _r(g["fraction"]) if g["fraction"] is not None else "– (no gap)"
             fci = _signed_ci(g["fraction_ci95"]) if g["fraction_ci95"] else f"({g.get('fraction_reason') or 'n/a'})"
-            lines.append(f"| {g['method']} | {g['region']} | {_signed(g['gap_cotrain'])} | {_signed(g['gap_method'])} | "
+            lines.append(f"| {g['method']} | {g['region']} | {_signed(g['gap_cotrain'])} | "
+                         f"{_signed(g['gap_method'])} | "
                          f"{_signed(g['closed']['mean'])} | {_signed_ci(g['closed']['ci95'])} | {frac} | {fci} |")
     return lines
 

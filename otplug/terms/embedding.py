@@ -120,7 +120,7 @@ class EmbeddingTerm:
 
     def _distance(self, sq: torch.Tensor) -> torch.Tensor:
         """The embedding cost from squared distances: as is (``distance = "sqeuclidean"``) or their square root
-        (``"euclidean"``: the energy distance's kernel), with a zero gradient at distance 0 instead of an infinite one."""
+        (``"euclidean"``: the energy distance's kernel), with a zero gradient at distance 0, not an infinite one."""
         if self.config.distance == "euclidean":
             return sq.clamp_min(1e-30).sqrt()
         return sq

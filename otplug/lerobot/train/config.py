@@ -97,7 +97,8 @@ class OTSection:
     on_nonfinite: str = "stop"
     # Decode once (otplug.lerobot.frame_cache): hold the rows of the target and source datasets in memory, decoded
     # by lerobot once, and serve every batch from there (bit for bit the batches of the disk path). auto: each
-    # dataset whose estimate fits frame_cache_max_gib; memory: every dataset; disk: read from disk as lerobot-train does.
+    # dataset whose estimate fits frame_cache_max_gib; memory: every dataset; disk: read from disk as lerobot-train
+    # does.
     frame_cache: str = "auto"
     frame_cache_max_gib: float = 4.0
     # The optimizer's torch implementation: "lerobot" builds lerobot's optimizer as lerobot-train does (bit-exact
