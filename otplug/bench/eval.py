@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -42,7 +41,6 @@ __all__ = [
     "rollout",
     "run_eval",
     "to_policy_batch",
-    "wilson_interval",
     "write_frame_strip",
 ]
 
@@ -52,21 +50,6 @@ STATE_KEY = "observation.state"
 
 class EvalError(OtplugError):
     """The policy could not be loaded or evaluated."""
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# statistics
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (95 % by default); (0, 1) when ``n == 0``."""
-    if n <= 0:
-        return 0.0, 1.0
-    p = successes / n
-    denom = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -156,6 +139,8 @@ class EvalResult:
 
     @property
     def ci95(self) -> tuple[float, float]:
+        from otplug.stats import wilson_interval  # one policy's episode noise (otplug.stats: the one home)
+
         return wilson_interval(self.successes, self.episodes)
 
     @property

@@ -15,9 +15,9 @@ from lerobot.policies.factory import get_policy_class
 from lerobot.utils.random_utils import set_seed
 
 from otplug.atomic import save_text
-from otplug.lerobot.adapters import ACTEncoder, DiffusionEncoder
 from otplug.lerobot.pair_dataset import make_source_dataset, partner_pairs
 from otplug.lerobot.train.batches import images_to_float
+from otplug.policy_encoder import resolve_encoder
 from otplug.recipes import CAMERA_KEY
 
 __all__ = ["embedding_alignment", "summarize"]
@@ -51,7 +51,7 @@ def embedding_alignment(policy, preprocessor, pairs, camera_keys) -> dict[str, f
       partner than to any other sim frame;
     * ``paired`` / ``unpaired``: those two means; ``scale``: mean squared norm of all the embeddings.
     """
-    enc = {"act": ACTEncoder, "diffusion": DiffusionEncoder}[policy.config.type](policy)
+    enc = resolve_encoder(policy)  # the encoder registry, as training does (otplug list-encoders)
     src, tgt = (preprocessor(images_to_float(dict(b), camera_keys)) for b in pairs)
     with torch.no_grad():
         es = enc.encode_feature_for_ot(CAMERA, src[CAMERA]).flatten(1).double()
