@@ -322,3 +322,20 @@ def test_pair_info_must_fit_the_datasets(real_pair):
     info["0"][0]["pairing"]["0"] = [99]
     with pytest.raises(OtplugError, match="source frame 99 is outside source episode 0"):
         OTPairDataset(tgt, src, info)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"mode": "softmax"}, "sampling.mode: must be one of 'logistic', 'exp', 'uniform', got 'softmax'"),
+    ({"sharpness": -1.0}, "sampling.sharpness: must be >= 0, got -1.0"),
+    ({"sharpness": float("nan")}, "sampling.sharpness: must be a finite number, got nan"),
+    ({"cutoff": float("inf")}, "sampling.cutoff: must be a finite number, got inf (or None)"),
+    ({"top_k": 0}, "sampling.top_k: must be an integer >= 1, got 0 (or None)"),
+    ({"top_k": True}, "sampling.top_k: expected an integer, got bool True (or None)"),
+    ({"window_size": 1.5}, "sampling.window_size: expected an integer, got float 1.5"),
+])
+def test_sampling_options_are_checked_with_the_shared_messages(kwargs, message):
+    import re
+
+    with pytest.raises(PairDatasetError, match=re.escape(message)):
+        PairSampling(**kwargs)
+    assert PairSampling(cutoff=None, top_k=None).top_k is None  # the optional ones take None

@@ -28,7 +28,6 @@ All frame numbers are relative to their episode (0 = first frame of the episode)
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,9 +37,11 @@ import numpy as np
 import torch
 import torch.utils.data
 
+from otplug import validators as v
 from otplug.errors import OtplugError
 from otplug.lerobot.datasets import RenamedDataset, check_rename_map, dataset_label, episode_rows, open_dataset
 from otplug.lerobot.pair_info import load_pair_info
+from otplug.validators import OptionError, check_option
 
 __all__ = [
     "OTPairDataset",
@@ -60,32 +61,17 @@ class PairDatasetError(OtplugError, ValueError):
     """The pair dataset cannot be built (bad sampling options, mismatched datasets, missing features)."""
 
 
-def _check_mode(_inst, _attr, value):
-    if value not in SAMPLING_MODES:
-        raise PairDatasetError(f"sampling.mode must be one of {list(SAMPLING_MODES)}, got {value!r}")
-
-
-def _check_nonneg(inst, attr, value):
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise PairDatasetError(f"sampling.{attr.name} must be a finite number >= 0, got {value!r}")
-
-
-def _check_top_k(_inst, _attr, value):
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise PairDatasetError(f"sampling.top_k must be an integer >= 1 or None, got {value!r}")
-
-
-def _check_window(_inst, _attr, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise PairDatasetError(f"sampling.window_size must be an integer >= 0, got {value!r}")
-
-
-def _check_cutoff(_inst, _attr, value):
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                              or not math.isfinite(value)):
-        raise PairDatasetError(f"sampling.cutoff must be a finite number or None, got {value!r}")
+def _sampling(check: Any, *, optional: bool = False) -> Any:
+    """An attrs validator: ``check`` (an :mod:`otplug.validators` check) on ``sampling.<field>``, raised as
+    :class:`PairDatasetError` with otplug's usual message (``None`` passes for an optional field)."""
+    def run(_inst: Any, attr: Any, value: Any) -> None:
+        if optional and value is None:
+            return
+        try:
+            check_option(f"sampling.{attr.name}", value, check)
+        except OptionError as exc:
+            raise PairDatasetError(str(exc) + (" (or None)" if optional else "")) from None
+    return run
 
 
 @attrs.frozen
@@ -101,11 +87,11 @@ class PairSampling:
     * ``no_window``: draw the source frame uniformly from the chosen source episode instead.
     """
 
-    mode: str = attrs.field(default="logistic", validator=_check_mode)
-    sharpness: float = attrs.field(default=1.0, validator=_check_nonneg)
-    cutoff: float | None = attrs.field(default=None, validator=_check_cutoff)
-    top_k: int | None = attrs.field(default=None, validator=_check_top_k)
-    window_size: int = attrs.field(default=2, validator=_check_window)
+    mode: str = attrs.field(default="logistic", validator=_sampling(v.one_of(*SAMPLING_MODES)))
+    sharpness: float = attrs.field(default=1.0, validator=_sampling(v.non_negative))
+    cutoff: float | None = attrs.field(default=None, validator=_sampling(v.finite, optional=True))
+    top_k: int | None = attrs.field(default=None, validator=_sampling(v.positive_int, optional=True))
+    window_size: int = attrs.field(default=2, validator=_sampling(v.non_negative_int))
     no_window: bool = False
 
     def log_weights(self, distances: np.ndarray, cutoff: float) -> np.ndarray:

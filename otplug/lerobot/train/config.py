@@ -19,6 +19,7 @@ from lerobot.configs.train import TrainPipelineConfig
 from otplug import validators as v
 from otplug.errors import OtplugError
 from otplug.lerobot.frame_cache import FRAME_CACHE_MODES
+from otplug.lerobot.pair_dataset import SAMPLING_MODES
 from otplug.lerobot.sources import check_specs, read_sources_file, single_source
 from otplug.validators import check_option
 
@@ -221,7 +222,7 @@ class OTSection:
 CAPTURE_FALLBACKS = ("encode", "error")
 ON_NONFINITE = ("stop", "skip")
 OPTIMIZER_IMPLS = ("lerobot", "foreach", "fused")
-WEIGHTINGS = ("logistic", "exp", "uniform")
+WEIGHTINGS = SAMPLING_MODES  # --ot.weighting is PairSampling.mode
 
 
 def parse_sink_options(text: str | dict | None, sinks: list[str]) -> dict[str, dict[str, Any]]:
