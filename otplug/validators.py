@@ -53,6 +53,7 @@ __all__ = [
     "one_of",
     "positive",
     "positive_int",
+    "rename_map",
     "show_value",
 ]
 
@@ -286,6 +287,26 @@ def one_of(*options: Any) -> OneOf:
 batch_key = _BatchKey()
 #: a last-axis slice ``[start, stop)`` of two integers with 0 <= start < stop (``None`` allowed)
 dim_slice = _DimSlice()
+
+
+class _RenameMap:
+    """A feature-name map (lerobot's ``rename_map`` shape): a mapping of non-empty names to non-empty names."""
+
+    __slots__ = ()
+
+    def __call__(self, instance: Any, attribute: Any, value: Any) -> None:
+        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(n, str) and k and n
+                                                  for k, n in value.items()):
+            raise FieldValueError("must map source feature names to target feature names, e.g. "
+                                  '{"observation.images.cam_high": "observation.images.top"}, got '
+                                  f"{show_value(value)}", _field_name(attribute))
+
+    def __repr__(self) -> str:
+        return "<otplug validator rename_map: {source name: target name}>"
+
+
+#: a feature-name map ``{source name: target name}`` (``--ot.source_rename_map``, a sources file's ``rename_map``)
+rename_map = _RenameMap()
 
 
 class OptionError(OtplugError, ValueError):

@@ -96,6 +96,8 @@ def test_single_process_reduction_and_vote_are_local():
     ("frame_cache", "ram", "--ot.frame_cache: must be one of 'auto', 'memory', 'disk', got 'ram'"),
     ("optimizer_impl", "adam", "--ot.optimizer_impl: must be one of 'lerobot', 'foreach', 'fused', got 'adam'"),
     ("batch_size", True, "--ot.batch_size: expected an integer, got bool True"),
+    ("source_rename_map", {"observation.images.top": ""}, "--ot.source_rename_map: must map source feature names "
+     "to target feature names, e.g. {\"observation.images.cam_high\": \"observation.images.top\"}, got "),
 ])
 def test_ot_section_rejects_with_the_option_name(field, value, msg):
     sec = OTSection(enabled=False)
@@ -231,3 +233,20 @@ def test_optimizer_impl_refuses_an_optimizer_without_the_flags():
     set_optimizer_impl(Custom(), "lerobot")  # nothing to do
     with pytest.raises(OtplugError, match="--ot.optimizer_impl=fused: Custom has no foreach/fused"):
         set_optimizer_impl(Custom(), "fused")
+
+
+def test_rename_map_mistake_reads_the_same_in_a_sources_file(tmp_path):
+    """One validator (otplug.validators.rename_map) for the option and for a sources file's entries."""
+    import json
+
+    from otplug.lerobot.sources import read_sources_file
+    from otplug.validators import rename_map
+
+    bad = {"observation.images.top": 3}
+    path = tmp_path / "sources.json"
+    path.write_text(json.dumps({"sources": [{"root": str(tmp_path), "rename_map": bad}]}))
+    with pytest.raises(OtplugError) as err:
+        read_sources_file(str(path))
+    with pytest.raises(ValueError) as direct:
+        rename_map(None, None, bad)
+    assert direct.value.args[0] in str(err.value) and "rename_map" in str(err.value)

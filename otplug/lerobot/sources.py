@@ -33,6 +33,7 @@ import attrs
 
 from otplug.config.convert import show_value, suggest_key
 from otplug.errors import ConfigError, OtplugError
+from otplug.validators import FieldValueError, rename_map
 
 __all__ = ["SourceSpec", "check_specs", "read_sources_file", "single_source"]
 
@@ -127,10 +128,10 @@ def _one(entry: dict, at: str, base: Path, problems: list[tuple[str, str]]) -> S
     if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight) or weight <= 0:
         problems.append((f"{at}.weight", f"must be a finite number > 0, got {show_value(weight)}"))
     rename = entry.get("rename_map", {})
-    if not isinstance(rename, dict) or not all(isinstance(k, str) and isinstance(v, str) and k and v
-                                               for k, v in rename.items()):
-        problems.append((f"{at}.rename_map", ("must map source feature names to target feature names, e.g. "
-                                              '{"observation.images.cam_high": "observation.images.top"}')))
+    try:
+        rename_map(None, None, rename)
+    except FieldValueError as exc:  # the message alone: the loader puts the path in front
+        problems.append((f"{at}.rename_map", exc.args[0]))
     name = text("name")
     if len(problems) > n0:
         return None

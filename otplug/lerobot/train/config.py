@@ -166,10 +166,7 @@ class OTSection:
         check_option("--ot.bc_source_weight", self.bc_source_weight, v.in_range(0.0, 1.0))
         if self.num_workers is not None:
             _integer("num_workers", self.num_workers, minimum=0)
-        if not isinstance(self.source_rename_map, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) and k and v for k, v in self.source_rename_map.items()):
-            raise OtplugError("--ot.source_rename_map must map source feature names to target feature names, e.g. "
-                              "'{\"observation.images.cam_high\": \"observation.images.top\"}'")
+        check_option("--ot.source_rename_map", self.source_rename_map, v.rename_map)
         if not isinstance(self.sinks, list) or not all(isinstance(n, str) and n for n in self.sinks):
             raise OtplugError(f"--ot.sinks must be a list of sink names like '[console,plan-heatmap]', got {self.sinks!r}")
         self.__dict__["_sink_options"] = parse_sink_options(self.sink_options, self.sinks)
