@@ -76,6 +76,12 @@ def test_train_with_ot(pair, tmp_path, layout):
     ckpt = out / "checkpoints" / "last" / "pretrained_model"
     assert (ckpt / "model.safetensors").exists() and (ckpt / "train_config.json").exists()
     assert json.loads((ckpt / "train_config.json").read_text())["ot"]["layout"] == layout
+    # run_info keeps the config as parsed (native form, every setting): no reader has to guess the file's format
+    from otplug.config import dump_config, load_config
+
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["ot_config"] == dump_config(load_config(pair / "ot.json"))
+    assert json.loads(info["ot_config_text"]) == OT_CONFIG
 
 
 def test_ot_disabled_loads_no_ot_batch(pair, tmp_path, monkeypatch):

@@ -141,7 +141,11 @@ class RunFolder:
 
     @property
     def ot_config(self) -> dict[str, Any] | None:
-        """The OT config as the run saved it (``run_info['ot_config_text']``), parsed when it is JSON/TOML/YAML."""
+        """The OT config as the run parsed it (``run_info['ot_config']``, the native form); for run folders written
+        before that field, the file's text (``run_info['ot_config_text']``) parsed when it is JSON/TOML/YAML."""
+        parsed = (self.run_info or {}).get("ot_config")
+        if isinstance(parsed, dict):
+            return parsed
         text = (self.run_info or {}).get("ot_config_text")
         if not isinstance(text, str):
             return None

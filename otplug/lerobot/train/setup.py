@@ -240,6 +240,11 @@ def write_run_info(output_dir: Path, cfg: Any, accelerator: Any, dataset: Any, s
         info["sources"] = [{**spec.summary(), **_ds(src, spec.repo_id, spec.root)}
                            for spec, src in zip(cfg.ot.sources, sources, strict=True)]
         info["source"] = info["sources"][0]
+    if cfg.ot.loss_config is not None:
+        from otplug.config import dump_config
+
+        # the config as parsed (native form, every setting): what readers use; the file's text only for showing
+        info["ot_config"] = dump_config(cfg.ot.loss_config)
     if cfg.ot.config and Path(cfg.ot.config).is_file():
         info["ot_config_text"] = Path(cfg.ot.config).read_text()
     save_text(output_dir / "run_info.json", json.dumps(info, indent=2, default=str), "the run info")
