@@ -17,8 +17,9 @@ size, ``disk`` reads from disk as lerobot does. Several processes (torchrun) eac
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -74,6 +75,26 @@ class FrameCache:
         return getattr(self.inner, name)
 
 
+@contextlib.contextmanager
+def _without_transforms(ds: Any) -> Iterator[Callable | None]:
+    """``ds`` with its image transforms switched off (lerobot's ``set_image_transforms``) for the block; yields
+    them. A dataset that applies transforms it cannot switch off is refused: its cached rows would be frozen
+    augmentations."""
+    transforms = getattr(ds, "image_transforms", None)
+    if transforms is None:
+        yield None
+        return
+    setter = getattr(ds, "set_image_transforms", None)
+    if setter is None:
+        raise OtplugError(f"dataset {dataset_label(ds)} applies image transforms but cannot switch them off for the "
+                          "frame cache; use --ot.frame_cache=disk")
+    setter(None)
+    try:
+        yield transforms
+    finally:
+        setter(transforms)
+
+
 def cache_frames(ds: Any, *, say: Callable[[str], None] | None = None) -> Any:
     """``ds`` with its rows decoded once into memory (a :class:`FrameCache`; a renamed dataset keeps its names on
     top of the cached one). The decode goes through ``ds``'s own ``__getitem__`` with the image transforms off."""
@@ -81,19 +102,9 @@ def cache_frames(ds: Any, *, say: Callable[[str], None] | None = None) -> Any:
         return RenamedDataset(cache_frames(ds.inner, say=say), ds.rename)
     if isinstance(ds, FrameCache):
         return ds
-    transforms = getattr(ds, "image_transforms", None)
-    setter = getattr(ds, "set_image_transforms", None)
-    if transforms is not None and setter is None:
-        raise OtplugError(f"dataset {dataset_label(ds)} applies image transforms but cannot switch them off for the "
-                          "frame cache; use --ot.frame_cache=disk")
     t0 = time.perf_counter()
-    if transforms is not None:
-        setter(None)
-    try:
+    with _without_transforms(ds) as transforms:
         items = [ds[i] for i in range(len(ds))]
-    finally:
-        if transforms is not None:
-            setter(transforms)
     cache = FrameCache(ds, items, transforms)
     if say is not None:
         say(f"frame cache: {len(items)} rows of {dataset_label(ds)} decoded in {time.perf_counter() - t0:.1f} s "
@@ -109,15 +120,8 @@ def maybe_cache(ds: Any, mode: str, max_gib: float, *, say: Callable[[str], None
     if mode == "disk" or len(ds) == 0 or isinstance(_base(ds), FrameCache):
         return ds
     base = _base(ds)
-    transforms = getattr(base, "image_transforms", None)
-    setter = getattr(base, "set_image_transforms", None)
-    if transforms is not None and setter is not None:
-        setter(None)
-    try:
+    with _without_transforms(base):
         first = base[0]
-    finally:
-        if transforms is not None and setter is not None:
-            setter(transforms)
     need = estimate_item_bytes(first) * len(ds) / 2**30
     label = dataset_label(base)
     if mode == "auto" and need > max_gib:
