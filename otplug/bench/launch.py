@@ -209,12 +209,12 @@ def split_cores(jobs: int = 0, cuda: bool | None = None) -> tuple[int, int]:
     CUDA; the cores are split between them (threads 0, "leave", when one runs alone)."""
     cores = os.cpu_count() or 1
     if cuda is None:
-        cuda = _cuda()
+        cuda = cuda_available()
     n = max(1, jobs if jobs else (1 if cuda else min(2, cores)))
     return n, (0 if n == 1 else max(1, cores // n))
 
 
-def _cuda() -> bool:
+def cuda_available() -> bool:
     try:
         import torch
     except ImportError:  # pragma: no cover
@@ -314,7 +314,7 @@ def train_cell_job(cell: Cell) -> dict[str, Any]:
     slurm_cpus = os.environ.get("SLURM_CPUS_PER_TASK", "")
     threads = int(slurm_cpus) if slurm_cpus.isdigit() else cell.threads
     try:
-        return train_cell(cell, "cuda" if _cuda() else "cpu", threads)
+        return train_cell(cell, "cuda" if cuda_available() else "cpu", threads)
     except CellFailed:
         if cell.log.is_file():
             lines = cell.log.read_text(errors="replace").splitlines()[-40:]
@@ -362,7 +362,7 @@ def _failed(cell: Cell, error: str, log: Path | None, say: Callable[..., Any]) -
 def _run_local(todo: list[Cell], cfg: LaunchConfig, say: Callable[..., Any]) -> list[CellOutcome]:
     from concurrent.futures import ThreadPoolExecutor
 
-    cuda = _cuda()
+    cuda = cuda_available()
     n_jobs, _ = split_cores(cfg.jobs, cuda)
     device = "cuda" if cuda else "cpu"
 

@@ -128,15 +128,6 @@ def policy_args(cfg: StudyConfig, method: str = "cotrain") -> list[str]:
     ]
 
 
-def _cuda() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except ImportError:  # pragma: no cover
-        return False
-
-
 def method_args(method: str, paths: dict[str, Path], cfg: StudyConfig, ot_config: Path) -> list[str]:
     real = ["--dataset.repo_id=otplug/study_real_A", f"--dataset.root={paths['real']}"]
     sim_as_target = ["--dataset.repo_id=otplug/study_sim_all", f"--dataset.root={paths['sim']}"]
@@ -254,7 +245,7 @@ def run_study(out: str | Path, cfg: StudyConfig, *, quiet: bool = False, launch:
     A failed training is reported with its log and the rest go on; the study's files then cover the finished runs
     and :class:`StudyError` names the failed ones."""
     from otplug.bench.eval import load_policy
-    from otplug.bench.launch import Cell, LaunchConfig, run_cells, split_cores
+    from otplug.bench.launch import Cell, LaunchConfig, cuda_available, run_cells, split_cores
     from otplug.bench.study_summary import summarize
 
     out = Path(out).expanduser()
@@ -306,7 +297,7 @@ def run_study(out: str | Path, cfg: StudyConfig, *, quiet: bool = False, launch:
     me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     train_s = sum(json.loads((r[2] / "train_summary.json").read_text()).get("seconds", 0.0) for r in runs)
     eval_s = sum(r.get("seconds", 0.0) for r in rows)
-    meta = {"minutes": (time.perf_counter() - t0) / 60, "device": "cuda" if _cuda() else "cpu",
+    meta = {"minutes": (time.perf_counter() - t0) / 60, "device": "cuda" if cuda_available() else "cpu",
             "peak_rss_gib": max(children, me), "train_minutes": train_s / 60, "eval_minutes": eval_s / 60,
             "jobs": n_jobs if launch.launcher == "local" else None, "launcher": launch.launcher, "split": cfg.split,
             "scene_seeds": [first, stop],
