@@ -1,4 +1,4 @@
-"""The synthetic sim/real demo pair and the make_dataset helper."""
+"""The synthetic sim/real demo pair, and the make_dataset helper for tests."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 
 from otplug.errors import OtplugError
+from otplug.lerobot.datasets import open_dataset
 from otplug.lerobot.demo import data as demo_data
-from otplug.lerobot.demo.data import DemoData, ensure_demo_datasets, make_dataset, open_dataset
+from otplug.lerobot.demo.data import DemoData, ensure_demo_datasets
 from otplug.lerobot.pair_info import load_pair_info
+from otplug.lerobot.synthetic import make_dataset
 
 SMALL = dict(n_episodes=3, episode_len=10, image_size=16)
 

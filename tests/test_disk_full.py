@@ -95,7 +95,7 @@ def pair(tmp_path_factory):
     pytest.importorskip("lerobot")
     from test_train import OT_CONFIG
 
-    from otplug.lerobot.demo.data import make_dataset
+    from otplug.lerobot.synthetic import make_dataset
     from otplug.lerobot.dtw import compute_pair_info
     from otplug.lerobot.pair_info import save_pair_info
 

@@ -15,7 +15,7 @@ pytest.importorskip("accelerate")
 
 from otplug.errors import OtplugError  # noqa: E402
 from otplug.lerobot.datasets import RenamedDataset, open_dataset  # noqa: E402
-from otplug.lerobot.demo.data import make_dataset  # noqa: E402
+from otplug.lerobot.synthetic import make_dataset  # noqa: E402
 from otplug.lerobot.frame_cache import FrameCache, cache_frames, maybe_cache  # noqa: E402
 
 TOP = "observation.images.top"

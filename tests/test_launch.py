@@ -25,7 +25,7 @@ from otplug.bench.launch import (
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     pytest.importorskip("lerobot")
-    from otplug.lerobot.demo.data import make_dataset
+    from otplug.lerobot.synthetic import make_dataset
 
     root = tmp_path_factory.mktemp("launch_data")
     make_dataset(root / "real", repo_id="test/real", episode_lengths=(12, 14, 10), image_size=32, seed=1)

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from otplug.errors import OtplugError
-from otplug.lerobot.demo.data import make_dataset, open_dataset
+from otplug.lerobot.datasets import open_dataset
 from otplug.lerobot.pair_dataset import (
     OTPairDataset,
     PairDatasetError,
@@ -25,6 +25,7 @@ from otplug.lerobot.pair_dataset import (
     episode_rows,
     make_source_dataset,
 )
+from otplug.lerobot.synthetic import make_dataset
 
 
 def fake_dataset(lengths: list[int], name: str = "fake"):

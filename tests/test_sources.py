@@ -13,7 +13,7 @@ pytest.importorskip("lerobot")
 pytest.importorskip("accelerate")
 
 from otplug.errors import ConfigError, OtplugError  # noqa: E402
-from otplug.lerobot.demo.data import make_dataset  # noqa: E402
+from otplug.lerobot.synthetic import make_dataset  # noqa: E402
 from otplug.lerobot.sources import read_sources_file  # noqa: E402
 
 TOP = "observation.images.top"

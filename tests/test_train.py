@@ -23,7 +23,7 @@ OT_CONFIG = {
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    from otplug.lerobot.demo.data import make_dataset
+    from otplug.lerobot.synthetic import make_dataset
     from otplug.lerobot.dtw import compute_pair_info
     from otplug.lerobot.pair_info import save_pair_info
 

@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("lerobot")
 pytest.importorskip("accelerate")
 
-from otplug.lerobot.demo.data import make_dataset  # noqa: E402
+from otplug.lerobot.synthetic import make_dataset  # noqa: E402
 
 STEPS = 4
 

@@ -12,7 +12,7 @@ pytest.importorskip("lerobot")
 pytest.importorskip("accelerate")
 
 from otplug.errors import OtplugError  # noqa: E402
-from otplug.lerobot.demo.data import make_dataset  # noqa: E402
+from otplug.lerobot.synthetic import make_dataset  # noqa: E402
 from otplug.lerobot.mixture import (  # noqa: E402
     PART_KEY,
     MixtureDataset,
