@@ -222,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if argv and argv[0] in ("train", "pair"):
             _require_lerobot(argv[0])
             if argv[0] == "train" and "--demo" in argv[1:] and not {"-h", "--help", "--help-all"} & set(argv[1:]):
-                from otplug.lerobot.demo.run import main as demo_main
+                from otplug.demo.run import main as demo_main
 
                 return int(demo_main(argv[1:]) or 0)
             if argv[0] == "train":

@@ -11,10 +11,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import pytest
 
+from otplug.demo import data as demo_data
+from otplug.demo.data import DemoData, ensure_demo_datasets
 from otplug.errors import OtplugError
 from otplug.lerobot.datasets import open_dataset
-from otplug.lerobot.demo import data as demo_data
-from otplug.lerobot.demo.data import DemoData, ensure_demo_datasets
 from otplug.lerobot.pair_info import load_pair_info
 from otplug.lerobot.synthetic import make_dataset
 

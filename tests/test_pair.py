@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from otplug.cli import main as cli_main
+from otplug.demo.data import ensure_demo_datasets
 from otplug.lerobot.datasets import open_dataset
-from otplug.lerobot.demo.data import ensure_demo_datasets
 from otplug.lerobot.dtw import compute_pair_info, dtw
 from otplug.lerobot.pair_info import PairInfoError, load_pair_info
 from otplug.lerobot.synthetic import make_dataset

@@ -195,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     quiet_lerobot()  # lerobot's torchcodec fallback notice is a traceback-looking block; we use pyav anyway
     args, opts = expand_short_flags(argv)
-    if opts["demo"]:  # `otplug train --demo` is dispatched to otplug.lerobot.demo by the top-level CLI
+    if opts["demo"]:  # `otplug train --demo` is dispatched to otplug.demo by the top-level CLI
         raise OtplugError("--demo: run `otplug train --demo` (the demo builds on training, not the other way round)")
     cfg = parse_config(args, resume=opts["resume"], output_dir=opts.get("output_dir"))
     run(cfg)

@@ -1,6 +1,6 @@
 """``otplug train --demo``: the embedded default, end to end on CPU, offline.
 
-1. :func:`~otplug.lerobot.demo.data.ensure_demo_datasets` generates (once, cached) a synthetic sim/real pair of
+1. :func:`~otplug.demo.data.ensure_demo_datasets` generates (once, cached) a synthetic sim/real pair of
    LeRobot datasets and their DTW ``pair_info.json``.
 2. A small ACT policy (no pretrained weights) is trained on the real dataset with the OT loss against the sim
    dataset (single-pass layout; each real row is paired with a frame of its closest DTW sim episode,
@@ -26,8 +26,8 @@ from typing import Any
 
 from otplug.atomic import save_text
 from otplug.errors import OtplugError
-from otplug.lerobot.demo.data import ensure_demo_datasets
-from otplug.lerobot.demo.report import summarize
+from otplug.demo.data import ensure_demo_datasets
+from otplug.demo.report import summarize
 from otplug.lerobot.train.cli import expand_short_flags, parse_config, run
 from otplug.lerobot.train.run_dir import RunLock
 from otplug.lerobot.train.setup import make_accelerator
