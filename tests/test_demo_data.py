@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -11,14 +12,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import pytest
 
+from otplug.bench.env import TASK, sample_scene
+from otplug.bench.record import BENCH_META, episode_seeds
 from otplug.demo import data as demo_data
 from otplug.demo.data import DemoData, ensure_demo_datasets
 from otplug.errors import OtplugError
 from otplug.lerobot.datasets import open_dataset
 from otplug.lerobot.pair_info import load_pair_info
 from otplug.lerobot.synthetic import make_dataset
+from otplug.recipes import CAMERA_KEY
 
-SMALL = dict(n_episodes=3, episode_len=10, image_size=16)
+SMALL = dict(n_episodes=3, max_steps=12, image_size=16)
 
 
 @pytest.fixture(scope="module")
@@ -34,44 +38,75 @@ def _episode_lengths(ds) -> list[int]:
     return [int((eps == e).sum()) for e in range(ds.meta.total_episodes)]
 
 
+def _states(ds) -> dict[int, np.ndarray]:
+    """episode -> its observation.state rows (T, 2), in frame order."""
+    cols = ds.hf_dataset.select_columns(["episode_index", "observation.state"])[:]
+    eps = np.asarray(cols["episode_index"])
+    states = np.asarray(cols["observation.state"], dtype=np.float32)
+    return {int(e): states[eps == e] for e in np.unique(eps)}
+
+
+def _pair(d: DemoData):
+    return open_dataset(d.sim_repo_id, d.sim_root), open_dataset(d.real_repo_id, d.real_root)
+
+
 def test_offline_switch_holds():
     assert os.environ["HF_HUB_OFFLINE"] == "1"
 
 
 def test_demo_features_and_episodes(demo):
     d, _ = demo
-    sim = open_dataset(d.sim_repo_id, d.sim_root)
-    real = open_dataset(d.real_repo_id, d.real_root)
+    sim, real = _pair(d)
     for ds in (sim, real):
         f = ds.meta.features
-        assert f["observation.state"]["dtype"] == "float32" and tuple(f["observation.state"]["shape"]) == (4,)
+        assert f["observation.state"]["dtype"] == "float32" and tuple(f["observation.state"]["shape"]) == (2,)
+        assert f["observation.state"]["names"] == ["agent_x", "agent_y"]  # the goal is only in the image
         assert f["action"]["dtype"] == "float32" and tuple(f["action"]["shape"]) == (2,)
-        assert f["observation.images.front"]["dtype"] == "image"  # PNG, not video
-        assert tuple(f["observation.images.front"]["shape"]) == (16, 16, 3)
-        assert ds.meta.total_episodes == 3
-        assert ds.meta.video_keys == []
+        assert f[CAMERA_KEY]["dtype"] == "image"  # PNG, not video
+        assert tuple(f[CAMERA_KEY]["shape"]) == (16, 16, 3)
+        assert ds.meta.total_episodes == 3 and ds.meta.video_keys == []
+        # the benchmark's episodes always run to max_steps, in both domains
+        assert _episode_lengths(ds) == [12, 12, 12]
         item = ds[0]
-        assert item["observation.images.front"].shape == (3, 16, 16)
-        assert item["task"] == demo_data.DEMO_TASK
-    assert _episode_lengths(sim) == [10, 10, 10]
-    assert all(8 <= n <= 10 for n in _episode_lengths(real))
+        assert item[CAMERA_KEY].shape == (3, 16, 16)
+        assert item["task"] == TASK
     assert d.pair_info_path is not None and d.pair_info_path.is_file()
     info = load_pair_info(d.pair_info_path, source=sim, target=real)
     assert sorted(info) == ["0", "1", "2"] and all(len(v) == 3 for v in info.values())
 
 
+def test_episode_i_starts_from_the_same_scene_on_both_sides(demo):
+    d, _ = demo
+    metas = [json.loads((root / "meta" / BENCH_META).read_text()) for root in (d.sim_root, d.real_root)]
+    assert [m["domain"]["name"] for m in metas] == ["sim", "real"]
+    assert metas[0]["episode_seeds"] == metas[1]["episode_seeds"] == episode_seeds(metas[0]["scene_seed"], 3)
+    sim, real = (_states(ds) for ds in _pair(d))
+    for ep, seed in enumerate(metas[0]["episode_seeds"]):
+        start = sample_scene(seed, "all").agent
+        np.testing.assert_allclose(sim[ep][0], start, atol=1e-6)
+        np.testing.assert_allclose(real[ep][0], start, atol=1e-6)
+    # ... and the goals differ between episodes, so the scenes do
+    goals = {sample_scene(s, "all").goal for s in metas[0]["episode_seeds"]}
+    assert len(goals) == 3
+
+
+def test_dtw_finds_the_true_partner(demo):
+    d, _ = demo
+    sim, real = _pair(d)
+    info = load_pair_info(d.pair_info_path, source=sim, target=real)
+    # entries are sorted by distance: the closest sim episode of real episode i is sim episode i
+    assert {t: v[0]["demo_name"] for t, v in info.items()} == {"0": "0", "1": "1", "2": "2"}
+
+
 def test_real_differs_from_sim(demo):
     d, _ = demo
-    sim = open_dataset(d.sim_repo_id, d.sim_root)
-    real = open_dataset(d.real_repo_id, d.real_root)
-    s_img, r_img = sim[0]["observation.images.front"], real[0]["observation.images.front"]
-    # the background colour differs: compare the corner pixel
+    sim, real = _pair(d)
+    s_img, r_img = sim[0][CAMERA_KEY], real[0][CAMERA_KEY]
+    # the background differs: compare the corner pixel
     assert float((s_img[:, 0, 0] - r_img[:, 0, 0]).abs().max()) > 0.1
-    s_state = np.asarray(sim.hf_dataset.data.column("observation.state").to_pylist())
-    r_state = np.asarray(real.hf_dataset.data.column("observation.state").to_pylist())
-    # goal columns are constant per episode in sim, noisy in real
-    assert np.allclose(s_state[:10, 2], s_state[0, 2])
-    assert r_state[:8, 2].std() > 1e-4
+    # the dynamics differ (weaker actuator, inertia, latency, action noise): same start, different paths
+    s_state, r_state = _states(sim), _states(real)
+    assert not np.allclose(s_state[0], r_state[0], atol=1e-3)
 
 
 def test_cache_is_reused(demo, tmp_path):
@@ -86,15 +121,17 @@ def test_cache_is_reused(demo, tmp_path):
     assert not [p for p in cache.iterdir() if p.name.startswith(".")]  # no temp folders left behind
 
 
-def test_half_written_or_stale_cache_is_regenerated(tmp_path):
-    small = dict(n_episodes=1, episode_len=3, image_size=8)
+def test_half_written_or_stale_cache_is_regenerated(tmp_path, monkeypatch):
+    small = dict(n_episodes=1, max_steps=3, image_size=8)
     d = ensure_demo_datasets(tmp_path, **small)
     folder = d.sim_root.parent
     stamp = folder / "otplug-demo.json"
-    stamp.unlink()  # as if a writer died before the stamp
+    # as if a writer died half-way: no stamp, and one dataset missing
+    stamp.unlink()
+    shutil.rmtree(d.real_root)
     d2 = ensure_demo_datasets(tmp_path, **small)
     assert stamp.is_file() and d2 == d
-    assert open_dataset(d2.sim_repo_id, d2.sim_root).meta.total_episodes == 1
+    assert open_dataset(d2.real_repo_id, d2.real_root).meta.total_episodes == 1
     # a stamp from another generator version counts as stale
     stamp.write_text(json.dumps({**json.loads(stamp.read_text()), "generator_version": -1}))
     ensure_demo_datasets(tmp_path, **small)
@@ -102,6 +139,13 @@ def test_half_written_or_stale_cache_is_regenerated(tmp_path):
     # force regenerates
     ensure_demo_datasets(tmp_path, **small, force=True)
     assert [p.name for p in tmp_path.iterdir()] == [folder.name]
+    # a new generator version generates its own folder
+    monkeypatch.setattr(demo_data, "GENERATOR_VERSION", demo_data.GENERATOR_VERSION + 1)
+    d3 = ensure_demo_datasets(tmp_path, **small)
+    assert d3.sim_root.parent != folder and d3.sim_root.parent.name.startswith(f"v{demo_data.GENERATOR_VERSION}-")
+    assert json.loads((d3.sim_root.parent / "otplug-demo.json").read_text())["generator_version"] == \
+        demo_data.GENERATOR_VERSION
+    assert open_dataset(d3.sim_repo_id, d3.sim_root).meta.total_episodes == 1
 
 
 def test_default_cache_dir_honours_env(monkeypatch, tmp_path):

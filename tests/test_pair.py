@@ -170,16 +170,18 @@ def test_load_pair_info_validation(pair_dsets, tmp_path):
 
 
 def test_cli_end_to_end_on_demo(tmp_path, capsys):
-    d = ensure_demo_datasets(tmp_path / "cache", n_episodes=4, episode_len=12, image_size=8)
+    d = ensure_demo_datasets(tmp_path / "cache", n_episodes=4, max_steps=12, image_size=8)
     out = tmp_path / "pair_info.json"
     rc = cli_main(["pair", "--source", d.sim_repo_id, "--source-root", str(d.sim_root), "--target",
                    str(d.real_root), "--key", "observation.state", "--out", str(out), "--top-k", "2",
-                   "--window", "5", "--normalize", "global"])
+                   "--window", "5", "--normalize", "none"])
     assert rc == 0
     assert "wrote" in capsys.readouterr().out
     src, tgt = open_dataset(d.sim_repo_id, d.sim_root), open_dataset(d.real_repo_id, d.real_root)
     info = load_pair_info(out, source=src, target=tgt)
     assert len(info) == 4 and all(len(v) == 2 for v in info.values())
+    # episode i of both sides starts from the same scene: the closest sim episode is the true partner
+    assert [info[str(i)][0]["demo_name"] for i in range(4)] == ["0", "1", "2", "3"]
 
     # the same file through `otplug check-config --pair-info`, before any training
     cfg = tmp_path / "ot.json"
@@ -204,7 +206,7 @@ def test_cli_end_to_end_on_demo(tmp_path, capsys):
 
 
 def test_cli_errors_without_traceback(tmp_path, capsys):
-    d = ensure_demo_datasets(tmp_path / "cache", n_episodes=1, episode_len=4, image_size=8)
+    d = ensure_demo_datasets(tmp_path / "cache", n_episodes=1, max_steps=4, image_size=8)
     base = ["pair", "--source", str(d.sim_root), "--target", str(d.real_root), "--out", str(tmp_path / "o.json")]
     assert cli_main(base + ["--key", "observation.bogus"]) == 2
     err = capsys.readouterr().err
@@ -220,6 +222,7 @@ def test_dtw_speed_on_demo_sizes():
     rng = np.random.default_rng(0)
     from otplug.lerobot.dtw import _cost_matrices, dtw_batch
 
+    # the demo's pair: 20 x 20 episodes of 40 frames, 2-D states (longer, wider sequences here for margin)
     srcs = [rng.standard_normal((50, 4)) for _ in range(20)]
     t0 = time.perf_counter()
     for _ in range(20):

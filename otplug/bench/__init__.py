@@ -5,7 +5,8 @@
   ``B``: goal on the right). A batched NumPy core (:class:`BatchReachEnv`) and a gymnasium wrapper
   (:class:`ReachEnv`).
 * :mod:`otplug.bench.expert` — a scripted expert that uses the true state.
-* :mod:`otplug.bench.record` — expert demonstrations as LeRobot datasets.
+* :mod:`otplug.bench.record` — expert demonstrations as LeRobot datasets (also the sim/real pair of the embedded
+  demo, :mod:`otplug.demo.data`).
 * :mod:`otplug.bench.eval` — closed-loop evaluation of LeRobot checkpoints (``otplug eval``).
 
 Importing this package registers the gymnasium id ``otplug/Reach-v0`` when gymnasium is installed (it comes with

@@ -171,7 +171,8 @@ def _text(s: dict, out: Path) -> str:
         "# otplug demo: does the OT loss align sim and real image features?",
         "",
         f"Trained: a small ACT policy (no pretrained weights, CPU, seed {s['seed']}, {s['steps']} steps) on the "
-        f"synthetic 2-D reach task. Every step's batch is {s['batch_size']} real rows + {s['ot_batch_size']} "
+        "reach benchmark's sim/real pair (otplug.bench: expert episodes, episode i from the same scene on both "
+        f"sides). Every step's batch is {s['batch_size']} real rows + {s['ot_batch_size']} "
         "DTW-paired (sim, real) rows, all in the BC loss. "
         f"'with OT' adds lambda_ot x the OT loss between the paired sim and real rows ({s['seconds_ot_run']} s)"
         + (f"; 'baseline (no OT)' trains on exactly the same rows, seed and steps without it "

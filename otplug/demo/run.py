@@ -1,7 +1,8 @@
 """``otplug train --demo``: the embedded default, end to end on CPU, offline.
 
-1. :func:`~otplug.demo.data.ensure_demo_datasets` generates (once, cached) a synthetic sim/real pair of
-   LeRobot datasets and their DTW ``pair_info.json``.
+1. :func:`~otplug.demo.data.ensure_demo_datasets` records (once, cached) the reach benchmark's sim/real pair of
+   LeRobot datasets (:mod:`otplug.bench`: 20 expert episodes per domain, episode ``i`` from the same scene in
+   both) and their DTW ``pair_info.json``.
 2. A small ACT policy (no pretrained weights) is trained on the real dataset with the OT loss against the sim
    dataset (single-pass layout; each real row is paired with a frame of its closest DTW sim episode,
    ``--ot.top_k=1``; an image-embedding term and an action label term with the diagonal prior,
@@ -31,18 +32,18 @@ from otplug.demo.report import summarize
 from otplug.lerobot.train.cli import expand_short_flags, parse_config, run
 from otplug.lerobot.train.run_dir import RunLock
 from otplug.lerobot.train.setup import make_accelerator
-from otplug.recipes import CAMERA_KEY, RECOMMENDED_OT
+from otplug.recipes import RECOMMENDED_OT
 
 __all__ = ["DEMO_OT_CONFIG", "demo_args", "main", "run_demo"]
 
-CAMERA = CAMERA_KEY
 MARKER = ".otplug-demo"
 DEFAULT_STEPS = 150
 
 #: The demo's OT config (native format), the benchmark's recommended one (an image-embedding term and an action
 #: term with the diagonal prior: each real row is coupled only with its own DTW partner, docs/math.md §4; without
-#: it this demo's OT couples frames of different scenes as readily as partners -- measured partner retrieval 0.16
-#: vs 0.36 with it, baseline 0.06). Written next to the cached datasets as ``demo_ot.json``.
+#: it this demo's OT coupled frames of different scenes as readily as partners -- measured partner retrieval 0.16
+#: vs 0.36 with it, baseline 0.06, on the demo's earlier data, generator version 3). Written next to the cached
+#: datasets as ``demo_ot.json``.
 DEMO_OT_CONFIG: dict[str, Any] = RECOMMENDED_OT
 
 

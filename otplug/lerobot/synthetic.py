@@ -15,14 +15,11 @@ from otplug.lerobot.datasets import DatasetError, no_progress_bars, open_dataset
 __all__ = ["make_dataset"]
 
 
-def _features(state_dim: int, action_dim: int, cameras: Sequence[str], image_hw: tuple[int, int],
-              state_names: list[str] | None = None, action_names: list[str] | None = None, *,
+def _features(state_dim: int, action_dim: int, cameras: Sequence[str], image_hw: tuple[int, int], *,
               video: bool = False) -> dict:
     feats: dict = {
-        "observation.state": {"dtype": "float32", "shape": (state_dim,),
-                              "names": state_names or [f"s{i}" for i in range(state_dim)]},
-        "action": {"dtype": "float32", "shape": (action_dim,),
-                   "names": action_names or [f"a{i}" for i in range(action_dim)]},
+        "observation.state": {"dtype": "float32", "shape": (state_dim,), "names": [f"s{i}" for i in range(state_dim)]},
+        "action": {"dtype": "float32", "shape": (action_dim,), "names": [f"a{i}" for i in range(action_dim)]},
     }
     for cam in cameras:
         key = cam if cam.startswith("observation.images.") else f"observation.images.{cam}"

@@ -32,7 +32,7 @@ Train a LeRobot policy with bc_loss + lambda_ot * ot_loss. Every lerobot-train o
 (--dataset.repo_id, --dataset.root, --policy.type, --batch_size, --num_workers, --save_freq, --log_freq, ...).
 
 short flags:
-  --demo               train a small ACT policy on the embedded synthetic sim/real pair (offline, CPU)
+  --demo               train a small ACT policy on the reach benchmark's sim/real pair (offline, CPU)
   --steps N            number of optimizer steps (= --steps=N)
   --output-dir DIR     run directory (= --output_dir=DIR); must not exist unless --resume
   --ot-scope S         rank (each process solves its own pairs) or global (one plan over all processes)
