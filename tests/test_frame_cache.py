@@ -15,8 +15,8 @@ pytest.importorskip("accelerate")
 
 from otplug.errors import OtplugError  # noqa: E402
 from otplug.lerobot.datasets import RenamedDataset, open_dataset  # noqa: E402
+from otplug.lerobot.frame_cache import FrameCache, cache_frames, fingerprint, maybe_cache, store_path  # noqa: E402
 from otplug.lerobot.synthetic import make_dataset  # noqa: E402
-from otplug.lerobot.frame_cache import FrameCache, cache_frames, maybe_cache  # noqa: E402
 
 TOP = "observation.images.top"
 HIGH = "observation.images.cam_high"
@@ -101,10 +101,84 @@ def test_auto_mode_respects_the_budget_and_says_so(data):
     assert "would take" in said[0] and "--ot.frame_cache=memory" in said[0]
     said.clear()
     out = maybe_cache(ds, "auto", 1.0, say=said.append)
-    assert isinstance(out, FrameCache) and "MiB in memory" in said[0] and "decoded in" in said[1]
+    assert isinstance(out, FrameCache) and "in memory, ~" in said[0] and "decoded in" in said[1]
     assert maybe_cache(ds, "disk", 1.0) is ds
     with pytest.raises(OtplugError, match="--ot.frame_cache: must be one of"):
         maybe_cache(ds, "sometimes", 1.0)
+
+
+# --- decode once per grid: the store (--ot.frame_cache_dir)
+
+
+@pytest.mark.parametrize("video", [False, True])
+def test_stored_rows_are_the_decoded_rows(data, tmp_path, video):
+    """A second cache of the same dataset loads the rows the first decoded (and says so): bit for bit, time
+    windows, padding and uint8 video frames included, with the random transforms applied per draw as before."""
+    name, cam = ("sim", HIGH) if video else ("real", TOP)
+    delta = {"action": [t / 10 for t in range(6)], cam: [-0.1, 0.0]}
+
+    def fresh():
+        return open_dataset(f"test/{name}", data / name, delta_timestamps=delta, image_transforms=_transforms(),
+                            return_uint8=video)
+
+    said: list[str] = []
+    first = cache_frames(fresh(), say=said.append, store=tmp_path / "store")
+    files = list((tmp_path / "store").iterdir())
+    assert "decoded in" in said[-1] and [f.suffix for f in files] == [".pt"]
+    ds = fresh()
+    second = cache_frames(ds, say=said.append, store=tmp_path / "store")
+    assert f"loaded from {files[0]}" in said[-1]
+    assert list((tmp_path / "store").iterdir()) == files  # nothing new written
+    for i in (0, 7, len(ds) - 1):
+        _same(second.items[i], first.items[i])
+        torch.manual_seed(7 + i)
+        want = ds[i]
+        torch.manual_seed(7 + i)
+        _same(second[i], want)
+
+
+def test_a_changed_dataset_or_option_is_never_read_from_an_old_store(data, tmp_path):
+    base = open_dataset("test/real", data / "real")
+    key = fingerprint(base)
+    assert key == fingerprint(open_dataset("test/real", data / "real"))
+    assert fingerprint(open_dataset("test/real", data / "real", delta_timestamps={"action": [0.0, 0.1]})) != key
+    assert fingerprint(open_dataset("test/real", data / "real", episodes=[0, 1])) != key
+    copy = tmp_path / "real"
+    import shutil
+
+    shutil.copytree(data / "real", copy)
+    moved = fingerprint(open_dataset("test/real", copy))
+    assert moved != key  # another folder is another dataset
+    info = copy / "meta" / "info.json"
+    info.write_text(info.read_text() + " ")  # the same dataset, one file rewritten
+    assert fingerprint(open_dataset("test/real", copy)) != moved
+
+
+def test_an_unreadable_store_is_decoded_again_and_an_unwritable_one_warns(data, tmp_path):
+    ds = open_dataset("test/real", data / "real")
+    path = store_path(tmp_path / "store", ds, fingerprint(ds))
+    path.parent.mkdir()
+    path.write_bytes(b"half a file")
+    said: list[str] = []
+    cached = cache_frames(ds, say=said.append, store=tmp_path / "store")
+    assert "cannot be used" in said[0] and "decoded in" in said[1]
+    _same(cached.items[3], ds[3])
+    assert cache_frames(open_dataset("test/real", data / "real"), store=tmp_path / "store").items[3]["index"] == 3
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the store folder should be")
+    with pytest.warns(UserWarning, match="could not keep the decoded rows"):
+        again = cache_frames(open_dataset("test/real", data / "real"), store=blocked / "store")
+    assert len(again) == len(ds)
+
+
+def test_store_options_are_checked(tmp_path):
+    from otplug.lerobot.train.config import OTSection
+
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(OtplugError, match="--ot.frame_cache=disk decodes none"):
+        OTSection(frame_cache="disk", frame_cache_dir=str(tmp_path)).validate()
+    with pytest.raises(OtplugError, match="--ot.frame_cache_dir: .* is not a folder"):
+        OTSection(frame_cache_dir=str(tmp_path / "f")).validate()
 
 
 def _args(root, out, extra=()):
@@ -121,7 +195,7 @@ def _args(root, out, extra=()):
     ]
 
 
-def _run(root, out, mode, monkeypatch):
+def _run(root, out, mode, monkeypatch, extra=()):
     """Train 20 steps; return (the digest of every batch the policy saw, the metric rows)."""
     import otplug.lerobot.train.loop as loop
     from otplug.lerobot.train import main
@@ -140,7 +214,7 @@ def _run(root, out, mode, monkeypatch):
         return real_update(policy, batch, *a, **k)
 
     monkeypatch.setattr(loop, "update_policy", spy)
-    assert main(_args(root, out, [f"--ot.frame_cache={mode}"])) == 0
+    assert main(_args(root, out, [f"--ot.frame_cache={mode}", *extra])) == 0
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     return digests, [r for r in rows if r["step"] > 0]
 
@@ -152,9 +226,23 @@ def test_cached_run_is_the_disk_run(data, tmp_path, monkeypatch, capsys):
     disk_batches, disk = _run(data, tmp_path / "disk", "disk", monkeypatch)
     assert "frame cache" not in capsys.readouterr().out
     mem_batches, mem = _run(data, tmp_path / "mem", "memory", monkeypatch)
-    assert capsys.readouterr().out.count("frame cache: decoding") == 2
+    assert capsys.readouterr().out.count("decoded in") == 2
     assert len(disk_batches) == 20 and disk_batches == mem_batches
     keys = ("loss", "bc_loss", "ot_loss", "ot_pi_sum", "grad_norm")
     assert [[r[k] for k in keys] for r in disk] == [[r[k] for k in keys] for r in mem]
     info = json.loads((tmp_path / "mem" / "run_info.json").read_text())
     assert info["ot"]["frame_cache"] == "memory"
+
+
+@pytest.mark.slow
+def test_a_run_from_the_store_is_the_run_that_decoded(data, tmp_path, monkeypatch, capsys):
+    """The second cell of a grid loads both datasets from the store the first wrote, and trains on the same
+    batches with the same losses."""
+    store = [f"--ot.frame_cache_dir={tmp_path / 'store'}"]
+    first_batches, first = _run(data, tmp_path / "a", "memory", monkeypatch, store)
+    assert capsys.readouterr().out.count("decoded in") == 2
+    second_batches, second = _run(data, tmp_path / "b", "memory", monkeypatch, store)
+    assert capsys.readouterr().out.count("loaded from") == 2
+    assert first_batches == second_batches
+    keys = ("loss", "bc_loss", "ot_loss", "grad_norm")
+    assert [[r[k] for k in keys] for r in first] == [[r[k] for k in keys] for r in second]

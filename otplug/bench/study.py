@@ -82,7 +82,7 @@ def ensure_data(out: Path, cfg: StudyConfig) -> dict[str, Path]:
 
     data = out / "data"
     paths = {"real": data / "real_A", "sim": data / "sim_all", "pair_info": data / "pair_info.json",
-             "heldout": data / "real_A_heldout"}
+             "heldout": data / "real_A_heldout", "frame_cache": data / "frame_cache"}
     stamp = data / "complete.json"
     want = {"real_episodes": cfg.real_episodes, "sim_episodes": cfg.sim_episodes, "image_size": cfg.image_size,
             "data_seed": cfg.data_seed, "heldout_episodes": cfg.heldout_episodes, "task": "reach-and-hold"}
@@ -133,18 +133,20 @@ def method_args(method: str, paths: dict[str, Path], cfg: StudyConfig, ot_config
     sim_as_target = ["--dataset.repo_id=otplug/study_sim_all", f"--dataset.root={paths['sim']}"]
     source = ["--ot.source_repo_id=otplug/study_sim_all", f"--ot.source_root={paths['sim']}"]
     mix = [f"--ot.bc_source_weight={cfg.bc_source_weight}"]
+    # decode once per grid: the first run of each dataset decodes it, the other cells load the rows
+    store = [f"--ot.frame_cache_dir={paths['frame_cache']}"]
     ot = [f"--ot.pair_info={paths['pair_info']}", f"--ot.lambda_ot={cfg.lambda_ot}", "--ot.layout=single-pass",
           f"--ot.batch_size={cfg.ot_batch_size}", "--ot.top_k=1", "--ot.sinks=[plan-heatmap]",
           f"--ot.plan_every={max(cfg.steps // 4, 1)}"]
     if method == "target-only":
-        return real + ["--ot.enabled=false"]
+        return real + store + ["--ot.enabled=false"]
     if method == "source-only":
-        return sim_as_target + ["--ot.enabled=false"]
+        return sim_as_target + store + ["--ot.enabled=false"]
     if method == "cotrain":
         # the same rows as the OT methods (mixture + DTW-paired sim/real rows), no OT loss: only the loss differs
-        return real + source + mix + ot + ["--ot.cotrain_only=true", "--ot.sinks=[]"]
+        return real + source + mix + store + ot + ["--ot.cotrain_only=true", "--ot.sinks=[]"]
     if ot_config_for(method) is not None:
-        return real + source + mix + ot + [f"--ot.config={ot_config}"]
+        return real + source + mix + store + ot + [f"--ot.config={ot_config}"]
     raise StudyError(f"--methods: unknown method {method!r}; choose from {', '.join(METHODS)}")
 
 

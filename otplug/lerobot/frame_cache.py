@@ -13,24 +13,41 @@ Memory: the rows as lerobot returns them (video frames as uint8 when the trainin
 frames as float32), estimated from the first row and printed before the decode starts. ``--ot.frame_cache``:
 ``auto`` (default) caches a dataset whose estimate fits ``--ot.frame_cache_max_gib``, ``memory`` caches whatever the
 size, ``disk`` reads from disk as lerobot does. Several processes (torchrun) each hold their own copy.
+
+**Decode once per grid**: with ``--ot.frame_cache_dir=DIR`` the decoded rows are also kept in ``DIR`` (one file per
+dataset, written atomically) under a fingerprint of everything that fixes them: the dataset's resolved root, repo
+id, episodes, time windows and tolerance, video backend and uint8 flag, the name, size and modification time of
+every file under the root, and the lerobot, torch and store versions. The next run on the same dataset (a resumed
+run, the other cells of a study, another seed) loads them instead of decoding; a changed file or option gives
+another fingerprint, so a stale store is never read. A store that cannot be read is decoded again (and said); one
+that cannot be written is a warning, never a failed run: the rows are the same either way.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
+import re
 import time
+import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from otplug.atomic import save_file
 from otplug.errors import OtplugError
 from otplug.lerobot.datasets import RenamedDataset, dataset_label
 from otplug.validators import check_option, one_of
 
-__all__ = ["FRAME_CACHE_MODES", "FrameCache", "cache_frames", "estimate_item_bytes", "maybe_cache"]
+__all__ = ["FRAME_CACHE_MODES", "FrameCache", "cache_frames", "estimate_item_bytes", "fingerprint", "maybe_cache",
+           "store_path"]
 
 FRAME_CACHE_MODES = ("auto", "memory", "disk")
+#: bump when the stored layout changes: older stores get another fingerprint and are never read
+STORE_VERSION = 1
 
 
 def estimate_item_bytes(item: dict[str, Any]) -> int:
@@ -95,26 +112,119 @@ def _without_transforms(ds: Any) -> Iterator[Callable | None]:
         setter(transforms)
 
 
-def cache_frames(ds: Any, *, say: Callable[[str], None] | None = None) -> Any:
+def fingerprint(ds: Any) -> str | None:
+    """A hash of everything that fixes the rows ``ds[i]`` decode to (see the module docstring), or None for a
+    dataset that is not a LeRobotDataset on local disk (no ``root``/``meta``): such a dataset is never stored."""
+    root, meta = getattr(ds, "root", None), getattr(ds, "meta", None)
+    if root is None or meta is None:
+        return None
+    root = Path(root).resolve()
+    if not root.is_dir():
+        return None
+    import lerobot
+
+    files = [[str(f.relative_to(root)), f.stat().st_size, f.stat().st_mtime_ns]
+             for f in sorted(root.rglob("*")) if f.is_file()]
+    episodes = getattr(ds, "episodes", None)
+    described = {
+        "store": STORE_VERSION, "root": str(root), "repo_id": getattr(ds, "repo_id", None),
+        "episodes": list(episodes) if episodes is not None else None,
+        "delta_timestamps": getattr(ds, "delta_timestamps", None), "tolerance_s": getattr(ds, "tolerance_s", None),
+        "video_backend": getattr(ds, "_video_backend", None), "return_uint8": getattr(ds, "_return_uint8", None),
+        "rows": len(ds), "lerobot": lerobot.__version__, "torch": torch.__version__, "files": files,
+    }
+    return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def store_path(store: str | Path, ds: Any, key: str) -> Path:
+    """The store file of ``ds`` in ``store``: ``<repo id, path-safe>-<fingerprint[:20]>.pt``."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(getattr(ds, "repo_id", "dataset"))).strip("._") or "dataset"
+    return Path(store).expanduser() / f"{name}-{key[:20]}.pt"
+
+
+def _pack(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rows as one tensor per key (stacked; a key whose shapes differ between rows stays a list), the rest as
+    lists: a few large tensors save and load far faster than ``len(items) * keys`` small ones."""
+    keys = list(items[0]) if items else []
+    columns: dict[str, Any] = {}
+    for k in keys:
+        values = [it[k] for it in items]
+        if all(isinstance(v, torch.Tensor) for v in values) and len({(v.shape, v.dtype) for v in values}) == 1:
+            columns[k] = torch.stack(values)
+        else:
+            columns[k] = values
+    return {"store": STORE_VERSION, "rows": len(items), "keys": keys, "columns": columns}
+
+
+def _unpack(packed: dict[str, Any]) -> list[dict[str, Any]]:
+    rows, keys, columns = int(packed["rows"]), list(packed["keys"]), packed["columns"]
+    split = {k: (list(columns[k].unbind(0)) if isinstance(columns[k], torch.Tensor) else list(columns[k])) for k in keys}
+    if any(len(v) != rows for v in split.values()):
+        raise ValueError("a column's length differs from the row count")
+    return [{k: split[k][i] for k in keys} for i in range(rows)]
+
+
+def _load_store(path: Path, rows: int) -> list[dict[str, Any]] | None:
+    """The rows kept at ``path``; None when there is no file; ``ValueError`` when it cannot be used."""
+    if not path.is_file():
+        return None
+    try:
+        packed = torch.load(path, map_location="cpu", weights_only=True)
+        items = _unpack(packed)
+    except Exception as exc:  # a truncated or foreign file: decode again
+        raise ValueError(f"{type(exc).__name__}: {exc}") from exc
+    if len(items) != rows:
+        raise ValueError(f"it holds {len(items)} rows, the dataset has {rows}")
+    return items
+
+
+def cache_frames(ds: Any, *, say: Callable[[str], None] | None = None, store: str | Path | None = None) -> Any:
     """``ds`` with its rows decoded once into memory (a :class:`FrameCache`; a renamed dataset keeps its names on
-    top of the cached one). The decode goes through ``ds``'s own ``__getitem__`` with the image transforms off."""
+    top of the cached one). The decode goes through ``ds``'s own ``__getitem__`` with the image transforms off.
+    With ``store`` (a folder), rows decoded by an earlier run with the same :func:`fingerprint` are loaded from
+    there, and rows decoded here are written there for the next run."""
     if isinstance(ds, RenamedDataset):
-        return RenamedDataset(cache_frames(ds.inner, say=say), ds.rename)
+        return RenamedDataset(cache_frames(ds.inner, say=say, store=store), ds.rename)
     if isinstance(ds, FrameCache):
         return ds
+    label = dataset_label(ds)
+    key = fingerprint(ds) if store is not None else None
+    path = store_path(store, ds, key) if key is not None else None
+    if store is not None and key is None and say is not None:
+        say(f"frame cache: {label} is not a dataset on local disk; decoding it without the store")
     t0 = time.perf_counter()
     with _without_transforms(ds) as transforms:
-        items = [ds[i] for i in range(len(ds))]
+        items = None
+        if path is not None:
+            try:
+                items = _load_store(path, len(ds))
+            except ValueError as exc:
+                if say is not None:
+                    say(f"frame cache: the store {path} cannot be used ({exc}); decoding again")
+        loaded = items is not None
+        if items is None:
+            items = [ds[i] for i in range(len(ds))]
     cache = FrameCache(ds, items, transforms)
     if say is not None:
-        say(f"frame cache: {len(items)} rows of {dataset_label(ds)} decoded in {time.perf_counter() - t0:.1f} s "
+        how = f"loaded from {path}" if loaded else "decoded"
+        say(f"frame cache: {len(items)} rows of {label} {how} in {time.perf_counter() - t0:.1f} s "
             f"({cache.nbytes / 2**20:.0f} MiB)")
+    if path is not None and not loaded:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            packed = _pack(items)
+            save_file(path, lambda tmp: torch.save(packed, tmp), "the frame cache store")
+        except (OSError, OtplugError) as exc:
+            warnings.warn(f"frame cache: could not keep the decoded rows of {label} in {path} ({exc}); the next run "
+                          "decodes them again (the training is unaffected)", stacklevel=2)
     return cache
 
 
-def maybe_cache(ds: Any, mode: str, max_gib: float, *, say: Callable[[str], None] | None = None) -> Any:
+def maybe_cache(ds: Any, mode: str, max_gib: float, *, say: Callable[[str], None] | None = None,
+                store: str | Path | None = None) -> Any:
     """Apply ``--ot.frame_cache`` (:data:`FRAME_CACHE_MODES`) to one dataset: the estimate (first row x rows) is
-    printed before the decode starts; ``auto`` keeps a dataset above ``max_gib`` on disk and says so."""
+    printed before the decode starts; ``auto`` keeps a dataset above ``max_gib`` on disk and says so. ``store``:
+    ``--ot.frame_cache_dir`` (see :func:`cache_frames`)."""
     if mode not in FRAME_CACHE_MODES:
         check_option("--ot.frame_cache", mode, one_of(*FRAME_CACHE_MODES))
     if mode == "disk" or len(ds) == 0 or isinstance(_base(ds), FrameCache):
@@ -130,6 +240,6 @@ def maybe_cache(ds: Any, mode: str, max_gib: float, *, say: Callable[[str], None
                 "it from disk (--ot.frame_cache=memory to cache it anyway)")
         return ds
     if say is not None:
-        say(f"frame cache: decoding {len(ds)} rows of {label} once, ~{need * 1024:.0f} MiB in memory "
+        say(f"frame cache: holding {len(ds)} rows of {label} in memory, ~{need * 1024:.0f} MiB "
             "(--ot.frame_cache=disk reads from disk)")
-    return cache_frames(ds, say=say)
+    return cache_frames(ds, say=say, store=store)

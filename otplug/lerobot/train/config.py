@@ -102,6 +102,9 @@ class OTSection:
     # does.
     frame_cache: str = "auto"
     frame_cache_max_gib: float = 4.0
+    # A folder that keeps the decoded rows between runs (one file per dataset, under a fingerprint of its files and
+    # options): a resumed run, another seed or another cell of a study loads them instead of decoding. Off if unset.
+    frame_cache_dir: str | None = None
     # The optimizer's torch implementation: "lerobot" builds lerobot's optimizer as lerobot-train does (bit-exact
     # parity; torch's per-parameter loop on a CPU); "foreach" / "fused" pass foreach=True / fused=True to it (the
     # same update up to rounding, ~7x faster on a CPU for AdamW; docs/training.md).
@@ -149,6 +152,13 @@ class OTSection:
         _choice("frame_cache", self.frame_cache, FRAME_CACHE_MODES)
         _choice("optimizer_impl", self.optimizer_impl, OPTIMIZER_IMPLS)
         _number("frame_cache_max_gib", self.frame_cache_max_gib, minimum=0.0)
+        if self.frame_cache_dir is not None:
+            if self.frame_cache == "disk":
+                raise OtplugError("--ot.frame_cache_dir keeps decoded rows, but --ot.frame_cache=disk decodes none; "
+                                  "drop one of the two")
+            store = Path(self.frame_cache_dir).expanduser()
+            if store.exists() and not store.is_dir():
+                raise OtplugError(f"--ot.frame_cache_dir: {store} exists and is not a folder")
         _number("lambda_ot", self.lambda_ot, minimum=0.0)
         _integer("batch_size", self.batch_size, minimum=1)
         _integer("plan_every", self.plan_every, minimum=1)

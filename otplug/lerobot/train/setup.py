@@ -86,8 +86,10 @@ def open_datasets(cfg: Any, accelerator: Any) -> tuple[Any, list[Any]]:
         except (FileNotFoundError, ValueError, KeyError) as exc:
             raise OtplugError(f"could not open {label} {spec.repo_id!r} (root {spec.root}): {exc}") from exc
     say = print if accelerator.is_main_process else None
-    dataset = maybe_cache(dataset, cfg.ot.frame_cache, cfg.ot.frame_cache_max_gib, say=say)
-    sources = [maybe_cache(src, cfg.ot.frame_cache, cfg.ot.frame_cache_max_gib, say=say) for src in sources]
+    store = cfg.ot.frame_cache_dir
+    dataset = maybe_cache(dataset, cfg.ot.frame_cache, cfg.ot.frame_cache_max_gib, say=say, store=store)
+    sources = [maybe_cache(src, cfg.ot.frame_cache, cfg.ot.frame_cache_max_gib, say=say, store=store)
+               for src in sources]
     return dataset, sources
 
 
@@ -234,7 +236,7 @@ def write_run_info(output_dir: Path, cfg: Any, accelerator: Any, dataset: Any, s
         "ot": {k: getattr(cfg.ot, k) for k in ("enabled", "config", "lambda_ot", "layout", "batch_size", "scope",
                                                 "source_repo_id", "source_root", "pair_info", "sources_file",
                                                 "bc_source_weight", "cotrain_only", "frame_cache",
-                                                "optimizer_impl")},
+                                                "frame_cache_dir", "optimizer_impl")},
     }
     if sources:
         info["sources"] = [{**spec.summary(), **_ds(src, spec.repo_id, spec.root)}
