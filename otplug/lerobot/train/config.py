@@ -21,11 +21,13 @@ from otplug.errors import OtplugError
 from otplug.lerobot.frame_cache import FRAME_CACHE_MODES
 from otplug.lerobot.pair_dataset import SAMPLING_MODES
 from otplug.lerobot.sources import check_specs, read_sources_file, single_source
+from otplug.lerobot.train.ot_step import LAYOUTS as LAYOUT_STRATEGIES
 from otplug.validators import check_option
 
 __all__ = ["LAYOUTS", "SCOPES", "OTSection", "OTTrainConfig"]
 
-LAYOUTS = ("single-pass", "separate")
+#: ``--ot.layout``: the names of the layout strategies (:data:`otplug.lerobot.train.ot_step.LAYOUTS`)
+LAYOUTS = tuple(LAYOUT_STRATEGIES)
 SCOPES = ("rank", "global")
 
 

@@ -145,7 +145,7 @@ def attribute_nonfinite_gradient(policy: Any, batch: dict, n_pairs: int, *, ot_s
     state; the policy unwrapped, so that no other process is waited for) and each part gets one backward of its
     own -- the BC loss, each OT term's ``sum(pi * M_term)`` (pi constant, as in the loss), the terms' penalties.
     Returns a phrase for the stop message (``OT term 'x' gives a non-finite gradient ...``)."""
-    if ot_side is not None and ot_side.loss_fn is not None and ot_side._scope() != "rank":
+    if ot_side is not None and ot_side.loss_fn is not None and ot_side.scope != "rank":
         return ("with --ot.scope=global the parts cannot be recomputed in one process; rerun with one process to "
                 "find which term (or the BC loss) has an undefined derivative here")
     model = accelerator.unwrap_model(policy)
