@@ -167,12 +167,9 @@ def _train(cfg: Any, accelerator: Any, output_dir: Path) -> dict[str, Any]:
     try:
         for _ in range(step, cfg.steps):
             t0 = time.perf_counter()
-            batch = next(batches)
+            batch = images_to_float(next(batches), dataset.meta.camera_keys)  # lerobot-train's step, per batch
             bc_source = source_fractions(batch, source_names)  # the mixture's part marker never reaches the policy
-            if ot_side is not None:
-                batch, n_pairs = ot_side.build_batch(batch)
-            else:
-                batch, n_pairs = images_to_float(batch, dataset.meta.camera_keys), 0
+            batch, n_pairs = ot_side.build_batch(batch) if ot_side is not None else (batch, 0)
             check_image_range(batch, dataset.meta.camera_keys)
             batch = preprocessor(batch)
             data_s = time.perf_counter() - t0

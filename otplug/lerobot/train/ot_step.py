@@ -81,7 +81,8 @@ class OTSide:
                                        seed=(cfg.seed or 0) + 7919 * rank)
         gen = torch.Generator()
         gen.manual_seed((cfg.seed or 0) * 1_000_003 + start_step + 104_729 * rank)
-        self.loader = make_pair_loader(self.pair_dataset, ot.batch_size, pair_workers(ot, cfg.num_workers), gen)
+        self.loader = make_pair_loader(self.pair_dataset, ot.batch_size, pair_workers(ot, cfg.num_workers), gen,
+                                       self.camera_keys)
         if len(self.loader) == 0:
             raise OtplugError(f"--ot.batch_size={ot.batch_size} is larger than the OT pair dataset "
                               f"({len(self.pair_dataset)} target frames)")
@@ -113,11 +114,14 @@ class OTSide:
                                   f"(features: {', '.join(sorted(features))})")
 
     def next_pairs(self) -> tuple[dict, dict]:
+        """The next pair batches, through the uint8->float step (once per batch, as the loop does for the BC
+        batch): one decoding path whatever the storage."""
         src, tgt = next(self._pairs)
-        return dict(src), dict(tgt)
+        return images_to_float(dict(src), self.camera_keys), images_to_float(dict(tgt), self.camera_keys)
 
     def build_batch(self, bc_batch: dict) -> tuple[dict, int]:
-        """The batch the policy's forward runs on and the number of pairs ``n`` in it (see the layouts)."""
+        """The batch the policy's forward runs on and the number of pairs ``n`` in it (see the layouts);
+        ``bc_batch`` has been through the uint8->float step."""
         return self.layout.build_batch(bc_batch)
 
     def capturing(self) -> Any:
@@ -208,12 +212,11 @@ class SinglePass:
                           "computed by an extra encoder pass on the OT rows (metric ot_capture_fallback)", stacklevel=2)
 
     def build_batch(self, bc_batch: dict) -> tuple[dict, int]:
-        """``[src | tgt | bc]`` rows, every part through the uint8->float step first (one decoding path whatever
-        the storage); returns the batch and the number of pairs ``n``."""
+        """``[src | tgt | bc]`` rows (every part already through the uint8->float step); returns the batch and
+        the number of pairs ``n``."""
         src, tgt = self.side.next_pairs()
         n = len(next(v for v in src.values() if isinstance(v, torch.Tensor)))
-        parts = [images_to_float(p, self.side.camera_keys) for p in (src, tgt, bc_batch)]
-        return concat_batches(parts, required=self.side.policy_inputs), n
+        return concat_batches([src, tgt, bc_batch], required=self.side.policy_inputs), n
 
     def capturing(self) -> Any:
         return self.capture if self.capture is not None else contextlib.nullcontext()
@@ -249,8 +252,8 @@ class Separate:
         self.alignment = factory()
 
     def build_batch(self, bc_batch: dict) -> tuple[dict, int]:
-        """The BC batch alone (through the uint8->float step); no pair rows."""
-        return images_to_float(bc_batch, self.side.camera_keys), 0
+        """The BC batch alone; no pair rows."""
+        return bc_batch, 0
 
     def capturing(self) -> Any:
         return contextlib.nullcontext()
@@ -259,7 +262,7 @@ class Separate:
         side = self.side
         pairs = self._last_pairs if replay and self._last_pairs is not None else side.next_pairs()
         self._last_pairs = pairs
-        src, tgt = (images_to_float(dict(b), side.camera_keys) for b in pairs)
+        src, tgt = (dict(b) for b in pairs)
         check_image_range(src, side.camera_keys, "source pairs")
         check_image_range(tgt, side.camera_keys, "target pairs")
         src, tgt = side.preprocessor(src), side.preprocessor(tgt)
