@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 import otplug
-from otplug.atomic import writing
+from otplug.atomic import save_file, save_text
 from otplug.distributed import scoped_ot
 from otplug.ema import EMAEncoder
 from otplug.errors import OtplugError
@@ -162,12 +162,10 @@ class OTSide:
             # "unexpected pos" (no errno); this way it is an OSError(ENOSPC) naming the file
             buffer = io.BytesIO()
             torch.save(self.ema.state_dict(), buffer)
-            with writing(state_dir / self.EMA_FILE, "the EMA encoder"):
-                (state_dir / self.EMA_FILE).write_bytes(buffer.getbuffer())
+            save_file(state_dir / self.EMA_FILE, lambda tmp: tmp.write_bytes(buffer.getbuffer()), "the EMA encoder")
         terms = self.loss_fn.state_dict() if self.loss_fn is not None else {}
         if terms:
-            with writing(state_dir / self.TERMS_FILE, "the OT terms' state"):
-                (state_dir / self.TERMS_FILE).write_text(json.dumps(terms, allow_nan=False))
+            save_text(state_dir / self.TERMS_FILE, json.dumps(terms, allow_nan=False), "the OT terms' state")
 
     def load(self, checkpoint_dir: Any) -> None:
         state_dir = Path(checkpoint_dir) / "training_state"
