@@ -184,13 +184,19 @@ class OTLoss:
         """Whether some term takes its constant side from an EMA copy of the policy (``stopgrad_encoder =
         "ema"``): then keep an :class:`otplug.ema.EMAEncoder`, update it after every optimizer step with
         ``config.ema_decay`` and pass it as ``ema_encoder``."""
+        return bool(self.ema_encoder_terms)
+
+    @property
+    def ema_encoder_terms(self) -> list[str]:
+        """The names of the terms that need the EMA encoder (their ``uses_ema_encoder()``), in config order."""
+        names = []
         for term in self.terms:
             fn = getattr(term.impl, "uses_ema_encoder", None)
             if fn is not None:
                 with calling(term.who, "uses_ema_encoder()"):
                     if fn():
-                        return True
-        return False
+                        names.append(term.name)
+        return names
 
     #: the key of the core's own state in :meth:`state_dict` (a term may not take this name)
     CORE_STATE = "<otplug>"

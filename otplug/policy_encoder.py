@@ -15,17 +15,22 @@ from otplug.plugins import get_registry
 __all__ = ["encode", "resolve_encoder", "unwrap_policy"]
 
 
-#: attributes under which wrappers keep the wrapped model: DDP / DataParallel / FSDP / accelerate (``module``),
-#: ``torch.compile`` (``_orig_mod``)
-_WRAPPED_AT = ("_orig_mod", "module")
+#: submodules under which wrappers keep the wrapped model: ``torch.compile`` (``_orig_mod``), DDP / DataParallel /
+#: DeepSpeed (``module``), FSDP (``_fsdp_wrapped_module``)
+_WRAPPED_AT = ("_orig_mod", "module", "_fsdp_wrapped_module")
 
 
 def unwrap_policy(obj: Any) -> Any:
-    """Strip wrappers (DDP, DataParallel, FSDP, accelerate, ``torch.compile``) down to the policy itself.
+    """Strip wrappers (DDP, DataParallel, DeepSpeed, FSDP, ``torch.compile``, or several) down to the policy itself.
 
-    A torch module is unwrapped through its registered submodules ``_orig_mod`` / ``module``; any other object
-    only through a ``module`` attribute when it has no ``config`` of its own but the inner object has one. The
-    one implementation used by the loss, the encoder adapters and training.
+    A torch module is unwrapped through its registered submodules ``_orig_mod`` / ``module`` /
+    ``_fsdp_wrapped_module``; any other object only through a ``module`` attribute when it has no ``config`` of its
+    own but the inner object has one. The one implementation used by the loss, the encoder adapters, the EMA
+    encoder and training (instead of ``accelerator.unwrap_model``, which strips the same wrappers: on the policy
+    that ``accelerator.prepare`` returned both give the same module, whose ``update()``, ``save_pretrained`` and
+    parameters are the policy's). It never changes the model: ``accelerator.unwrap_model(model)`` with its default
+    ``keep_fp32_wrapper=False`` (lerobot-train's call when saving) restores the model's original ``forward``,
+    dropping the mixed-precision output cast for the rest of the run.
     """
     seen: set[int] = set()
     while id(obj) not in seen:

@@ -12,8 +12,8 @@ Training randomness dominates episode noise here, so methods are compared by the
 * :func:`rank_correlation` -- Spearman's rho between an offline signal and success over runs, with a pairs
   bootstrap interval;
 * :func:`wilson_interval` -- one policy's episode noise only (never the basis of "separated");
-* :func:`pca_2d`, :func:`retrieval_at_1` -- the two embedding summaries the report, the study and the training
-  diagnostics share.
+* :func:`pca_2d`, :func:`retrieval_at_1` (and :func:`partner_rank`, with its tie rule) -- the embedding summaries
+  the report, the study, the training diagnostics and the demo's report share.
 
 Every quantile comes from scipy (``scipy.stats.t``, ``nct``, ``binomtest``, ``spearmanr``); the bootstraps are
 vectorised numpy with their own ``numpy.random.default_rng(seed)`` (deterministic, no global state). scipy and
@@ -50,6 +50,7 @@ __all__ = [
     "hierarchical_bootstrap",
     "paired_difference",
     "paired_power",
+    "partner_rank",
     "pca_2d",
     "rank_correlation",
     "retrieval_at_1",
@@ -539,25 +540,56 @@ def pca_2d(x: Any) -> tuple[np.ndarray, np.ndarray]:
     return xy, share
 
 
-def retrieval_at_1(src: Any, tgt: Any, metric: str = "euclidean") -> float:
-    """Share of real (``tgt``) rows whose nearest sim (``src``) row is their own DTW partner (row ``i`` of
-    ``src`` for row ``i`` of ``tgt``). ``metric``: ``"euclidean"`` (``argmin_j |t_i − s_j|²``) or ``"cosine"``
-    (``argmax_j ⟨t_i, s_j⟩ / |t_i||s_j|``; zero rows have similarity 0 to everything). Chance level is ``1 / n``.
-    Ties go to the lower row index. NaN for non-finite embeddings."""
+def _partner_counts(src: Any, tgt: Any, metric: str, who: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """For each real (``tgt``) row ``i``: how many sim (``src``) rows are strictly nearer to it than its partner
+    (row ``i`` of ``src``), and how many other sim rows are exactly as near; None for non-finite embeddings.
+    Identical sim rows get bit-identical distances (one column computed per distinct row), so they tie exactly."""
     s, t = _rows(src, "src embeddings"), _rows(tgt, "tgt embeddings")
     if s.shape != t.shape:
         raise StatsError(f"src and tgt embeddings must be DTW pairs of the same shape, got {s.shape} and {t.shape}")
     if s.shape[0] < 2:
-        raise StatsError(f"retrieval needs at least 2 pairs, got {s.shape[0]}")
+        raise StatsError(f"{who} needs at least 2 pairs, got {s.shape[0]}")
     if metric not in ("euclidean", "cosine"):
-        raise StatsError(f"retrieval_at_1: metric must be 'euclidean' or 'cosine', got {metric!r}")
+        raise StatsError(f"{who}: metric must be 'euclidean' or 'cosine', got {metric!r}")
     if not np.isfinite(s).all() or not np.isfinite(t).all():
-        return float("nan")
+        return None
+    distinct, column = np.unique(s, axis=0, return_inverse=True)
     if metric == "euclidean":
-        d = (t * t).sum(1)[:, None] + (s * s).sum(1)[None, :] - 2.0 * t @ s.T  # (n_tgt, n_src)
-        nearest = np.argmin(d, axis=1)
-    else:
+        far = (t * t).sum(1)[:, None] + (distinct * distinct).sum(1)[None, :] - 2.0 * t @ distinct.T
+    else:  # the larger the cosine similarity, the nearer; zero rows have similarity 0 to everything
         tn = t / np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-300)
-        sn = s / np.maximum(np.linalg.norm(s, axis=1, keepdims=True), 1e-300)
-        nearest = np.argmax(tn @ sn.T, axis=1)
-    return float(np.mean(nearest == np.arange(t.shape[0])))
+        sn = distinct / np.maximum(np.linalg.norm(distinct, axis=1, keepdims=True), 1e-300)
+        far = -(tn @ sn.T)
+    far = far[:, column.reshape(-1)]  # (n_tgt, n_src)
+    partner = np.diagonal(far)[:, None]
+    return (far < partner).sum(1), (far == partner).sum(1) - 1
+
+
+def retrieval_at_1(src: Any, tgt: Any, metric: str = "euclidean") -> float:
+    """Share of real (``tgt``) rows whose nearest sim (``src``) row is their own DTW partner (row ``i`` of
+    ``src`` for row ``i`` of ``tgt``). ``metric``: ``"euclidean"`` (nearest: smallest ``|t_i − s_j|²``) or
+    ``"cosine"`` (largest ``⟨t_i, s_j⟩ / |t_i||s_j|``; zero rows have similarity 0 to everything). Chance level is
+    ``1 / n``.
+
+    Ties are broken at random, in expectation: a partner that is nearest together with ``k`` other sim rows counts
+    ``1 / (k + 1)``. The row order never matters, and collapsed embeddings (all equal) score the chance level
+    ``1 / n``. Identical sim rows always tie, also when DTW gave several real rows the same sim frame as partner:
+    such a group scores at most 1 in all, so the maximum is (distinct partners) / n. NaN for non-finite
+    embeddings."""
+    counts = _partner_counts(src, tgt, metric, "retrieval_at_1")
+    if counts is None:
+        return float("nan")
+    closer, ties = counts
+    return float(np.mean((closer == 0) / (1.0 + ties)))
+
+
+def partner_rank(src: Any, tgt: Any, metric: str = "euclidean") -> float:
+    """Mean rank of each real row's DTW partner among the sim rows, nearest first (0 = the partner is the nearest;
+    chance ``(n − 1) / 2``), with :func:`retrieval_at_1`'s metric and tie rule: the expected rank when ties are
+    broken at random, i.e. the sim rows strictly nearer plus half of those exactly as near. NaN for non-finite
+    embeddings."""
+    counts = _partner_counts(src, tgt, metric, "partner_rank")
+    if counts is None:
+        return float("nan")
+    closer, ties = counts
+    return float(np.mean(closer + ties / 2.0))

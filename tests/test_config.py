@@ -493,3 +493,45 @@ def test_arbitrary_input_gives_a_config_or_a_configerror(data):
         assert exc.problems and all(isinstance(p, str) and isinstance(m, str) and m for p, m in exc.problems)
     else:
         assert load_config(dump_config(cfg)) == cfg
+
+
+# -- the loader's settings come from the schema -----------------------------------------------------------------------
+
+def test_every_otconfig_field_is_read_and_dumped_or_a_named_exception():
+    """The loader's settings are OTConfig's fields (otplug.config.load.scalar_fields) but one explicit list of
+    exceptions: every other field is accepted as a key, checked, and written back by dump_config."""
+    from otplug.config import load as cl
+
+    fields = [a.name for a in attrs.fields(OTConfig)]
+    assert set(cl.NOT_SCALAR) <= set(fields), "an exception names a field OTConfig no longer has"
+    assert sorted(cl._SCALARS) == sorted(set(fields) - set(cl.NOT_SCALAR))
+    base = {"terms": [{"type": "action-slice"}]}
+    dumped = dump_config(load_config(base))
+    for name in cl._SCALARS:
+        assert name in dumped, f"dump_config does not write {name}"
+        cfg = load_config({**base, name: dumped[name]})  # accepted as a key of the file
+        assert getattr(cfg, name) == dumped[name]
+        with pytest.raises(ConfigError, match=name):
+            load_config({**base, name: [1, 2]})  # and checked (no scalar setting is a list)
+
+
+def test_a_new_otconfig_field_cannot_be_forgotten():
+    """A field added to OTConfig is a setting with no other list to edit; a field that is not a scalar must be
+    named in NOT_SCALAR (with the code that reads it) or the loader does not import."""
+    from otplug.config.load import scalar_fields
+
+    @attrs.frozen(kw_only=True)
+    class Extended(OTConfig):
+        new_knob: float = 1.0
+        new_flag: bool = False
+
+    got = scalar_fields(Extended)
+    assert got["new_knob"] is float and got["new_flag"] is bool
+    assert list(got)[:len(scalar_fields())] == list(scalar_fields())
+
+    @attrs.frozen(kw_only=True)
+    class WithTable(OTConfig):
+        new_table: tuple[int, ...] = ()
+
+    with pytest.raises(TypeError, match=r"WithTable.new_table.*NOT_SCALAR"):
+        scalar_fields(WithTable)

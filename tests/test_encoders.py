@@ -109,9 +109,23 @@ class _Wrapper(torch.nn.Module):  # stands in for DDP / accelerate wrapping
         self.module = module
 
 
+class _FSDPLike(torch.nn.Module):  # FSDP keeps the wrapped model as the submodule _fsdp_wrapped_module
+    def __init__(self, module):
+        super().__init__()
+        self._fsdp_wrapped_module = module
+
+
 def test_wrapped_policies_are_unwrapped(act_policy):
     wrapped = _Wrapper(_Wrapper(act_policy))
     assert unwrap_policy(wrapped) is act_policy
+    assert unwrap_policy(_FSDPLike(_Wrapper(act_policy))) is act_policy
+    compiled = torch.compile(_Wrapper(act_policy))  # not run: wrapping compiles nothing
+    assert unwrap_policy(compiled) is act_policy
+    accelerate_utils = pytest.importorskip("accelerate.utils")  # accelerator.unwrap_model strips the same wrapper
+    assert accelerate_utils.extract_model_from_parallel(compiled, keep_torch_compile=False).module is act_policy
+    forward = act_policy.forward
+    unwrap_policy(compiled)
+    assert act_policy.forward == forward  # never changes the model
     enc = ACTEncoder(wrapped)
     assert enc.policy is act_policy
     y = enc.encode_feature_for_ot("observation.state", torch.randn(2, 4))

@@ -275,6 +275,30 @@ def test_retrieval_at_1():
         st.retrieval_at_1(x, x, "manhattan")
 
 
+def test_retrieval_and_partner_rank_share_one_tie_rule():
+    """Ties are broken at random, in expectation, whatever the row order: collapsed embeddings score chance
+    (retrieval 1/n, rank (n-1)/2); a partner nearest together with one duplicate counts 1/2 and half a rank."""
+    x = np.arange(20.0).reshape(10, 2) ** 1.5
+    assert st.retrieval_at_1(x, x) == 1.0 and st.partner_rank(x, x) == 0.0
+    y = x.copy()
+    y[[0, 1]] = y[[1, 0]]  # rows 0 and 1 each have the other's partner nearest
+    assert st.partner_rank(x, y) == pytest.approx(0.2) and st.partner_rank(x, y, "cosine") >= 0.2 - 1e-12
+    flat = np.ones((8, 3))
+    for metric in ("euclidean", "cosine"):
+        assert st.retrieval_at_1(flat, flat, metric) == pytest.approx(1 / 8)
+        assert st.partner_rank(flat, flat, metric) == pytest.approx(7 / 2)
+    dup = x.copy()
+    dup[5] = dup[4]  # sim rows 4 and 5 identical: real rows 4 and 5 find their partner tied with the other
+    for order in (np.arange(10), np.arange(10)[::-1]):
+        assert st.retrieval_at_1(dup[order], x[order]) == pytest.approx(0.9)  # 8 rows + 1/2 + 1/2
+        assert st.partner_rank(dup[order], x[order]) == pytest.approx((0.5 + 0.5) / 10)
+    bad = x.copy()
+    bad[0, 0] = np.nan
+    assert math.isnan(st.partner_rank(bad, x))
+    with pytest.raises(OtplugError, match="partner_rank needs at least 2 pairs"):
+        st.partner_rank(x[:1], x[:1])
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # records
 

@@ -228,6 +228,28 @@ def test_ema_target_encoder_trains_saves_and_resumes(pair, tmp_path):
     assert [r["step"] for r in _rows(out)] == [1, 2, 3] and _rows(out)[-1]["ot_loss"] >= 0
 
 
+def test_ema_target_encoder_with_global_scope_is_refused_before_training(pair, tmp_path, capsys, monkeypatch):
+    """An EMA target encoder exists per process, so --ot.scope=global cannot use it: the CLI says so in one line
+    naming both fields (exit code 2) while validating the options -- no data opened, no run folder written."""
+    from otplug.cli import main as cli
+    from otplug.lerobot.train import cli as train_cli
+
+    def never(*a, **k):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(train_cli, "train", never)
+    cfg = tmp_path / "ema.json"
+    cfg.write_text(json.dumps({"reg": 0.05, "tau_src": 1.0, "tau_tgt": 1.0, "terms": [
+        {"type": "image", "name": "img", "src_key": CAM, "grad": "source", "stopgrad_encoder": "ema"}]}))
+    out = tmp_path / "ema_global"
+    rc = cli(["train", *_args(pair, out, steps=1, extra=[f"--ot.config={cfg}", "--ot.scope=global"])])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err, err
+    line = next(x for x in err.splitlines() if "--ot.scope" in x)
+    assert "--ot.scope=global" in line and "stopgrad_encoder = 'ema'" in line and "'img'" in line
+    assert not out.exists()
+
+
 def test_scale_anchor_reference_is_saved_and_resumed(pair, tmp_path):
     """scale_anchor's reference scale s0 is the term's state: saved with each checkpoint, and the resumed run
     measures its drift against the first run's s0 (not against its own first batch)."""

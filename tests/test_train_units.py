@@ -29,6 +29,27 @@ def test_images_to_float_converts_uint8_only():
     assert torch.equal(out["f"], torch.ones(2, 3, 4, 4))  # already float: untouched
 
 
+def test_collate_rows_leaves_the_step_to_the_batch_unless_storage_differs():
+    """Items are never converted: one storage -> the batch keeps uint8 (the loop's per-batch step converts it);
+    a camera stored as video (uint8) in one dataset and PNG (float) in another -> its uint8 rows go through the
+    step as one batch, giving the values a per-row conversion would."""
+    from otplug.lerobot.datasets import collate_rows
+
+    gen = torch.Generator().manual_seed(0)
+    u8 = [torch.randint(0, 256, (3, 4, 4), dtype=torch.uint8, generator=gen) for _ in range(3)]
+    png = [torch.rand(3, 4, 4, generator=gen) for _ in range(2)]
+    same = collate_rows([{"cam": x, "i": torch.tensor(k)} for k, x in enumerate(u8)], ["cam"])
+    assert same["cam"].dtype == torch.uint8 and torch.equal(same["cam"], torch.stack(u8))
+    items = [{"state": torch.tensor([float(k)]), "cam": x, "part": torch.tensor(k)}
+             for k, x in enumerate([u8[0], png[0], u8[1], png[1], u8[2]])]
+    out = collate_rows(items, ["cam"])
+    assert list(out) == ["state", "cam", "part"]  # the items' key order
+    assert out["cam"].dtype == torch.float32 and out["part"].tolist() == [0, 1, 2, 3, 4]
+    per_row = torch.stack([images_to_float({"cam": it["cam"]}, ["cam"])["cam"] for it in items])
+    assert torch.equal(out["cam"], per_row)
+    assert torch.equal(images_to_float(dict(out), ["cam"])["cam"], out["cam"])  # the later step: nothing left
+
+
 def test_concat_batches_rows_lists_and_errors():
     a = {"x": torch.zeros(2, 3), "task": ["a", "b"], "meta": 7, "only_a": torch.zeros(2)}
     b = {"x": torch.ones(1, 3), "task": ["c"], "meta": 8}

@@ -35,11 +35,43 @@ from otplug.solvers.problems import MARGINALS, PROBLEM_OF_MARGINALS, marginals_o
 
 __all__ = ["describe_config", "dump_config", "load_config"]
 
+#: the one list of exceptions: OTConfig fields that are not top-level scalar settings, each read and written by
+#: its own code. Every other field is a setting of that name, derived from the schema (:func:`scalar_fields`), so
+#: a new OTConfig field is read, checked and dumped without another list to keep in step.
+NOT_SCALAR = {
+    "terms": "the term tables: _native_terms / _seed_terms, written last by dump_config",
+    "solver_options": "the solver's own config class: _solver_options",
+    "source": "where the config was read from, not a key of the file",
+}
+#: keys of a native config file that are not OTConfig fields: ``marginals`` names the exact sides (tau = inf)
+NOT_FIELDS = ("marginals",)
+_SCALAR_TYPES = (float, bool, str)
+
+
+def scalar_fields(cls: type = OTConfig) -> dict[str, type]:
+    """``{field: type}`` of the top-level scalar settings of ``cls``: every attrs field but :data:`NOT_SCALAR`, in
+    field order, typed by its annotation (float, bool or str; any other type needs code of its own and an entry in
+    :data:`NOT_SCALAR`, else a ``TypeError`` here -- at import for OTConfig)."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    out: dict[str, type] = {}
+    for a in attrs.fields(cls):
+        if a.name in NOT_SCALAR:
+            continue
+        kind = hints[a.name]
+        if kind not in _SCALAR_TYPES:
+            raise TypeError(f"{cls.__name__}.{a.name}: {kind} is not a scalar setting (float, bool or str); read and "
+                            "write it with code of its own and list it in otplug.config.load.NOT_SCALAR")
+        out[a.name] = kind
+    return out
+
+
 # top-level scalar settings, structured by their OTConfig field types
-_SCALARS = ("reg", "tau_src", "tau_tgt", "heuristic", "solver", "time_reduce", "cost_normalization",
-            "term_normalization", "on_collapse", "debias", "ema_decay")
+_TYPES = scalar_fields()
+_SCALARS = tuple(_TYPES)
 _FIELDS = {a.name: a for a in attrs.fields(OTConfig)}
-_NATIVE_KEYS = ("terms", *_SCALARS, "marginals", "solver_options")
+_NATIVE_KEYS = ("terms", *_SCALARS, *NOT_FIELDS, "solver_options")
 
 
 def load_config(config: Any, *, source: str | None = None) -> OTConfig:
@@ -362,11 +394,6 @@ class _Loader:
                 first[name] = path.rsplit(".", 1)[0]
 
 
-_TYPES = {"reg": float, "tau_src": float, "tau_tgt": float, "heuristic": bool, "solver": str, "time_reduce": str,
-          "cost_normalization": str, "term_normalization": str, "on_collapse": str, "debias": bool,
-          "ema_decay": float}
-
-
 def _why_nothing(options: Any) -> str | None:
     contributes = getattr(options, "contributes", None)
     if options is None or not callable(contributes):
@@ -405,23 +432,16 @@ def dump_config(cfg: OTConfig) -> dict[str, Any]:
     Every setting is written (defaults included), so a checkpoint keeps the exact meaning even if a
     default changes later.
     """
-    out: dict[str, Any] = {"reg": cfg.reg}
-    # exact sides as `marginals` (JSON has no inf), relaxed sides as their tau
+    out: dict[str, Any] = {}
+    for name in _SCALARS:
+        value = getattr(cfg, name)
+        if name in ("tau_src", "tau_tgt") and math.isinf(value):
+            continue  # an exact side: written as `marginals` below (JSON has no inf)
+        out[name] = value
     if cfg.marginals != "relaxed":
         out["marginals"] = cfg.marginals
-    for name in ("tau_src", "tau_tgt"):
-        if not math.isinf(getattr(cfg, name)):
-            out[name] = getattr(cfg, name)
-    out["heuristic"] = cfg.heuristic
-    out["solver"] = cfg.solver
     if cfg.solver_options is not None:
         out["solver_options"] = unstructure(cfg.solver_options)
-    out["time_reduce"] = cfg.time_reduce
-    out["cost_normalization"] = cfg.cost_normalization
-    out["term_normalization"] = cfg.term_normalization
-    out["on_collapse"] = cfg.on_collapse
-    out["debias"] = cfg.debias
-    out["ema_decay"] = cfg.ema_decay
     terms = []
     for term in cfg.terms:
         entry: dict[str, Any] = {"type": term.type, "name": term.name, "weight": term.weight}

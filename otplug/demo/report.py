@@ -19,6 +19,7 @@ from otplug.lerobot.pair_dataset import make_source_dataset, partner_pairs
 from otplug.lerobot.train.batches import images_to_float
 from otplug.policy_encoder import resolve_encoder
 from otplug.recipes import CAMERA_KEY
+from otplug.stats import partner_rank, retrieval_at_1
 
 __all__ = ["embedding_alignment", "summarize"]
 
@@ -45,8 +46,9 @@ def embedding_alignment(policy, preprocessor, pairs, camera_keys) -> dict[str, f
     ``D_ij = |e(sim_i) - e(real_j)|^2`` (eval mode, no gradient):
 
     * ``retrieval``: fraction of real frames whose nearest sim embedding (among the n sim frames) is their own
-      partner (chance: 1/n);
-    * ``rank``: mean rank of the partner among the n sim frames (0 = nearest; chance: (n-1)/2);
+      partner (chance: 1/n), :func:`otplug.stats.retrieval_at_1`;
+    * ``rank``: mean rank of the partner among the n sim frames (0 = nearest; chance: (n-1)/2),
+      :func:`otplug.stats.partner_rank`; both with its tie rule (ties broken at random, in expectation);
     * ``ratio``: mean paired ``D_ii`` / mean unpaired ``D_ij`` (i != j); 1 = a real frame is no closer to its
       partner than to any other sim frame;
     * ``paired`` / ``unpaired``: those two means; ``scale``: mean squared norm of all the embeddings.
@@ -61,10 +63,9 @@ def embedding_alignment(policy, preprocessor, pairs, camera_keys) -> dict[str, f
     diag = torch.diagonal(d)
     off = ~torch.eye(n, dtype=torch.bool)
     paired, unpaired = float(diag.mean()), float(d[off].mean())
-    rank = (d < diag[:, None]).sum(1).double()  # sim frames strictly closer than the partner
     return {
-        "retrieval": float((rank == 0).double().mean()),
-        "rank": float(rank.mean()),
+        "retrieval": retrieval_at_1(es, et),
+        "rank": partner_rank(es, et),
         "ratio": paired / unpaired if unpaired > 0 else float("nan"),
         "paired": paired,
         "unpaired": unpaired,
@@ -129,7 +130,8 @@ def summarize(out: Path, data, cfg, ot_summary: dict, base_summary: dict | None,
             "has no held-out split), each with its DTW partner (the aligned frame of the closest sim episode). "
             "Embedding = the ACT image embedding the OT term uses (ResNet18 + input projection, eval mode). "
             "retrieval: share of real frames whose nearest sim embedding among the candidates is their partner; "
-            "rank: mean number of sim frames closer than the partner; ratio: mean paired / mean unpaired squared "
+            "rank: mean number of sim frames closer than the partner (both: a tie with k other frames counts "
+            "1/(k+1) of a retrieval and k/2 ranks, as if broken at random); ratio: mean paired / mean unpaired squared "
             "distance; scale: mean squared embedding norm. All but scale are scale free."),
         "ot_config": (dict(demo_config) if Path(str(cfg.ot.config)) == Path(data.sim_root).parent / "demo_ot.json"
                       else {"path": str(cfg.ot.config)}),

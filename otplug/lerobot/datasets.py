@@ -4,6 +4,8 @@
 * :func:`episode_rows`, :func:`episode_lengths`, :func:`episode_arrays` — the one reader of ``episode_index``:
   which rows (``ds[row]`` positions) belong to which episode, in frame order.
 * :func:`dataset_label` — how every message names a dataset.
+* :func:`images_to_float` — lerobot-train's uint8 -> float step, per batch; :func:`collate_rows` — items of
+  datasets with different storage into one batch.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ __all__ = [
     "DatasetError",
     "RenamedDataset",
     "check_rename_map",
+    "collate_rows",
     "dataset_label",
     "episode_arrays",
     "episode_lengths",
@@ -45,8 +48,10 @@ def base_key(key: str) -> str:
 
 
 def images_to_float(batch: dict[str, Any], camera_keys: Any) -> dict[str, Any]:
-    """lerobot-train's uint8 -> float32 [0, 1] step for camera values (in place, like lerobot), on a batch or a
-    single item: video frames decode to uint8, PNG frames to float already."""
+    """lerobot-train's uint8 -> float32 [0, 1] step for camera values (in place, like lerobot), once per batch as
+    lerobot-train does it: video frames decode to uint8, PNG frames to float already. Items are never converted;
+    the training loop converts each BC batch, the OT side each pair batch (and :func:`collate_rows` the uint8 rows
+    of a camera whose rows cannot be stacked otherwise)."""
     import torch
 
     for key in camera_keys:
@@ -54,6 +59,40 @@ def images_to_float(batch: dict[str, Any], camera_keys: Any) -> dict[str, Any]:
         if isinstance(value, torch.Tensor) and value.dtype == torch.uint8:
             batch[key] = value.to(dtype=torch.float32) / 255.0
     return batch
+
+
+def collate_rows(items: list[dict[str, Any]], camera_keys: Any, collate: Any = None) -> dict[str, Any]:
+    """Collate the items of datasets that may store frames differently (the BC mixture, the pairs of several
+    sources) with ``collate`` (torch's ``default_collate`` when None), camera values as they were decoded: the
+    uint8 -> float step is the batch's, later (:func:`images_to_float`).
+
+    The one exception: a camera whose rows come as uint8 from one dataset (video) and as float from another (PNG)
+    cannot be stacked as it is. Its uint8 rows are stacked together and go through :func:`images_to_float` as one
+    batch, so that camera is float for every row (the values the later step would give them)."""
+    import torch
+    from torch.utils.data import default_collate
+
+    collate = default_collate if collate is None else collate
+    mixed = []
+    for key in camera_keys:
+        dtypes = {it[key].dtype for it in items if isinstance(it.get(key), torch.Tensor)}
+        if len(dtypes) > 1 and torch.uint8 in dtypes:
+            mixed.append(key)
+    if not mixed:
+        return collate(items)
+    batch = collate([{k: v for k, v in it.items() if k not in mixed} for it in items])
+    stacked = {}
+    for key in mixed:
+        u8 = [i for i, it in enumerate(items) if it[key].dtype == torch.uint8]
+        other = [i for i in range(len(items)) if i not in set(u8)]
+        as_float = images_to_float({key: torch.stack([items[i][key] for i in u8])}, [key])[key]
+        rest = torch.stack([items[i][key] for i in other])
+        out = torch.empty((len(items), *rest.shape[1:]), dtype=torch.promote_types(rest.dtype, as_float.dtype))
+        out[u8], out[other] = as_float, rest
+        stacked[key] = out
+    ordered = {k: stacked[k] if k in stacked else batch[k] for k in items[0] if k in stacked or k in batch}
+    ordered.update((k, v) for k, v in batch.items() if k not in ordered)
+    return ordered
 
 
 class DatasetError(OtplugError, ValueError):

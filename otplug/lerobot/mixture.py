@@ -4,8 +4,9 @@ LeRobot 0.6 cannot mix datasets with weights (``MultiLeRobotDataset`` is disable
 ``--ot.bc_source_weight=W`` builds the mixture here:
 
 * :class:`MixtureDataset` concatenates the target and the source datasets' rows. Every item carries the key
-  :data:`PART_KEY` (0 = target, k >= 1 = source k) and its camera frames as float32 in [0, 1] whatever the storage
-  (video datasets decode to uint8, PNG ones to float: one decoding path for every row before collation).
+  :data:`PART_KEY` (0 = target, k >= 1 = source k) and its camera frames as its dataset decodes them; its batches
+  are collated by :func:`~otplug.lerobot.datasets.collate_rows` (:attr:`MixtureDataset.collate`), and the
+  training loop's per-batch uint8 -> float step makes every camera float32 in [0, 1].
 * :class:`WeightedFrameSampler` draws rows with replacement: first a dataset ("part") with probability ``q_p``,
   then a frame uniformly among that part's valid frames (episode-aware: the last ``drop_n_last_frames`` of every
   episode are never drawn, as lerobot's ``EpisodeAwareSampler`` does). With ``normalize=True`` (default, the
@@ -22,6 +23,7 @@ log window as the metric ``bc_source_fraction`` (with several sources also ``bc_
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -30,7 +32,7 @@ import torch
 import torch.utils.data
 
 from otplug.errors import OtplugError
-from otplug.lerobot.datasets import dataset_label, episode_rows, images_to_float
+from otplug.lerobot.datasets import collate_rows, dataset_label, episode_rows
 
 __all__ = ["PART_KEY", "MixtureDataset", "WeightedFrameSampler", "mixture_probabilities", "source_fraction",
            "source_fractions"]
@@ -79,7 +81,12 @@ class MixtureDataset(torch.utils.data.Dataset):
         # source-only extras would break collation: every row carries exactly the target's keys
         item = {k: v for k, v in self.parts[part][row].items() if k in self._keys}
         item[PART_KEY] = torch.tensor(part, dtype=torch.int64)
-        return images_to_float(item, self.camera_keys)
+        return item
+
+    def collate(self, collate: Any = None) -> Any:
+        """The DataLoader's ``collate_fn`` for this mixture: :func:`collate_rows` over ``collate`` (torch's
+        default when None); rows of parts that store a camera differently meet in one batch."""
+        return functools.partial(collate_rows, camera_keys=tuple(self.camera_keys), collate=collate)
 
 
 def _valid_rows(ds: Any, drop_n_last_frames: int) -> np.ndarray:

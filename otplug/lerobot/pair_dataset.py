@@ -28,6 +28,7 @@ All frame numbers are relative to their episode (0 = first frame of the episode)
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,14 @@ import torch.utils.data
 
 from otplug import validators as v
 from otplug.errors import OtplugError
-from otplug.lerobot.datasets import RenamedDataset, check_rename_map, dataset_label, episode_rows, open_dataset
+from otplug.lerobot.datasets import (
+    RenamedDataset,
+    check_rename_map,
+    collate_rows,
+    dataset_label,
+    episode_rows,
+    open_dataset,
+)
 from otplug.lerobot.pair_info import load_pair_info
 from otplug.validators import OptionError, check_option
 
@@ -231,11 +239,12 @@ class OTPairDataset(torch.utils.data.Dataset):
         return {"src": self.source[self.source_row(s_ep, s_f)], "tgt": self.target[self.target_row(i)]}
 
 
-def collate_pairs(items: Sequence[Mapping[str, Any]]) -> tuple[dict, dict]:
-    """Collate a list of ``{"src", "tgt"}`` items into ``(src_batch, tgt_batch)`` with torch's default collate."""
-    from torch.utils.data import default_collate
-
-    return default_collate([it["src"] for it in items]), default_collate([it["tgt"] for it in items])
+def collate_pairs(items: Sequence[Mapping[str, Any]], camera_keys: Sequence[str] = ()) -> tuple[dict, dict]:
+    """Collate a list of ``{"src", "tgt"}`` items into ``(src_batch, tgt_batch)`` with torch's default collate;
+    the ``camera_keys`` of sources with different storage meet as :func:`~otplug.lerobot.datasets.collate_rows`
+    says (camera values are otherwise left as decoded: the uint8 -> float step is the batch's)."""
+    return (collate_rows([it["src"] for it in items], camera_keys),
+            collate_rows([it["tgt"] for it in items], camera_keys))
 
 
 def make_source_dataset(repo_id: str, root: str | Path | None, *, like, rename_map: Mapping[str, str] | None = None,
@@ -312,17 +321,18 @@ def partner_pairs(target: Any, source: Any, pair_info: str | Path | Mapping, n: 
     fixed probe set of the demo report, the study's embedding pictures and the training diagnostics."""
     ds = OTPairDataset(target, source, pair_info, PairSampling(top_k=1, window_size=0), seed=seed)
     idx = torch.linspace(0, len(ds) - 1, min(n, len(ds))).long().tolist()
-    return ds, idx, collate_pairs([ds[i] for i in idx])
+    return ds, idx, collate_pairs([ds[i] for i in idx], list(target.meta.camera_keys))
 
 
-def make_pair_loader(pair_dataset: OTPairDataset, batch_size: int, num_workers: int,
-                     generator: torch.Generator) -> torch.utils.data.DataLoader:
-    """The OT pair loader. Its workers are never persistent: a persistent worker keeps its copy of the dataset
-    from epoch 0, so :meth:`OTPairDataset.set_epoch` would not reach it and every epoch would repeat epoch 0's
-    source draws. New workers per OT epoch see the current epoch."""
+def make_pair_loader(pair_dataset: OTPairDataset, batch_size: int, num_workers: int, generator: torch.Generator,
+                     camera_keys: Sequence[str] = ()) -> torch.utils.data.DataLoader:
+    """The OT pair loader (``camera_keys``: the cameras :func:`collate_pairs` looks after). Its workers are never
+    persistent: a persistent worker keeps its copy of the dataset from epoch 0, so :meth:`OTPairDataset.set_epoch`
+    would not reach it and every epoch would repeat epoch 0's source draws. New workers per OT epoch see the
+    current epoch."""
     return torch.utils.data.DataLoader(pair_dataset, batch_size=batch_size, shuffle=True, generator=generator,
-                                       drop_last=True, num_workers=num_workers, collate_fn=collate_pairs,
-                                       persistent_workers=False)
+                                       drop_last=True, num_workers=num_workers, persistent_workers=False,
+                                       collate_fn=functools.partial(collate_pairs, camera_keys=tuple(camera_keys)))
 
 
 def cycle_epochs(pair_dataset: OTPairDataset, loader: Any) -> Iterator[Any]:

@@ -6,9 +6,10 @@ from that source's own distribution over its episodes and frames (:meth:`OTPairD
 weighting, top-k and window). Draws are a pure function of ``(seed, epoch, i)``, like :class:`OTPairDataset`.
 
 Source items keep the keys every source's items carry (a key only one sim dataset has would break collation);
-the target's features are guaranteed by :func:`~otplug.lerobot.pair_dataset.make_source_dataset`. Their camera
-frames are float in [0, 1] (one dtype whatever each source's storage); target items are left as the target
-decodes them, and the training step puts every part through the same uint8->float step.
+the target's features are guaranteed by :func:`~otplug.lerobot.pair_dataset.make_source_dataset`. Camera frames
+are left as each dataset decodes them: the pair loader collates sources of different storage
+(:func:`~otplug.lerobot.datasets.collate_rows`) and the training step puts every pair batch through the same
+uint8->float step.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 
 from otplug.errors import OtplugError
-from otplug.lerobot.datasets import episode_rows, images_to_float
+from otplug.lerobot.datasets import episode_rows
 from otplug.lerobot.pair_dataset import OTPairDataset, PairDatasetError, PairSampling
 
 __all__ = ["PairMixture", "make_pairs"]
@@ -57,7 +58,6 @@ class PairMixture(torch.utils.data.Dataset):
                 by_frame.setdefault(part.target_frame(j), []).append((k, j))
         self._frames = sorted(by_frame)
         self._choices = [by_frame[f] for f in self._frames]
-        self._cameras = list(target.meta.camera_keys)
         self._src_keys = self._common_source_keys()
 
     def _common_source_keys(self) -> set[str] | None:
@@ -102,8 +102,7 @@ class PairMixture(torch.utils.data.Dataset):
         part = self.parts[k]
         src = part.source[part.source_row(ep, f)]
         if self._src_keys is not None:
-            # one dtype per camera across sources (a video sim dataset decodes to uint8, a PNG one to float)
-            src = images_to_float({key: v for key, v in src.items() if key in self._src_keys}, self._cameras)
+            src = {key: v for key, v in src.items() if key in self._src_keys}
         t_ep, t_f = self._frames[i]
         return {"src": src, "tgt": self.target[int(self._tgt_rows[t_ep][t_f])]}
 

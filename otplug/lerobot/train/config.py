@@ -21,11 +21,13 @@ from otplug.errors import OtplugError
 from otplug.lerobot.frame_cache import FRAME_CACHE_MODES
 from otplug.lerobot.pair_dataset import SAMPLING_MODES
 from otplug.lerobot.sources import check_specs, read_sources_file, single_source
+from otplug.lerobot.train.ot_step import LAYOUTS as LAYOUT_STRATEGIES
 from otplug.validators import check_option
 
 __all__ = ["LAYOUTS", "SCOPES", "OTSection", "OTTrainConfig"]
 
-LAYOUTS = ("single-pass", "separate")
+#: ``--ot.layout``: the names of the layout strategies (:data:`otplug.lerobot.train.ot_step.LAYOUTS`)
+LAYOUTS = tuple(LAYOUT_STRATEGIES)
 SCOPES = ("rank", "global")
 
 
@@ -214,6 +216,22 @@ class OTSection:
 
             # parsed once, before datasets and the policy are built; everything downstream takes this object
             self.__dict__["_loss_config"] = load_config(self.config)
+            self._check_scope_with_ema()
+
+    def _check_scope_with_ema(self) -> None:
+        """An EMA target encoder (a term with ``stopgrad_encoder = 'ema'``) is a copy of this process's policy:
+        its features exist per process, so the global scope (one plan over every process's pairs) cannot use
+        it. Refused here, with the two fields, before any data is opened."""
+        if self.scope != "global":
+            return
+        import otplug
+
+        names = otplug.OTLoss(self.loss_config).ema_encoder_terms
+        if names:
+            raise v.OptionError(
+                f"--ot.scope=global cannot be used with an EMA target encoder: term(s) {', '.join(map(repr, names))} "
+                f"of --ot.config {self.config} set stopgrad_encoder = 'ema', whose features exist per process; use "
+                "--ot.scope=rank, or stopgrad_encoder = 'policy'")
 
     def _read_sources_file(self) -> None:
         given = [f"--ot.{n}" for n in ("source_repo_id", "source_root", "pair_info", "source_rename_map")

@@ -45,6 +45,7 @@ from otplug.lerobot.train.ot_step import OTSide
 from otplug.lerobot.train.probe import make_recorder
 from otplug.lerobot.train.run_dir import RunLock, write_checkpoint
 from otplug.lerobot.train.step import check_finite_weights, update_policy
+from otplug.policy_encoder import unwrap_policy
 
 __all__ = ["train"]
 
@@ -94,7 +95,7 @@ def _save(cfg: Any, step: int, output_dir: Path, accelerator: Any, policy: Any, 
     check_finite_weights(policy, step)
 
     def write(folder: Path) -> None:
-        save_checkpoint(checkpoint_dir=folder, step=step, cfg=cfg, policy=accelerator.unwrap_model(policy),
+        save_checkpoint(checkpoint_dir=folder, step=step, cfg=cfg, policy=unwrap_policy(policy),
                         optimizer=optimizer, scheduler=lr_scheduler, preprocessor=processors[0],
                         postprocessor=processors[1], num_processes=accelerator.num_processes,
                         batch_size=cfg.batch_size)
@@ -154,7 +155,7 @@ def _train(cfg: Any, accelerator: Any, output_dir: Path) -> dict[str, Any]:
         setup.write_run_info(output_dir, cfg, accelerator, dataset, sources)
     log_every = ot.log_every or cfg.log_freq
     probe = make_recorder(cfg, dataset, sources, policy, preprocessor, output_dir, step) if is_main else None
-    unwrapped = accelerator.unwrap_model(policy)
+    unwrapped = unwrap_policy(policy)
     if probe is not None and probe[0].due(step) and step == 0:
         sinks.log(0, probe[0].record(0, probe[1], module=unwrapped))
     window, first, last = Window(), {}, {}
@@ -166,12 +167,9 @@ def _train(cfg: Any, accelerator: Any, output_dir: Path) -> dict[str, Any]:
     try:
         for _ in range(step, cfg.steps):
             t0 = time.perf_counter()
-            batch = next(batches)
+            batch = images_to_float(next(batches), dataset.meta.camera_keys)  # lerobot-train's step, per batch
             bc_source = source_fractions(batch, source_names)  # the mixture's part marker never reaches the policy
-            if ot_side is not None:
-                batch, n_pairs = ot_side.build_batch(batch)
-            else:
-                batch, n_pairs = images_to_float(batch, dataset.meta.camera_keys), 0
+            batch, n_pairs = ot_side.build_batch(batch) if ot_side is not None else (batch, 0)
             check_image_range(batch, dataset.meta.camera_keys)
             batch = preprocessor(batch)
             data_s = time.perf_counter() - t0

@@ -1,18 +1,23 @@
 """The OT side of a training step: pair loader, loss, capture and alignment (:class:`OTSide`).
 
-Per step, :meth:`OTSide.build_batch` puts ``ot.batch_size`` pairs in front of the BC rows (single-pass layout,
-``[src | tgt | bc]``) and :meth:`OTSide.loss` computes ``ot_loss`` after the policy's forward:
+Per step the loop calls :meth:`OTSide.build_batch` (the batch of the policy's forward), :meth:`OTSide.capturing`
+(around that forward) and :meth:`OTSide.loss` (``ot_loss`` after it). Where the pairs go is the layout, a strategy
+chosen once from ``--ot.layout`` (:data:`LAYOUTS`):
 
-* single-pass: the src/tgt rows of the preprocessed batch, embeddings served from the BC forward by
-  :class:`~otplug.lerobot.capture.CapturedEncoder` (rows ``[0, n)`` and ``[n, 2n)``);
-* separate: a batch of pairs of its own, through the same uint8->float step and preprocessor instance, aligned to
-  the BC batch by the alignment policy, encoded in extra forward passes.
+* :class:`SinglePass`: ``ot.batch_size`` pairs in front of the BC rows, ``[src | tgt | bc]``; the loss takes the
+  src/tgt rows of the preprocessed batch, embeddings served from the BC forward by
+  :class:`~otplug.lerobot.capture.CapturedEncoder` (rows ``[0, n)`` and ``[n, 2n)``), with an extra encoder pass
+  for keys without a capture hook;
+* :class:`Separate`: a batch of pairs of its own, through the same uint8->float step and preprocessor instance,
+  aligned to the BC batch by the alignment policy, encoded in extra forward passes.
 
-The scope (``rank`` / ``global``) is applied in one place, :func:`scoped_ot`.
+The scope (``rank`` / ``global``) is decided once (:attr:`OTSide.scope`) and applied in one place,
+:func:`scoped_ot`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -23,7 +28,7 @@ from typing import Any
 import torch
 
 import otplug
-from otplug.atomic import writing
+from otplug.atomic import save_file, save_text
 from otplug.distributed import scoped_ot
 from otplug.ema import EMAEncoder
 from otplug.errors import OtplugError
@@ -35,7 +40,7 @@ from otplug.lerobot.train.batches import check_image_range, concat_batches, imag
 from otplug.plugins import get_registry
 from otplug.policy_encoder import resolve_encoder, unwrap_policy
 
-__all__ = ["OTSide", "make_sampling"]
+__all__ = ["LAYOUTS", "OTSide", "Separate", "SinglePass", "make_sampling"]
 
 
 def make_sampling(ot: Any) -> PairSampling:
@@ -57,7 +62,10 @@ def pair_workers(ot: Any, bc_workers: int) -> int:
 
 
 class OTSide:
-    """Everything the OT loss needs in the loop: pair loader, loss, capture, alignment."""
+    """Everything the OT loss needs in the loop: pair loader, loss, EMA encoder, and the layout
+    (:class:`SinglePass` or :class:`Separate`, chosen once from ``--ot.layout``) that places the pairs in the step.
+    The loop calls :meth:`build_batch`, :meth:`capturing`, :meth:`loss`, :meth:`after_backward` and
+    :meth:`after_step`, whatever the layout."""
 
     def __init__(self, cfg: Any, dataset: Any, sources: list[Any], policy: Any, preprocessor: Any, accelerator: Any,
                  start_step: int) -> None:
@@ -66,44 +74,37 @@ class OTSide:
         self.accelerator = accelerator
         self.camera_keys = list(dataset.meta.camera_keys)
         self.preprocessor = preprocessor
-        self.layout = ot.layout
-        self.scope = ot.scope
+        #: the scope the loss is computed with: ``--ot.scope``, or ``rank`` with one process (the same plan)
+        self.scope = "rank" if accelerator.num_processes == 1 else ot.scope
         rank = accelerator.process_index
         self.pair_dataset = make_pairs(dataset, sources, ot.sources, make_sampling(ot),
                                        seed=(cfg.seed or 0) + 7919 * rank)
         gen = torch.Generator()
         gen.manual_seed((cfg.seed or 0) * 1_000_003 + start_step + 104_729 * rank)
-        self.loader = make_pair_loader(self.pair_dataset, ot.batch_size, pair_workers(ot, cfg.num_workers), gen)
+        self.loader = make_pair_loader(self.pair_dataset, ot.batch_size, pair_workers(ot, cfg.num_workers), gen,
+                                       self.camera_keys)
         if len(self.loader) == 0:
             raise OtplugError(f"--ot.batch_size={ot.batch_size} is larger than the OT pair dataset "
                               f"({len(self.pair_dataset)} target frames)")
         self._pairs = cycle_epochs(self.pair_dataset, self.loader)
-        self._last_pairs: tuple[dict, dict] | None = None  # the separate layout's last pairs (a step's recomputation)
         pcfg = unwrap_policy(policy).config
         self.policy_inputs = sorted(set(pcfg.input_features) | set(pcfg.output_features))
         self.loss_fn = otplug.OTLoss(ot.loss_config) if ot.has_loss else None
-        self.capture: FeatureCapture | None = None
-        self.fallback_keys: list[str] = []
-        self.alignment = None
+        self.src_keys: list[str] = []
+        self.tgt_keys: list[str] = []
+        self.embed_keys: list[str] = []
         self.encoder = None
         self.ema: EMAEncoder | None = None
-        if self.loss_fn is None:
-            return
-        self.src_keys = sorted(self.loss_fn.required_keys("src") | self.loss_fn.optional_keys("src"))
-        self.tgt_keys = sorted(self.loss_fn.required_keys("tgt") | self.loss_fn.optional_keys("tgt"))
-        self._check_features(dataset.meta.features)
-        embed_keys = sorted(self.loss_fn.embedding_keys)
-        self.encoder = resolve_encoder(policy) if embed_keys else None
-        if self.layout == "single-pass" and embed_keys:
-            own = hasattr(unwrap_policy(policy), "encode_feature_for_ot")
-            self.capture = FeatureCapture(None if own else self.encoder, embed_keys)
-            self._plan_fallback(self.capture.unsupported, accelerator.is_main_process)
-        if self.loss_fn.needs_ema_encoder:
+        if self.loss_fn is not None:
+            self.src_keys = sorted(self.loss_fn.required_keys("src") | self.loss_fn.optional_keys("src"))
+            self.tgt_keys = sorted(self.loss_fn.required_keys("tgt") | self.loss_fn.optional_keys("tgt"))
+            self._check_features(dataset.meta.features)
+            self.embed_keys = sorted(self.loss_fn.embedding_keys)
+            self.encoder = resolve_encoder(policy) if self.embed_keys else None
+        self.layout: SinglePass | Separate = LAYOUTS[ot.layout](self, policy, accelerator.is_main_process)
+        if self.loss_fn is not None and self.loss_fn.needs_ema_encoder:
             # a slowly updated copy of the policy gives the stop-gradient side's features (ROT's target encoder)
             self.ema = EMAEncoder(policy, decay=self.loss_fn.config.ema_decay)
-        if self.layout == "separate":
-            factory = get_registry().get("alignment", ot.alignment, field="--ot.alignment").load()
-            self.alignment = factory()
 
     def _check_features(self, features: Any) -> None:
         for key in sorted(set(self.src_keys) | set(self.tgt_keys)):
@@ -112,35 +113,20 @@ class OTSide:
                 raise OtplugError(f"the OT config uses {key!r} but the dataset has no feature {base!r} "
                                   f"(features: {', '.join(sorted(features))})")
 
-    def _plan_fallback(self, unsupported: dict[str, str], is_main: bool) -> None:
-        if not unsupported:
-            return
-        if self.ot.capture_fallback == "error":
-            raise OtplugError("single-pass layout cannot capture " + "; ".join(
-                f"{k}: {why}" for k, why in unsupported.items()) + " (use --ot.capture_fallback=encode or "
-                "--ot.layout=separate)")
-        self.fallback_keys = sorted(unsupported)
-        if is_main:
-            warnings.warn(f"single-pass layout: no capture hook for {self.fallback_keys}; those embeddings are "
-                          "computed by an extra encoder pass on the OT rows (metric ot_capture_fallback)", stacklevel=2)
-
-    @property
-    def single_pass(self) -> bool:
-        return self.layout == "single-pass"
-
     def next_pairs(self) -> tuple[dict, dict]:
+        """The next pair batches, through the uint8->float step (once per batch, as the loop does for the BC
+        batch): one decoding path whatever the storage."""
         src, tgt = next(self._pairs)
-        return dict(src), dict(tgt)
+        return images_to_float(dict(src), self.camera_keys), images_to_float(dict(tgt), self.camera_keys)
 
     def build_batch(self, bc_batch: dict) -> tuple[dict, int]:
-        """Single-pass: ``[src | tgt | bc]`` rows, every part through the uint8->float step first (one decoding
-        path whatever the storage); returns the batch and the number of pairs ``n``. Separate: the BC batch."""
-        if not self.single_pass:
-            return images_to_float(bc_batch, self.camera_keys), 0
-        src, tgt = self.next_pairs()
-        n = len(next(v for v in src.values() if isinstance(v, torch.Tensor)))
-        parts = [images_to_float(p, self.camera_keys) for p in (src, tgt, bc_batch)]
-        return concat_batches(parts, required=self.policy_inputs), n
+        """The batch the policy's forward runs on and the number of pairs ``n`` in it (see the layouts);
+        ``bc_batch`` has been through the uint8->float step."""
+        return self.layout.build_batch(bc_batch)
+
+    def capturing(self) -> Any:
+        """Context manager around the policy's forward (the single-pass layout records encoder outputs)."""
+        return self.layout.capturing()
 
     def loss(self, batch: dict, n: int, policy: Any, device: torch.device, *, replay: bool = False) -> Any:
         """The OT result of this step (``None`` without an OT loss). ``batch`` is the preprocessed batch the policy
@@ -148,46 +134,16 @@ class OTSide:
         separate layout draws new ones otherwise), to recompute a step."""
         if self.loss_fn is None:
             return None
-        if self.single_pass:
-            res = self._single_pass_loss(batch, n)
-        else:
-            res = self._separate_loss(batch, policy, device, replay=replay)
-        res.metrics["ot_capture_fallback"] = float(len(self.fallback_keys))
+        res = self.layout.loss(batch, n, policy, device, replay=replay)
+        res.metrics["ot_capture_fallback"] = float(len(self.layout.fallback_keys))
         return res
 
-    def _single_pass_loss(self, batch: dict, n: int) -> Any:
-        sides = {"src": slice(0, n), "tgt": slice(n, 2 * n)}
-        src, tgt = rows(batch, self.src_keys, sides["src"]), rows(batch, self.tgt_keys, sides["tgt"])
-        encoder = None
-        if self.capture is not None:
-            encoder = CapturedEncoder(self.capture, sides, fallback=self.encoder if self.fallback_keys else None)
-        return scoped_ot(self.loss_fn, src, tgt, encoder=encoder, scope=self._scope(), ema_encoder=self.ema)
-
-    def _separate_loss(self, bc_batch: dict, policy: Any, device: torch.device, replay: bool = False) -> Any:
-        pairs = self._last_pairs if replay and self._last_pairs is not None else self.next_pairs()
-        self._last_pairs = pairs
-        src, tgt = (images_to_float(dict(b), self.camera_keys) for b in pairs)
-        check_image_range(src, self.camera_keys, "source pairs")
-        check_image_range(tgt, self.camera_keys, "target pairs")
-        src, tgt = self.preprocessor(src), self.preprocessor(tgt)
-        if self.alignment is not None:
-            src = self.alignment(src, bc_batch, device)
-            tgt = self.alignment(tgt, bc_batch, device)
-        return scoped_ot(self.loss_fn, src, tgt, encoder=policy if self.encoder is not None else None,
-                         scope=self._scope(), ema_encoder=self.ema)
-
-    def _scope(self) -> str:
-        return "rank" if self.accelerator.num_processes == 1 else self.scope
-
-    def capturing(self) -> Any:
-        """Context manager around the policy's forward: records encoder outputs in the single-pass layout."""
-        import contextlib
-
-        return self.capture if (self.single_pass and self.capture is not None) else contextlib.nullcontext()
+    def solve(self, src: dict, tgt: dict, encoder: Any) -> Any:
+        """The OT loss of ``src`` / ``tgt`` in this run's scope, with the EMA encoder when the terms use one."""
+        return scoped_ot(self.loss_fn, src, tgt, encoder=encoder, scope=self.scope, ema_encoder=self.ema)
 
     def after_backward(self) -> None:
-        if self.capture is not None:
-            self.capture.clear()
+        self.layout.after_backward()
 
     def after_step(self, policy: Any) -> None:
         """After every optimizer step: move the EMA target encoder towards the policy."""
@@ -206,12 +162,10 @@ class OTSide:
             # "unexpected pos" (no errno); this way it is an OSError(ENOSPC) naming the file
             buffer = io.BytesIO()
             torch.save(self.ema.state_dict(), buffer)
-            with writing(state_dir / self.EMA_FILE, "the EMA encoder"):
-                (state_dir / self.EMA_FILE).write_bytes(buffer.getbuffer())
+            save_file(state_dir / self.EMA_FILE, lambda tmp: tmp.write_bytes(buffer.getbuffer()), "the EMA encoder")
         terms = self.loss_fn.state_dict() if self.loss_fn is not None else {}
         if terms:
-            with writing(state_dir / self.TERMS_FILE, "the OT terms' state"):
-                (state_dir / self.TERMS_FILE).write_text(json.dumps(terms, allow_nan=False))
+            save_text(state_dir / self.TERMS_FILE, json.dumps(terms, allow_nan=False), "the OT terms' state")
 
     def load(self, checkpoint_dir: Any) -> None:
         state_dir = Path(checkpoint_dir) / "training_state"
@@ -225,3 +179,99 @@ class OTSide:
             from otplug.config.files import read_json_file
 
             self.loss_fn.load_state_dict(read_json_file(path, what="OT terms state"))
+
+
+class SinglePass:
+    """``--ot.layout=single-pass``: the pairs are rows of the BC batch, ``[src | tgt | bc]``, and the OT embeddings
+    are read out of the BC forward by the capture hooks (:class:`~otplug.lerobot.capture.FeatureCapture`); a key
+    without a hook gets an extra encoder pass on its OT rows (``--ot.capture_fallback=encode``) or is refused."""
+
+    name = "single-pass"
+
+    def __init__(self, side: OTSide, policy: Any, is_main: bool) -> None:
+        self.side = side
+        self.capture: FeatureCapture | None = None
+        self.fallback_keys: list[str] = []
+        if side.embed_keys:
+            own = hasattr(unwrap_policy(policy), "encode_feature_for_ot")
+            self.capture = FeatureCapture(None if own else side.encoder, side.embed_keys)
+            self._plan_fallback(self.capture.unsupported, side.ot.capture_fallback, is_main)
+
+    def _plan_fallback(self, unsupported: dict[str, str], fallback: str, is_main: bool) -> None:
+        if not unsupported:
+            return
+        if fallback == "error":
+            raise OtplugError("single-pass layout cannot capture " + "; ".join(
+                f"{k}: {why}" for k, why in unsupported.items()) + " (use --ot.capture_fallback=encode or "
+                "--ot.layout=separate)")
+        self.fallback_keys = sorted(unsupported)
+        if is_main:
+            warnings.warn(f"single-pass layout: no capture hook for {self.fallback_keys}; those embeddings are "
+                          "computed by an extra encoder pass on the OT rows (metric ot_capture_fallback)", stacklevel=2)
+
+    def build_batch(self, bc_batch: dict) -> tuple[dict, int]:
+        """``[src | tgt | bc]`` rows (every part already through the uint8->float step); returns the batch and
+        the number of pairs ``n``."""
+        src, tgt = self.side.next_pairs()
+        n = len(next(v for v in src.values() if isinstance(v, torch.Tensor)))
+        return concat_batches([src, tgt, bc_batch], required=self.side.policy_inputs), n
+
+    def capturing(self) -> Any:
+        return self.capture if self.capture is not None else contextlib.nullcontext()
+
+    def loss(self, batch: dict, n: int, policy: Any, device: torch.device, *, replay: bool = False) -> Any:
+        """Rows ``[0, n)`` and ``[n, 2n)`` of the preprocessed batch, embeddings served from the BC forward (the
+        batch holds its pairs, so ``replay`` changes nothing)."""
+        side = self.side
+        sides = {"src": slice(0, n), "tgt": slice(n, 2 * n)}
+        src, tgt = rows(batch, side.src_keys, sides["src"]), rows(batch, side.tgt_keys, sides["tgt"])
+        encoder = None
+        if self.capture is not None:
+            encoder = CapturedEncoder(self.capture, sides, fallback=side.encoder if self.fallback_keys else None)
+        return side.solve(src, tgt, encoder)
+
+    def after_backward(self) -> None:
+        if self.capture is not None:
+            self.capture.clear()
+
+
+class Separate:
+    """``--ot.layout=separate``: the pairs are a batch of their own, through the same uint8->float step and
+    preprocessor instance as the BC batch, aligned to it by the alignment policy (``--ot.alignment``) and encoded
+    by the policy in extra forward passes."""
+
+    name = "separate"
+
+    def __init__(self, side: OTSide, policy: Any, is_main: bool) -> None:
+        self.side = side
+        self.fallback_keys: list[str] = []  # every embedding comes from an encoder pass of its own
+        self._last_pairs: tuple[dict, dict] | None = None  # the last pairs (a step's recomputation)
+        factory = get_registry().get("alignment", side.ot.alignment, field="--ot.alignment").load()
+        self.alignment = factory()
+
+    def build_batch(self, bc_batch: dict) -> tuple[dict, int]:
+        """The BC batch alone; no pair rows."""
+        return bc_batch, 0
+
+    def capturing(self) -> Any:
+        return contextlib.nullcontext()
+
+    def loss(self, bc_batch: dict, n: int, policy: Any, device: torch.device, *, replay: bool = False) -> Any:
+        side = self.side
+        pairs = self._last_pairs if replay and self._last_pairs is not None else side.next_pairs()
+        self._last_pairs = pairs
+        src, tgt = (dict(b) for b in pairs)
+        check_image_range(src, side.camera_keys, "source pairs")
+        check_image_range(tgt, side.camera_keys, "target pairs")
+        src, tgt = side.preprocessor(src), side.preprocessor(tgt)
+        if self.alignment is not None:
+            src = self.alignment(src, bc_batch, device)
+            tgt = self.alignment(tgt, bc_batch, device)
+        return side.solve(src, tgt, policy if side.encoder is not None else None)
+
+    def after_backward(self) -> None:
+        pass
+
+
+#: ``--ot.layout`` -> its strategy: the one place the layout is decided (the option's choices are these names)
+LAYOUTS: dict[str, type[SinglePass] | type[Separate]] = {cls.name: cls for cls in (SinglePass, Separate)}

@@ -200,10 +200,11 @@ def make_bc_dataloader(cfg: Any, dataset: Any, sources: list[Any], device: torch
         bs = load_training_batch_size(cfg.checkpoint_path) or cfg.batch_size
         sampler.load_state_dict(compute_sampler_state(step, len(sampler), bs, n_proc))
     workers = cfg.num_workers > 0
+    collate = lerobot_collate_fn if has_language else None
     return torch.utils.data.DataLoader(
         dataset, num_workers=cfg.num_workers, batch_size=cfg.batch_size, shuffle=False, sampler=sampler,
         pin_memory=device.type == "cuda", drop_last=False,
-        collate_fn=lerobot_collate_fn if has_language else None,
+        collate_fn=dataset.collate(collate) if isinstance(dataset, MixtureDataset) else collate,
         prefetch_factor=cfg.prefetch_factor if workers else None,
         persistent_workers=cfg.persistent_workers and workers,
         multiprocessing_context=cfg.dataloader_multiprocessing_context if workers else None)

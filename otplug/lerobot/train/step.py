@@ -24,6 +24,7 @@ import torch
 
 from otplug.errors import OtplugError
 from otplug.lerobot.train.metrics import finite_everywhere
+from otplug.policy_encoder import unwrap_policy
 
 __all__ = ["NonFiniteStep", "StepResult", "check_finite_weights", "update_policy"]
 
@@ -108,7 +109,7 @@ def update_policy(policy: Any, batch: dict, n_pairs: int, *, optimizer: Any, lr_
     optimizer.zero_grad()
     if lr_scheduler is not None:
         lr_scheduler.step()
-    unwrapped = accelerator.unwrap_model(policy, keep_fp32_wrapper=True)
+    unwrapped = unwrap_policy(policy)
     if hasattr(unwrapped, "update") and callable(unwrapped.update):
         unwrapped.update()
     if ot_side is not None:
@@ -145,10 +146,10 @@ def attribute_nonfinite_gradient(policy: Any, batch: dict, n_pairs: int, *, ot_s
     state; the policy unwrapped, so that no other process is waited for) and each part gets one backward of its
     own -- the BC loss, each OT term's ``sum(pi * M_term)`` (pi constant, as in the loss), the terms' penalties.
     Returns a phrase for the stop message (``OT term 'x' gives a non-finite gradient ...``)."""
-    if ot_side is not None and ot_side.loss_fn is not None and ot_side._scope() != "rank":
+    if ot_side is not None and ot_side.loss_fn is not None and ot_side.scope != "rank":
         return ("with --ot.scope=global the parts cannot be recomputed in one process; rerun with one process to "
                 "find which term (or the BC loss) has an undefined derivative here")
-    model = accelerator.unwrap_model(policy)
+    model = unwrap_policy(policy)
     params = [p for p in model.parameters() if p.requires_grad]
     _set_rng_state(rng)
     bad: list[str] = []
