@@ -154,6 +154,16 @@ def test_a_changed_dataset_or_option_is_never_read_from_an_old_store(data, tmp_p
     assert fingerprint(open_dataset("test/real", copy)) != moved
 
 
+def test_a_store_inside_the_dataset_folder_is_not_part_of_the_dataset(data, tmp_path):
+    import shutil
+
+    shutil.copytree(data / "real", tmp_path / "real")
+    said: list[str] = []
+    cache_frames(open_dataset("test/real", tmp_path / "real"), say=said.append, store=tmp_path / "real" / ".frames")
+    cache_frames(open_dataset("test/real", tmp_path / "real"), say=said.append, store=tmp_path / "real" / ".frames")
+    assert "decoded in" in said[0] and "loaded from" in said[1]
+
+
 def test_an_unreadable_store_is_decoded_again_and_an_unwritable_one_warns(data, tmp_path):
     ds = open_dataset("test/real", data / "real")
     path = store_path(tmp_path / "store", ds, fingerprint(ds))

@@ -112,9 +112,10 @@ def _without_transforms(ds: Any) -> Iterator[Callable | None]:
         setter(transforms)
 
 
-def fingerprint(ds: Any) -> str | None:
+def fingerprint(ds: Any, *, store: str | Path | None = None) -> str | None:
     """A hash of everything that fixes the rows ``ds[i]`` decode to (see the module docstring), or None for a
-    dataset that is not a LeRobotDataset on local disk (no ``root``/``meta``): such a dataset is never stored."""
+    dataset that is not a LeRobotDataset on local disk (no ``root``/``meta``): such a dataset is never stored.
+    Files under ``store`` (a store kept inside the dataset's folder) are not part of the dataset."""
     root, meta = getattr(ds, "root", None), getattr(ds, "meta", None)
     if root is None or meta is None:
         return None
@@ -123,8 +124,12 @@ def fingerprint(ds: Any) -> str | None:
         return None
     import lerobot
 
-    files = [[str(f.relative_to(root)), f.stat().st_size, f.stat().st_mtime_ns]
-             for f in sorted(root.rglob("*")) if f.is_file()]
+    skip = Path(store).expanduser().resolve() if store is not None else None
+    files = []
+    for f in sorted(root.rglob("*")):
+        if f.is_file() and not (skip is not None and f.resolve().is_relative_to(skip)):
+            st = f.stat()
+            files.append([str(f.relative_to(root)), st.st_size, st.st_mtime_ns])
     episodes = getattr(ds, "episodes", None)
     described = {
         "store": STORE_VERSION, "root": str(root), "repo_id": getattr(ds, "repo_id", None),
@@ -188,7 +193,7 @@ def cache_frames(ds: Any, *, say: Callable[[str], None] | None = None, store: st
     if isinstance(ds, FrameCache):
         return ds
     label = dataset_label(ds)
-    key = fingerprint(ds) if store is not None else None
+    key = fingerprint(ds, store=store) if store is not None else None
     path = store_path(store, ds, key) if key is not None else None
     if store is not None and key is None and say is not None:
         say(f"frame cache: {label} is not a dataset on local disk; decoding it without the store")
