@@ -139,20 +139,21 @@ def run_lerobot_train(args: list[str], warmup: int) -> dict[str, float]:
     return _medians(timer.steps, warmup)
 
 
-def make_data(root: Path, kind: str) -> dict[str, Path]:
-    """The study's datasets (StudyConfig defaults) as PNG (``otplug.bench.study.ensure_data``) or as video."""
+def make_data(root: Path, kind: str, sim_episodes: int | None = None) -> dict[str, Path]:
+    """The study's datasets (StudyConfig defaults, or ``sim_episodes`` sim demos) as PNG
+    (``otplug.bench.study.ensure_data``) or as video."""
     from otplug.bench.study import ensure_data
     from otplug.bench.study_config import StudyConfig
 
-    cfg = StudyConfig()
+    cfg = StudyConfig() if sim_episodes is None else StudyConfig(sim_episodes=sim_episodes)
     if kind == "png":
-        return ensure_data(root / "png", cfg)
+        return ensure_data(root / f"png_{cfg.sim_episodes}", cfg)
     from otplug.bench.record import record_demos
     from otplug.lerobot.datasets import open_dataset
     from otplug.lerobot.dtw import compute_pair_info
     from otplug.lerobot.pair_info import save_pair_info
 
-    data = root / "video"
+    data = root / f"video_{cfg.sim_episodes}"
     paths = {"real": data / "real_A", "sim": data / "sim_all", "pair_info": data / "pair_info.json"}
     if not paths["pair_info"].is_file():
         record_demos(paths["real"], domain="real", region="A", n_episodes=cfg.real_episodes, seed=cfg.data_seed,
@@ -194,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--kinds", nargs="+", default=["png", "video"], choices=["png", "video"])
     p.add_argument("--data", help="folder for the datasets (kept; default: a temporary folder)")
+    p.add_argument("--sim-episodes", type=int, help="sim demos (default: the study's; docs/training.md's table: 100)")
     p.add_argument("--json", help="write the medians here")
     a = p.parse_args(argv)
     if a.steps <= a.warmup + 2:
@@ -210,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         ot_config.write_text(json.dumps(RECOMMENDED_OT))
         for kind in a.kinds:
             print(f"== {kind}: recording the study's datasets ...", file=sys.stderr, flush=True)
-            paths = make_data(data_root, kind)
+            paths = make_data(data_root, kind, a.sim_episodes)
             out = Path(tmp) / "runs" / kind
             res: dict[str, dict[str, float]] = {}
             ref = [f"--dataset.repo_id=otplug/study_real_A", f"--dataset.root={paths['real']}",
