@@ -488,8 +488,8 @@ def rank_correlation(x: Sequence[float], y: Sequence[float], n_boot: int = 2000,
         raise StatsError(f"rank_correlation: x and y must pair up, got {xa.size} and {ya.size} values")
     n = int(xa.size)
     if n < 3:
-        return RankCorrelation(rho=None, ci95=None, p_value=None, n=n, reason=f"{n} runs: need at least 3",
-                               confidence=c)
+        runs = "1 run" if n == 1 else f"{n} runs"
+        return RankCorrelation(rho=None, ci95=None, p_value=None, n=n, reason=f"{runs}: need at least 3", confidence=c)
     for name, v in (("x", xa), ("y", ya)):
         if np.all(v == v[0]):
             return RankCorrelation(rho=None, ci95=None, p_value=None, n=n, reason=f"{name} is constant over the runs",
