@@ -1,10 +1,11 @@
 """A dev-split sweep of the study's knobs (SPEC §8.1: every choice is made on dev scenes and tuning seeds).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/dev_sweep.py --out DIR --name NAME --method cotrain \
-        --seeds 0 1 --steps 800 --set --policy.use_vae=false --set --policy.optimizer_lr=1e-3 [--episodes 100]
+        --seeds 0 1 --steps 800 --set=--policy.use_vae=false --set=--policy.optimizer_lr=1e-3 [--episodes 100]
 
-Trains ``method`` (the study's arguments for it, on the study's data recorded in ``DIR/data``) with the extra
-``--set`` arguments, for each tuning seed, through the study's launcher (2 side by side on a CPU), then evaluates each
+Trains ``method`` (the study's arguments for it, on the study's data recorded in ``DIR/data_<px>_<real>_<sim>``)
+with the extra ``--set`` arguments (``--set=--flag=value``: argparse reads a bare ``--flag`` as an option), for each
+tuning seed, through the study's launcher (2 side by side on a CPU), then evaluates each
 policy on the dev scenes (episode seeds 200000..) in sim and real on regions A and B, and appends one JSON line per
 (seed, domain, region) to ``DIR/sweep.jsonl`` with the variant's name and arguments. The test scenes are never used.
 """
@@ -26,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--episodes", type=int, default=100)
-    p.add_argument("--set", action="append", default=[], help="an extra otplug train argument (repeatable)")
+    p.add_argument("--set", action="append", default=[],
+                   help="an extra otplug train argument, written --set=--flag=value (repeatable)")
     p.add_argument("--study", action="append", default=[], help="a StudyConfig field as KEY=VALUE (e.g. image_size=48)")
     a = p.parse_args(argv)
 
