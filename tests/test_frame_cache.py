@@ -123,12 +123,13 @@ def test_stored_rows_are_the_decoded_rows(data, tmp_path, video):
 
     said: list[str] = []
     first = cache_frames(fresh(), say=said.append, store=tmp_path / "store")
-    files = list((tmp_path / "store").iterdir())
-    assert "decoded in" in said[-1] and [f.suffix for f in files] == [".pt"]
+    files = sorted((tmp_path / "store").iterdir())
+    assert "decoded in" in said[-1] and sorted(f.suffix for f in files) == [".lock", ".pt"]  # the store + its lock
+    store_file = next(f for f in files if f.suffix == ".pt")
     ds = fresh()
     second = cache_frames(ds, say=said.append, store=tmp_path / "store")
-    assert f"loaded from {files[0]}" in said[-1]
-    assert list((tmp_path / "store").iterdir()) == files  # nothing new written
+    assert f"loaded from {store_file}" in said[-1]
+    assert sorted((tmp_path / "store").iterdir()) == files  # nothing new written
     for i in (0, 7, len(ds) - 1):
         _same(second.items[i], first.items[i])
         torch.manual_seed(7 + i)
@@ -179,6 +180,72 @@ def test_an_unreadable_store_is_decoded_again_and_an_unwritable_one_warns(data, 
     with pytest.warns(UserWarning, match="could not keep the decoded rows"):
         again = cache_frames(open_dataset("test/real", data / "real"), store=blocked / "store")
     assert len(again) == len(ds)
+
+
+@pytest.mark.parametrize("video", [False, True])
+def test_worker_processes_decode_the_serial_rows(data, monkeypatch, video):
+    """The parallel decode (blocks of rows in worker processes, back in order) gives the serial decode's rows bit
+    for bit: several blocks and a short last one, time windows, padding, uint8 video frames."""
+    from otplug.lerobot import frame_cache
+
+    name, cam = ("sim", HIGH) if video else ("real", TOP)
+    ds = open_dataset(f"test/{name}", data / name, delta_timestamps={"action": [t / 10 for t in range(6)],
+                                                                        cam: [-0.1, 0.0]}, return_uint8=video)
+    monkeypatch.setattr(frame_cache, "DECODE_BLOCK_ROWS", 7)  # 24 or 36 rows: 4 or 6 blocks, the last one short
+    serial = frame_cache.decode_rows(ds, 0)
+    rng = torch.get_rng_state()
+    parallel = frame_cache.decode_rows(ds, 2)
+    assert torch.equal(torch.get_rng_state(), rng)  # the training's random draws are those of the serial decode
+    assert len(parallel) == len(serial) == len(ds)
+    for a, b in zip(parallel, serial, strict=True):
+        _same(a, b)
+
+
+def test_how_many_decode_workers(monkeypatch):
+    from otplug.lerobot import frame_cache
+
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(frame_cache.os, "sched_getaffinity", lambda _pid: set(range(16)))
+    assert frame_cache.decode_workers(frame_cache.PARALLEL_MIN_ROWS - 1) == 0  # small: not worth the processes
+    assert frame_cache.decode_workers(frame_cache.PARALLEL_MIN_ROWS) == frame_cache.MAX_DECODE_WORKERS
+    monkeypatch.setattr(frame_cache.os, "sched_getaffinity", lambda _pid: {3})  # a process pinned to one core
+    assert frame_cache.decode_workers(10**6) == 0
+    monkeypatch.setattr(frame_cache.os, "sched_getaffinity", lambda _pid: {0, 1})
+    assert frame_cache.decode_workers(10**6) == 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two torchrun processes on these two cores
+    assert frame_cache.decode_workers(10**6) == 0
+
+
+def test_a_run_that_finds_the_store_locked_waits_and_loads_the_rows(data, tmp_path):
+    """Two runs starting on one dataset: the second waits for the first's lock and loads what it stored, instead
+    of decoding the same rows again."""
+    import fcntl
+    import os
+    import threading
+
+    from otplug.atomic import save_file
+    from otplug.lerobot.frame_cache import _pack
+
+    ds = open_dataset("test/real", data / "real")
+    path = store_path(tmp_path / "store", ds, fingerprint(ds))
+    path.parent.mkdir()
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_CREAT | os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # "the first run" holds the lock while it decodes
+    said: list[str] = []
+    out: dict = {}
+    waiter = threading.Thread(target=lambda: out.setdefault("cache", cache_frames(
+        open_dataset("test/real", data / "real"), say=said.append, store=tmp_path / "store")))
+    waiter.start()
+    waiter.join(timeout=3)
+    assert waiter.is_alive() and any("another run is decoding" in m for m in said)
+    rows = [ds[i] for i in range(len(ds))]
+    save_file(path, lambda tmp: torch.save(_pack(rows), tmp), "the frame cache store")
+    os.close(fd)  # the first run is done
+    waiter.join(timeout=60)
+    assert not waiter.is_alive()
+    assert f"loaded from {path}" in said[-1]
+    for i in (0, 9, len(ds) - 1):
+        _same(out["cache"].items[i], rows[i])
 
 
 def test_store_options_are_checked(tmp_path):

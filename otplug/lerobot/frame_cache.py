@@ -20,14 +20,23 @@ id, episodes, time windows and tolerance, video backend and uint8 flag, the name
 every file under the root, and the lerobot, torch and store versions. The next run on the same dataset (a resumed
 run, the other cells of a study, another seed) loads them instead of decoding; a changed file or option gives
 another fingerprint, so a stale store is never read. A store that cannot be read is decoded again (and said); one
-that cannot be written is a warning, never a failed run: the rows are the same either way.
+that cannot be written is a warning, never a failed run: the rows are the same either way. Runs that start together
+on one dataset (a study's first cells, torchrun ranks) take turns on a lock file beside the store: one decodes, the
+others wait and load its rows, instead of each decoding the same rows on its own core.
+
+**Decoded in parallel**: a dataset of :data:`PARALLEL_MIN_ROWS` rows or more is decoded by worker processes (one per
+core this process may run on, at most :data:`MAX_DECODE_WORKERS`), each reading a contiguous block of rows through
+the same ``__getitem__``; the blocks come back in order, so the rows are those of the serial decode, bit for bit
+(tested).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
+import os
 import re
 import time
 import warnings
@@ -163,7 +172,7 @@ def _pack(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _unpack(packed: dict[str, Any]) -> list[dict[str, Any]]:
     rows, keys, columns = int(packed["rows"]), list(packed["keys"]), packed["columns"]
-    split = {k: (list(columns[k].unbind(0)) if isinstance(columns[k], torch.Tensor) else list(columns[k])) for k in keys}
+    split = {k: list(columns[k].unbind(0)) if isinstance(columns[k], torch.Tensor) else list(columns[k]) for k in keys}
     if any(len(v) != rows for v in split.values()):
         raise ValueError("a column's length differs from the row count")
     return [{k: split[k][i] for k in keys} for i in range(rows)]
@@ -183,6 +192,90 @@ def _load_store(path: Path, rows: int) -> list[dict[str, Any]] | None:
     return items
 
 
+#: A dataset with fewer rows is decoded in this process (starting workers costs more than it saves).
+PARALLEL_MIN_ROWS = 4096
+#: At most this many decode workers.
+MAX_DECODE_WORKERS = 8
+#: Rows per block a worker decodes and sends back (stacked: a few shared tensors per block, not one per row).
+DECODE_BLOCK_ROWS = 512
+
+
+def decode_workers(rows: int) -> int:
+    """How many worker processes decode ``rows`` rows: 0 (this process) below :data:`PARALLEL_MIN_ROWS` or on one
+    core, else one per core this process may use (its share under torchrun), at most :data:`MAX_DECODE_WORKERS`."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:  # torchrun: the processes of this machine share its cores
+        cores //= max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        pass
+    if rows < PARALLEL_MIN_ROWS or cores < 2:
+        return 0
+    return min(cores, MAX_DECODE_WORKERS)
+
+
+class _Blocks(torch.utils.data.Dataset):
+    """Block ``b`` of ``ds``: rows ``b * size ..`` decoded through ``ds[i]`` and packed (:func:`_pack`)."""
+
+    def __init__(self, ds: Any, size: int) -> None:
+        self.ds, self.size = ds, size
+
+    def __len__(self) -> int:
+        return -(-len(self.ds) // self.size)
+
+    def __getitem__(self, b: int) -> dict[str, Any]:
+        start = b * self.size
+        return _pack([self.ds[i] for i in range(start, min(start + self.size, len(self.ds)))])
+
+
+def _as_is(block: dict[str, Any]) -> dict[str, Any]:
+    return block
+
+
+def decode_rows(ds: Any, workers: int) -> list[dict[str, Any]]:
+    """``[ds[i] for i in range(len(ds))]``, by ``workers`` worker processes when ``workers > 0`` (blocks of
+    :data:`DECODE_BLOCK_ROWS` rows, returned in order through torch's DataLoader). The global RNG is not touched."""
+    if workers <= 0:
+        return [ds[i] for i in range(len(ds))]
+    # its own generator: the workers' base seed is drawn from it, not from the global RNG the training's draws use
+    loader = torch.utils.data.DataLoader(_Blocks(ds, DECODE_BLOCK_ROWS), batch_size=None, shuffle=False,
+                                         num_workers=workers, collate_fn=_as_is, generator=torch.Generator())
+    items: list[dict[str, Any]] = []
+    for block in loader:
+        items.extend(_unpack(block))
+    return items
+
+
+@contextlib.contextmanager
+def _store_lock(path: Path | None, label: str, say: Callable[[str], None] | None) -> Iterator[None]:
+    """Hold ``<store file>.lock`` (``flock``: released when the process ends, however it ends) for the block, so
+    that of several runs starting on one dataset one decodes and the others load its rows. A lock that cannot be
+    taken (no store, a folder that cannot be written, a file system without locks) is skipped: the run decodes."""
+    if path is None:
+        yield
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path.with_name(path.name + ".lock"), os.O_CREAT | os.O_RDWR, 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if say is not None:
+                say(f"frame cache: another run is decoding {label} into {path.parent}; waiting to load its rows")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def cache_frames(ds: Any, *, say: Callable[[str], None] | None = None, store: str | Path | None = None) -> Any:
     """``ds`` with its rows decoded once into memory (a :class:`FrameCache`; a renamed dataset keeps its names on
     top of the cached one). The decode goes through ``ds``'s own ``__getitem__`` with the image transforms off.
@@ -198,7 +291,7 @@ def cache_frames(ds: Any, *, say: Callable[[str], None] | None = None, store: st
     if store is not None and key is None and say is not None:
         say(f"frame cache: {label} is not a dataset on local disk; decoding it without the store")
     t0 = time.perf_counter()
-    with _without_transforms(ds) as transforms:
+    with _store_lock(path, label, say), _without_transforms(ds) as transforms:
         items = None
         if path is not None:
             try:
@@ -207,21 +300,21 @@ def cache_frames(ds: Any, *, say: Callable[[str], None] | None = None, store: st
                 if say is not None:
                     say(f"frame cache: the store {path} cannot be used ({exc}); decoding again")
         loaded = items is not None
+        workers = 0 if loaded else decode_workers(len(ds))
         if items is None:
-            items = [ds[i] for i in range(len(ds))]
-    cache = FrameCache(ds, items, transforms)
-    if say is not None:
-        how = f"loaded from {path}" if loaded else "decoded"
-        say(f"frame cache: {len(items)} rows of {label} {how} in {time.perf_counter() - t0:.1f} s "
-            f"({cache.nbytes / 2**20:.0f} MiB)")
-    if path is not None and not loaded:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            packed = _pack(items)
-            save_file(path, lambda tmp: torch.save(packed, tmp), "the frame cache store")
-        except (OSError, OtplugError) as exc:
-            warnings.warn(f"frame cache: could not keep the decoded rows of {label} in {path} ({exc}); the next run "
-                          "decodes them again (the training is unaffected)", stacklevel=2)
+            items = decode_rows(ds, workers)
+        cache = FrameCache(ds, items, transforms)
+        if say is not None:
+            how = f"loaded from {path}" if loaded else f"decoded{f' by {workers} worker processes' if workers else ''}"
+            say(f"frame cache: {len(items)} rows of {label} {how} in {time.perf_counter() - t0:.1f} s "
+                f"({cache.nbytes / 2**20:.0f} MiB)")
+        if path is not None and not loaded:  # still under the lock: a waiting run finds the whole file
+            try:
+                packed = _pack(items)
+                save_file(path, lambda tmp: torch.save(packed, tmp), "the frame cache store")
+            except (OSError, OtplugError) as exc:
+                warnings.warn(f"frame cache: could not keep the decoded rows of {label} in {path} ({exc}); the next "
+                              "run decodes them again (the training is unaffected)", stacklevel=2)
     return cache
 
 
