@@ -248,6 +248,43 @@ def test_a_run_that_finds_the_store_locked_waits_and_loads_the_rows(data, tmp_pa
         _same(out["cache"].items[i], rows[i])
 
 
+@pytest.mark.slow
+def test_a_run_killed_while_decoding_leaves_the_lock_to_the_next(data, tmp_path):
+    """A run killed (SIGKILL) while it holds the store's lock: the waiting run goes on and decodes itself, and the
+    store it writes is whole."""
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    ds = open_dataset("test/real", data / "real")
+    path = store_path(tmp_path / "store", ds, fingerprint(ds))
+    path.parent.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_CREAT | os.O_RDWR); "
+        "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(600)"),
+        str(path.with_name(path.name + ".lock"))], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        said: list[str] = []
+        out: dict = {}
+        waiter = threading.Thread(target=lambda: out.setdefault("cache", cache_frames(
+            open_dataset("test/real", data / "real"), say=said.append, store=tmp_path / "store")))
+        waiter.start()
+        waiter.join(timeout=3)
+        assert waiter.is_alive() and any("another run is decoding" in m for m in said)
+        holder.send_signal(signal.SIGKILL)
+        waiter.join(timeout=60)
+        assert not waiter.is_alive() and "decoded in" in said[-1]
+    finally:
+        holder.kill()
+        holder.wait()
+    again: list[str] = []
+    cached = cache_frames(open_dataset("test/real", data / "real"), say=again.append, store=tmp_path / "store")
+    assert f"loaded from {path}" in again[-1]
+    _same(cached.items[5], out["cache"].items[5])
+
+
 def test_store_options_are_checked(tmp_path):
     from otplug.lerobot.train.config import OTSection
 
