@@ -216,12 +216,25 @@ def test_how_many_decode_workers(monkeypatch):
     assert frame_cache.decode_workers(10**6) == 0
 
 
+def _cache_in_a_thread_that_waits(data, store):
+    """``cache_frames`` of the real dataset in a thread, checked to be waiting for the store's lock after 3 s."""
+    import threading
+
+    said: list[str] = []
+    out: dict = {}
+    waiter = threading.Thread(target=lambda: out.setdefault("cache", cache_frames(
+        open_dataset("test/real", data / "real"), say=said.append, store=store)))
+    waiter.start()
+    waiter.join(timeout=3)
+    assert waiter.is_alive() and any("another run is decoding" in m for m in said)
+    return waiter, said, out
+
+
 def test_a_run_that_finds_the_store_locked_waits_and_loads_the_rows(data, tmp_path):
     """Two runs starting on one dataset: the second waits for the first's lock and loads what it stored, instead
     of decoding the same rows again."""
     import fcntl
     import os
-    import threading
 
     from otplug.atomic import save_file
     from otplug.lerobot.frame_cache import _pack
@@ -231,13 +244,7 @@ def test_a_run_that_finds_the_store_locked_waits_and_loads_the_rows(data, tmp_pa
     path.parent.mkdir()
     fd = os.open(path.with_name(path.name + ".lock"), os.O_CREAT | os.O_RDWR)
     fcntl.flock(fd, fcntl.LOCK_EX)  # "the first run" holds the lock while it decodes
-    said: list[str] = []
-    out: dict = {}
-    waiter = threading.Thread(target=lambda: out.setdefault("cache", cache_frames(
-        open_dataset("test/real", data / "real"), say=said.append, store=tmp_path / "store")))
-    waiter.start()
-    waiter.join(timeout=3)
-    assert waiter.is_alive() and any("another run is decoding" in m for m in said)
+    waiter, said, out = _cache_in_a_thread_that_waits(data, tmp_path / "store")
     rows = [ds[i] for i in range(len(ds))]
     save_file(path, lambda tmp: torch.save(_pack(rows), tmp), "the frame cache store")
     os.close(fd)  # the first run is done
@@ -255,7 +262,6 @@ def test_a_run_killed_while_decoding_leaves_the_lock_to_the_next(data, tmp_path)
     import signal
     import subprocess
     import sys
-    import threading
 
     ds = open_dataset("test/real", data / "real")
     path = store_path(tmp_path / "store", ds, fingerprint(ds))
@@ -266,13 +272,7 @@ def test_a_run_killed_while_decoding_leaves_the_lock_to_the_next(data, tmp_path)
         str(path.with_name(path.name + ".lock"))], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        said: list[str] = []
-        out: dict = {}
-        waiter = threading.Thread(target=lambda: out.setdefault("cache", cache_frames(
-            open_dataset("test/real", data / "real"), say=said.append, store=tmp_path / "store")))
-        waiter.start()
-        waiter.join(timeout=3)
-        assert waiter.is_alive() and any("another run is decoding" in m for m in said)
+        waiter, said, out = _cache_in_a_thread_that_waits(data, tmp_path / "store")
         holder.send_signal(signal.SIGKILL)
         waiter.join(timeout=60)
         assert not waiter.is_alive() and "decoded in" in said[-1]
