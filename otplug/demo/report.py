@@ -23,8 +23,6 @@ from otplug.stats import partner_rank, retrieval_at_1
 
 __all__ = ["embedding_alignment", "summarize"]
 
-CAMERA = CAMERA_KEY
-
 
 def _load(policy_dir: Path | None, cfg, dataset):
     """(policy, preprocessor) from a checkpoint folder, or the policy at init (same seed) when None."""
@@ -56,8 +54,8 @@ def embedding_alignment(policy, preprocessor, pairs, camera_keys) -> dict[str, f
     enc = resolve_encoder(policy)  # the encoder registry, as training does (otplug list-encoders)
     src, tgt = (preprocessor(images_to_float(dict(b), camera_keys)) for b in pairs)
     with torch.no_grad():
-        es = enc.encode_feature_for_ot(CAMERA, src[CAMERA]).flatten(1).double()
-        et = enc.encode_feature_for_ot(CAMERA, tgt[CAMERA]).flatten(1).double()
+        es = enc.encode_feature_for_ot(CAMERA_KEY, src[CAMERA_KEY]).flatten(1).double()
+        et = enc.encode_feature_for_ot(CAMERA_KEY, tgt[CAMERA_KEY]).flatten(1).double()
         d = torch.cdist(et, es) ** 2  # rows: real frames, columns: sim frames
     n = d.shape[0]
     diag = torch.diagonal(d)

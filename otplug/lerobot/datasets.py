@@ -84,7 +84,7 @@ def collate_rows(items: list[dict[str, Any]], camera_keys: Any, collate: Any = N
     stacked = {}
     for key in mixed:
         u8 = [i for i, it in enumerate(items) if it[key].dtype == torch.uint8]
-        other = [i for i in range(len(items)) if i not in set(u8)]
+        other = [i for i, it in enumerate(items) if it[key].dtype != torch.uint8]
         as_float = images_to_float({key: torch.stack([items[i][key] for i in u8])}, [key])[key]
         rest = torch.stack([items[i][key] for i in other])
         out = torch.empty((len(items), *rest.shape[1:]), dtype=torch.promote_types(rest.dtype, as_float.dtype))
