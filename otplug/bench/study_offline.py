@@ -38,7 +38,7 @@ def probe_features(loaded: Any, paths: dict[str, Path]) -> tuple[np.ndarray, np.
     """``(sim, real)`` image features (float64, one row per probe pair) of the fixed DTW probe set."""
     import torch
 
-    from otplug.lerobot.datasets import open_dataset
+    from otplug.lerobot.datasets import images_to_float, open_dataset
     from otplug.lerobot.pair_dataset import partner_pairs
     from otplug.policy_encoder import resolve_encoder
 
@@ -49,7 +49,9 @@ def probe_features(loaded: Any, paths: dict[str, Path]) -> tuple[np.ndarray, np.
     feats = []
     with torch.no_grad():
         for b in (src, tgt):
-            x = loaded.preprocessor({CAMERA_KEY: b[CAMERA_KEY].float(), "observation.state": b["observation.state"]})
+            # a video dataset's rows are uint8: [0, 1] floats, as training feeds the policy
+            x = loaded.preprocessor(images_to_float({CAMERA_KEY: b[CAMERA_KEY], "observation.state":
+                                                     b["observation.state"]}, [CAMERA_KEY]))
             feats.append(encoder.encode_feature_for_ot(CAMERA_KEY, x[CAMERA_KEY]).flatten(1).double().cpu().numpy())
     return feats[0], feats[1]
 
