@@ -157,8 +157,8 @@ def train(args: argparse.Namespace) -> dict:
             curve.append((step, round(loss.item(), 4)))
     train_s = time.perf_counter() - t0
     model.eval()
-    out = {"probe": "train", "variant": args.variant, "image_size": args.image_size, "steps": args.steps, "seed": args.seed,
-           "train_s": round(train_s, 1), "loss_curve": curve, "cells": {}}
+    out = {"probe": "train", "variant": args.variant, "image_size": args.image_size, "steps": args.steps,
+           "seed": args.seed, "train_s": round(train_s, 1), "loss_curve": curve, "cells": {}}
     with torch.no_grad():
         for k, (domain, region) in enumerate(CELLS):
             xe, ye = frames(domain, region, args.eval_frames, 900000 + k, args.image_size)
@@ -259,27 +259,20 @@ def pairs(args: argparse.Namespace) -> list[dict]:
 
 
 def ends(args: argparse.Namespace) -> list[dict]:
-    """Where the policies' closed-loop episodes end: per cell, the fraction that ends on the other region's side
-    (final agent x of the other sign than the goal's), and the median final distance to the goal."""
-    from otplug.bench.env import BatchReachEnv
-    from otplug.bench.eval import load_policy, rollout
+    """Where the policies' closed-loop episodes end: per cell, the success rate and the fraction that ends on the
+    other region's side (final agent x of the other sign than the goal's; ``EvalResult.ended_other_side``)."""
+    from otplug.bench.eval import evaluate, load_policy
 
     results = []
     for run in args.runs:
         loaded = load_policy(Path(run) / "checkpoints" / "last" / "pretrained_model", "cpu")
-        loaded.policy.eval()
         out = {"probe": "ends", "run": str(run), "episodes": args.episodes, "scene_seed": args.scene_seed, "cells": {}}
         for domain, region in CELLS:
-            seeds = list(range(args.scene_seed, args.scene_seed + args.episodes))
-            env = BatchReachEnv(len(seeds), domain, region, image_size=args.image_size)
-            res = rollout(loaded.policy, env, seeds, preprocessor=loaded.preprocessor,
-                          postprocessor=loaded.postprocessor, keep_frames=0)
-            state = env.privileged_state()
-            pos, goal = state[:, :2], state[:, 4:6]
-            out["cells"][f"{domain} {region}"] = {
-                "success": round(float(np.mean(res["success"])), 3),
-                "ends_other_side": round(float(np.mean((pos[:, 0] < 0) != (goal[:, 0] < 0))), 3),
-                "median_final_distance": round(float(np.median(np.linalg.norm(pos - goal, axis=1))), 3)}
+            res = evaluate(loaded.policy, domain=domain, region=region, episodes=args.episodes, seed=args.scene_seed,
+                           batch=args.episodes, image_size=args.image_size, preprocessor=loaded.preprocessor,
+                           postprocessor=loaded.postprocessor, keep_frames=0)
+            out["cells"][f"{domain} {region}"] = {"success": round(res.success_rate, 3),
+                                                  "ends_other_side": round(res.other_side_rate, 3)}
         results.append(out)
     return results
 

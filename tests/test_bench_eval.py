@@ -55,6 +55,24 @@ def test_a_blind_policy_fails():
     assert res.successes == 0 and (res.steps == 40).all()
 
 
+@pytest.mark.parametrize(("region", "other_side"), [("A", 0.0), ("B", 1.0)])
+def test_where_episodes_end(region, other_side):
+    """A policy that always drives left takes every region-B agent to the A side, and no region-A agent to B."""
+    class Left:
+        def reset(self):
+            pass
+
+        def select_action(self, batch):
+            import torch
+
+            return torch.tensor([[-1.0, 0.0]]).expand(batch["observation.state"].shape[0], 2)
+
+    res = evaluate(Left(), domain="sim", region=region, episodes=6, batch=4)
+    assert res.ended_other_side.shape == (6,) and res.other_side_rate == other_side
+    assert res.to_dict()["ended_other_side"] == int(6 * other_side)
+    assert evaluate(ExpertPolicy("real"), domain="real", region=region, episodes=6).other_side_rate == 0.0
+
+
 def test_policy_batch_matches_lerobot_preprocessing():
     pytest.importorskip("lerobot")
     from lerobot.envs.utils import preprocess_observation

@@ -49,7 +49,19 @@ def test_summary_is_at_the_seed_level():
     assert closed["gap_cotrain"] == pytest.approx(sum(gc) / 3) and closed["gap_method"] == pytest.approx(sum(gm) / 3)
     assert closed["fraction"] == pytest.approx(1 - sum(gm) / sum(gc))
     assert not any(c["method"] == "target-only" for c in out["gap_closed"])  # not an alignment method
+    assert out["ends"] == []  # no row recorded where its episodes ended
     json.dumps(out, allow_nan=False)  # JSON-safe
+
+
+def test_where_episodes_end_is_a_seed_mean():
+    rows = [{**_row("cotrain-ot", s, "real", "B", 1), "ended_other_side": n} for s, n in enumerate((30, 20, 40))]
+    rows += [{**_row("cotrain", s, "real", "B", 10), "ended_other_side": 0} for s in range(3)]
+    rows += [_row("cotrain", 3, "real", "B", 10)]  # evaluated before it was recorded: left out, not counted as 0
+    out = summarize(rows, methods=("cotrain", "cotrain-ot"), domains=("real",), regions=("B",), n_boot=200)
+    by = {e["method"]: e for e in out["ends"]}
+    assert by["cotrain-ot"]["other_side"]["mean"] == pytest.approx(0.30)
+    assert by["cotrain-ot"]["other_side"]["per_seed"] == pytest.approx([0.30, 0.20, 0.40])
+    assert by["cotrain"]["seeds"] == 3 and by["cotrain"]["other_side"]["mean"] == 0.0
 
 
 def test_offline_signals_are_ranked_against_real_success():
@@ -110,8 +122,8 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, monkeypatch):
         (m, d, g) for m in ("target-only", "cotrain-ot") for d in ("real", "sim") for g in ("A", "B")}
     for r in rows:
         assert set(r) == {"method", "seed", "domain", "region", "episodes", "successes", "success_rate", "split",
-                          "scene_seeds"}
-        assert r["episodes"] == 4 and 0 <= r["successes"] <= 4
+                          "scene_seeds", "ended_other_side"}
+        assert r["episodes"] == 4 and 0 <= r["successes"] <= 4 and 0 <= r["ended_other_side"] <= 4
         assert r["split"] == "dev" and r["scene_seeds"] == [SPLIT_SCENE_BASE["dev"], SPLIT_SCENE_BASE["dev"] + 4]
     summary = json.loads((out / "study_summary.json").read_text())
     assert summary["split"] == "dev" and summary["training_seeds"] == [0]
@@ -120,8 +132,10 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, monkeypatch):
     offline = {(o["method"], o["seed"]): o for o in summary["offline"]}
     assert 0 <= offline[("cotrain-ot", 0)]["domain_probe_acc"] <= 1
     assert offline[("target-only", 0)]["heldout_real_bc_loss"] > 0 and offline[("target-only", 0)]["ot_loss"] is None
+    assert {(e["method"], e["domain"], e["region"]) for e in summary["ends"]} == {
+        (r["method"], r["domain"], r["region"]) for r in rows}
     md = (out / "study.md").read_text()
-    assert "| target-only |" in md and "One training seed" in md
+    assert "| target-only |" in md and "One training seed" in md and "Where the episodes end" in md
     assert (out / "study.png").stat().st_size > 1000
     assert (out / "embeddings" / "cotrain-ot.png").is_file()
     # resume: a finished study trains nothing again; a deleted evaluation is redone, the rest kept
@@ -131,6 +145,16 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, monkeypatch):
     assert main(args) == 0
     assert ckpt.stat().st_mtime == mtime
     assert json.loads((out / "study.json").read_text()) == rows
+    # an evaluation kept from before the end side was recorded: its row says None, the ends table skips it
+    old = out / "evals" / "cotrain-ot" / "seed0" / "sim_A.json"
+    old.write_text(json.dumps({k: v for k, v in json.loads(old.read_text()).items() if k != "ended_other_side"}))
+    assert main(args) == 0
+    again = json.loads((out / "study.json").read_text())
+    assert [r["ended_other_side"] for r in again if (r["method"], r["domain"], r["region"]) == ("cotrain-ot", "sim",
+                                                                                                 "A")] == [None]
+    ends = json.loads((out / "study_summary.json").read_text())["ends"]
+    assert ("cotrain-ot", "sim", "A") not in {(e["method"], e["domain"], e["region"]) for e in ends}
+    assert ("cotrain-ot", "real", "A") in {(e["method"], e["domain"], e["region"]) for e in ends}
     # another configuration into the same folder is refused
     with pytest.raises(StudyError, match="other settings"):
         main([*args[:-3], "--episodes", "8", "-q"])

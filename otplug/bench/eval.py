@@ -87,9 +87,9 @@ def rollout(policy: Any, env: BatchReachEnv, episode_seeds: Sequence[int], *, pr
     """Play one batch of episodes (``len(episode_seeds) == env.num_envs``) until all are done.
 
     Returns ``success`` (bool (N,)), ``steps`` (int (N,)), ``actions`` (float (N, T, 2): the commands sent at each
-    of the T steps run; rows of finished episodes keep being filled and are ignored by the env) and, for the first
-    ``keep_frames`` episodes, ``frames``: a list of uint8 (T_i + 1, H, W, 3) arrays (every observation the policy
-    saw, plus the final one).
+    of the T steps run; rows of finished episodes keep being filled and are ignored by the env), ``final_pos`` and
+    ``goal`` (float (N, 2): where each agent ended, and its goal) and, for the first ``keep_frames`` episodes,
+    ``frames``: a list of uint8 (T_i + 1, H, W, 3) arrays (every observation the policy saw, plus the final one).
     """
     import torch
 
@@ -116,7 +116,9 @@ def rollout(policy: Any, env: BatchReachEnv, episode_seeds: Sequence[int], *, pr
         for i in range(keep):
             if live[i]:
                 frames[i].append(obs["pixels"][CAMERA][i])
+    state = env.privileged_state()
     return {"success": env.success.copy(), "steps": env.steps.copy(),
+            "final_pos": state[:, 0:2].copy(), "goal": state[:, 4:6].copy(),
             "actions": np.stack(actions, axis=1) if actions else np.zeros((n, 0, 2)),
             "frames": [np.stack(f) for f in frames]}
 
@@ -132,6 +134,9 @@ class EvalResult:
     steps: np.ndarray = attrs.field(eq=False, repr=False)  # int (episodes,)
     frames: list = attrs.field(factory=list, eq=False, repr=False)
     wall_s: float = 0.0
+    # bool (episodes,): the agent ended on the other region's side of the goal (x of the other sign): the policy
+    # took it to the wrong part of the table, not merely short of the goal
+    ended_other_side: np.ndarray = attrs.field(factory=lambda: np.zeros(0, bool), eq=False, repr=False)
 
     @property
     def success_rate(self) -> float:
@@ -147,12 +152,19 @@ class EvalResult:
     def episodes_per_minute(self) -> float:
         return 60.0 * self.episodes / self.wall_s if self.wall_s > 0 else float("inf")
 
+    @property
+    def other_side_rate(self) -> float:
+        """The fraction of episodes that ended on the other region's side (NaN when not recorded)."""
+        n = len(self.ended_other_side)
+        return float(self.ended_other_side.mean()) if n else float("nan")
+
     def to_dict(self) -> dict[str, Any]:
         lo, hi = self.ci95
         ok = self.success.astype(bool)
         return {
             "domain": self.domain, "region": self.region, "episodes": self.episodes, "successes": self.successes,
             "success_rate": self.success_rate, "ci95": [lo, hi], "ci95_method": "wilson", "seed": self.seed,
+            "ended_other_side": int(self.ended_other_side.sum()) if len(self.ended_other_side) else None,
             "mean_steps_success": float(self.steps[ok].mean()) if ok.any() else None,
             "wall_s": round(self.wall_s, 3), "episodes_per_minute": round(self.episodes_per_minute, 1),
             "episode_success": [bool(x) for x in ok],
@@ -172,7 +184,7 @@ def evaluate(policy: Any, *, domain: str | DomainParams = "real", region: str = 
     if hasattr(policy, "eval"):
         policy.eval()
     t0 = time.perf_counter()
-    success, steps, frames = [], [], []
+    success, steps, frames, other = [], [], [], []
     for start in range(0, episodes, batch):
         seeds = [seed + e for e in range(start, min(episodes, start + batch))]
         env = BatchReachEnv(len(seeds), dom, region, image_size=image_size, max_steps=max_steps,
@@ -182,9 +194,10 @@ def evaluate(policy: Any, *, domain: str | DomainParams = "real", region: str = 
         success.append(out["success"])
         steps.append(out["steps"])
         frames += out["frames"]
+        other.append((out["final_pos"][:, 0] < 0) != (out["goal"][:, 0] < 0))
     s = np.concatenate(success)
     return EvalResult(dom.name, region, episodes, int(s.sum()), seed, s, np.concatenate(steps), frames,
-                      time.perf_counter() - t0)
+                      time.perf_counter() - t0, np.concatenate(other))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -28,10 +28,11 @@ The one-dataset methods (target-only, source-only) train on as many rows per ste
 0.., ``test`` on scenes 300000.. with training seeds 1000..; every choice is made on dev, the final table is test,
 run once. Every trained policy is evaluated in closed loop (:func:`otplug.bench.eval.evaluate`) on regions A and B
 in the real domain and, in the full study, in the sim domain too, on the split's scenes (the same for every method
-and seed). Outputs in ``--output-dir``: ``study.json`` (one row per method x seed x domain x region, with the split
-and the scene seeds), ``study_summary.json`` (:mod:`otplug.bench.study_summary`: seed means with t intervals,
-paired differences against co-training, a hierarchical bootstrap, sim - real gaps, the gap each alignment method
-closes, which offline signal predicts success), ``study.md``, ``study.png`` and ``embeddings/<method>.png``. A
+and seed). Outputs in ``--output-dir``: ``study.json`` (one row per method x seed x domain x region, with the split,
+the scene seeds and how many episodes ended on the other region's side of the goal), ``study_summary.json``
+(:mod:`otplug.bench.study_summary`: seed means with t intervals, paired differences against co-training, a
+hierarchical bootstrap, sim - real gaps, the gap each alignment method closes, where the episodes end, which offline
+signal predicts success), ``study.md``, ``study.png`` and ``embeddings/<method>.png``. A
 killed study continues where it stopped: finished trainings and evaluations are kept (each written atomically),
 an unfinished training restarts.
 """
@@ -182,7 +183,7 @@ def _evaluate(domain: str, region: str, cfg: StudyConfig, out: Path, loaded: Any
                    postprocessor=loaded.postprocessor, keep_frames=0)
     row = {"domain": domain, "region": region, "episodes": res.episodes, "successes": res.successes,
            "success_rate": res.success_rate, "split": cfg.split, "scene_seeds": [first, stop],
-           "seconds": round(res.wall_s, 2)}
+           "ended_other_side": int(res.ended_other_side.sum()), "seconds": round(res.wall_s, 2)}
     out.parent.mkdir(parents=True, exist_ok=True)
     _write_json_atomic(out, row)
     return row
@@ -292,7 +293,8 @@ def run_study(out: str | Path, cfg: StudyConfig, *, quiet: bool = False, launch:
                                            f"{method}: image features (PCA)\nreal frames and their DTW sim partners")
         say(f"evaluated {method} seed {seed} in {time.perf_counter() - t1:.0f} s")
     keys = ("method", "seed", "domain", "region", "episodes", "successes", "success_rate", "split", "scene_seeds")
-    table = [{k: r[k] for k in keys} for r in rows]
+    # ended_other_side: None for a cell evaluated before it was recorded (a resumed study keeps its evaluations)
+    table = [{**{k: r[k] for k in keys}, "ended_other_side": r.get("ended_other_side")} for r in rows]
     _write_json_atomic(out / "study.json", table)
     summary = summarize(rows, offline, methods=cfg.methods, domains=cfg.eval_domains, regions=cfg.eval_regions)
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20

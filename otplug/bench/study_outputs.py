@@ -95,6 +95,26 @@ def _gaps(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _ends(summary: dict[str, Any], cfg: StudyConfig) -> list[str]:
+    ends = summary.get("ends") or []  # absent from a summary written before it was recorded
+    if not ends:
+        return []
+    regions = [(d, r) for d in cfg.eval_domains for r in cfg.eval_regions]
+    by = {(e["method"], e["domain"], e["region"]): e["other_side"] for e in ends}
+    lines = ["", "## Where the episodes end: on the other region's side", "",
+             "The fraction of episodes whose agent ended on the other region's side of the goal (mean over seeds, 95% "
+             "t interval): the policy took it to the wrong part of the table, not merely short of the goal. An "
+             "alignment that pulls the real frames of B onto region A shows here (docs/benchmark.md, fourth round).",
+             "", "| method | " + " | ".join(f"{d} {r}" for d, r in regions) + " |", "|---" * (len(regions) + 1) + "|"]
+    for m in cfg.methods:
+        row = [m]
+        for key in regions:
+            e = by.get((m, *key))
+            row.append("–" if e is None else f"{_r(e['mean'])} ({_ci(e['ci95'])})")
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
 def _signals(summary: dict[str, Any]) -> list[str]:
     if not summary["signals"]:
         return []
@@ -124,7 +144,7 @@ def write_table(out: Path, summary: dict[str, Any], cfg: StudyConfig, meta: dict
         lines += ["**One training seed: these numbers show the pipeline, not the effect. A seed fixes the data, not "
                   "the policy (floating point differs between machines), so they vary between machines and are "
                   "evidence neither way.**", ""]
-    lines += _results(summary, cfg) + _comparisons(summary) + _gaps(summary) + _signals(summary)
+    lines += _results(summary, cfg) + _comparisons(summary) + _gaps(summary) + _ends(summary, cfg) + _signals(summary)
     lines += ["", f"Measured on {meta.get('device', '?')}: this invocation took {meta.get('minutes', 0):.1f} min; "
               f"training {meta.get('train_minutes', 0):.1f} min summed over runs ({meta.get('jobs', 1)} side by side), "
               f"evaluation {meta.get('eval_minutes', 0):.1f} min; peak resident memory of one training or evaluation "

@@ -9,6 +9,9 @@
   episodes) as a check. ``separated`` is the only word for "the paired seed-level interval excludes 0".
 * ``gaps`` — per method and region, sim − real success paired per seed: the room alignment has to win back; and
   for each alignment method the part of co-training's gap it closes (:func:`otplug.stats.gap_closed`).
+* ``ends`` — per method x domain x region: the mean over training seeds of the fraction of episodes that ended on
+  the other region's side of the goal (the policy took the agent to the wrong part of the table; with a t
+  interval), from the cells that recorded it.
 * ``signals`` — per region, Spearman's rho between each offline signal (:mod:`otplug.bench.study_offline`) and
   real-domain success over every run of the study, with a bootstrap interval.
 """
@@ -39,6 +42,21 @@ def _rates(cell: Mapping[int, Mapping[str, Any]]) -> dict[int, float]:
 
 def _counts(cell: Mapping[int, Mapping[str, Any]]) -> dict[int, tuple[int, int]]:
     return {s: (int(r["successes"]), int(r["episodes"])) for s, r in sorted(cell.items())}
+
+
+def _ends(rows: Sequence[Mapping[str, Any]], methods: Sequence[str], domains: Sequence[str],
+          regions: Sequence[str]) -> list[dict[str, Any]]:
+    out = []
+    for m in methods:
+        for d in domains:
+            for g in regions:
+                cell = {s: r for s, r in _by_seed(rows, m, d, g).items() if r.get("ended_other_side") is not None}
+                if not cell:
+                    continue
+                rates = {s: r["ended_other_side"] / r["episodes"] for s, r in sorted(cell.items())}
+                out.append({"method": m, "domain": d, "region": g, "seeds": len(rates),
+                            "other_side": stats.seed_mean(list(rates.values())).to_dict()})
+    return out
 
 
 def summarize(rows: Sequence[Mapping[str, Any]], offline: Mapping[tuple[str, int], Mapping[str, Any]] | None = None, *,
@@ -93,4 +111,5 @@ def summarize(rows: Sequence[Mapping[str, Any]], offline: Mapping[tuple[str, int
                     continue
                 rc = stats.rank_correlation([p[0] for p in pairs], [p[1] for p in pairs], seed=seed)
                 signals.append({"signal": name, "region": g, "runs": len(pairs), **rc.to_dict()})
-    return {"cells": cells, "comparisons": comparisons, "gaps": gaps, "gap_closed": closes, "signals": signals}
+    return {"cells": cells, "comparisons": comparisons, "gaps": gaps, "gap_closed": closes, "signals": signals,
+            "ends": _ends(rows, methods, domains, regions)}

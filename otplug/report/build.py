@@ -345,6 +345,7 @@ def study_page(st: StudyFolder, runs: list[tuple[str, int, RunFolder]], links: d
     _guard(page, "the results", lambda: _study_results(page, st))
     _guard(page, "the comparisons", lambda: study_sections.comparisons(page, st))
     _guard(page, "the sim - real gaps", lambda: study_sections.gaps(page, st))
+    _guard(page, "where the episodes end", lambda: study_sections.ends(page, st))
     _guard(page, "the offline signals", lambda: study_sections.signals(page, st))
     _guard(page, "the embeddings", lambda: _study_embeddings(page, st))
     _guard(page, "the runs", lambda: _study_runs(page, st, runs, links))

@@ -261,6 +261,9 @@ class StudyFolder:
     def signals(self) -> list[dict[str, Any]]:
         return self._entries("signals")
 
+    def ends(self) -> list[dict[str, Any]]:
+        return self._entries("ends")
+
     def offline(self) -> list[dict[str, Any]]:
         return self._entries("offline")
 

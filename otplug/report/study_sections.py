@@ -15,7 +15,7 @@ from otplug import stats
 from otplug.report.data import StudyFolder
 from otplug.report.page import Page, esc
 
-__all__ = ["comparisons", "design", "gaps", "results_table", "signals"]
+__all__ = ["comparisons", "design", "ends", "gaps", "results_table", "signals"]
 
 #: the difference SPEC §8.1 asks every table to say whether it can detect
 TARGET_DIFFERENCE = 0.10
@@ -312,6 +312,26 @@ def gaps(page: Page, st: StudyFolder) -> None:
                      frac_ci if frac_ci != "–" else (g.get("fraction_reason") or "–")])
     page.table(["method", "region", "seeds", "co-training gap", "method gap", "closed", "95% t interval",
                 "fraction closed", "fraction 95% bootstrap"], rows)
+
+
+def ends(page: Page, st: StudyFolder) -> None:
+    page.section("ends", "Where the episodes end")
+    es = st.ends() if st.seed_level else []
+    if not es:
+        page.missing("Not recorded: this study's evaluations predate where the episodes end.")
+        return
+    page.p("The fraction of episodes whose agent ended on the other region's side of the goal (mean over training "
+           "seeds, 95% t interval): the policy took it to the wrong part of the table, not merely short of the goal. "
+           "An alignment that maps the real frames of B onto region A shows here (docs/benchmark.md, fourth round).",
+           "note")
+    morder, _ = _orders(st)
+    rows = []
+    for e in sorted(es, key=lambda e: (morder.get(e.get("method"), len(morder)), str(e.get("domain")),
+                                       str(e.get("region")))):
+        sm = e.get("other_side") if isinstance(e.get("other_side"), dict) else {}
+        rows.append([e.get("method"), e.get("domain"), e.get("region"), sm.get("n"), _b(_r(sm.get("mean"))),
+                     _iv(sm.get("ci95"), none="n/a (1 seed)" if sm.get("n") == 1 else "–")])
+    page.table(["method", "domain", "region", "seeds", "ended on the other side", "95% t interval"], rows)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
