@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[],
                    help="an extra otplug train argument, written --set=--flag=value (repeatable)")
     p.add_argument("--study", action="append", default=[], help="a StudyConfig field as KEY=VALUE (e.g. image_size=48)")
+    p.add_argument("--real-region", choices=("A", "all"), default="A",
+                   help="where the real demos are (the study: A only; 'all' is a check of what coverage does)")
     a = p.parse_args(argv)
 
     from otplug.bench.eval import evaluate, load_policy
@@ -43,8 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         over[k] = json.loads(v) if v[:1] in "0123456789-[{tf" and v not in ("test",) else v
     cfg = StudyConfig(steps=a.steps, split="dev", eval_episodes=a.episodes, **over)
     out = Path(a.out).expanduser()
-    data_dir = out / f"data_{cfg.image_size}_{cfg.real_episodes}_{cfg.sim_episodes}"
-    paths = ensure_data(data_dir, cfg)
+    data_dir = out / (f"data_{cfg.image_size}_{cfg.real_episodes}_{cfg.sim_episodes}"
+                      + ("" if a.real_region == "A" else f"_real{a.real_region}"))
+    paths = ensure_data(data_dir, cfg, real_region=a.real_region)
     ot_path = _method_config(out / "variants" / a.name, a.method)
     _n, threads = split_cores(0)
     cells = []
@@ -70,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
                                    postprocessor=loaded.postprocessor, keep_frames=0)
                     row = {"name": a.name, "method": a.method, "seed": seed, "domain": domain, "region": region,
                            "successes": res.successes, "episodes": res.episodes, "steps": a.steps, "set": a.set,
-                           "study": over, "train_s": (o.summary or {}).get("seconds")}
+                           "study": over, "train_s": (o.summary or {}).get("seconds"),
+                           **({} if a.real_region == "A" else {"real_region": a.real_region})}
                     fh.write(json.dumps(row) + "\n")
                     print(f"{a.name} seed {seed} {domain}/{region}: {res.successes}/{res.episodes}")
     print(f"{a.name}: {time.perf_counter() - t0:.0f} s")

@@ -74,32 +74,35 @@ def _write_json_atomic(path: Path, data: Any) -> None:
     save_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
 
 
-def ensure_data(out: Path, cfg: StudyConfig) -> dict[str, Path]:
-    """Record the real (region A) and sim (all) demos and their pair_info once; return their paths."""
+def ensure_data(out: Path, cfg: StudyConfig, *, real_region: str = "A") -> dict[str, Path]:
+    """Record the real (region A) and sim (all) demos and their pair_info once; return their paths.
+    ``real_region="all"`` records the real demos over both regions instead: not the study's question (its real demos
+    cover A only), a dev check of what that coverage does (``benchmarks/dev_sweep.py --real-region all``)."""
     from otplug.bench.record import record_demos
     from otplug.lerobot.datasets import open_dataset
     from otplug.lerobot.dtw import compute_pair_info
     from otplug.lerobot.pair_info import save_pair_info
 
     data = out / "data"
-    paths = {"real": data / "real_A", "sim": data / "sim_all", "pair_info": data / "pair_info.json",
+    paths = {"real": data / f"real_{real_region}", "sim": data / "sim_all", "pair_info": data / "pair_info.json",
              "heldout": data / "real_A_heldout", "frame_cache": data / "frame_cache"}
     stamp = data / "complete.json"
     want = {"real_episodes": cfg.real_episodes, "sim_episodes": cfg.sim_episodes, "image_size": cfg.image_size,
-            "data_seed": cfg.data_seed, "heldout_episodes": cfg.heldout_episodes, "task": "reach-and-hold"}
+            "data_seed": cfg.data_seed, "heldout_episodes": cfg.heldout_episodes, "task": "reach-and-hold",
+            **({} if real_region == "A" else {"real_region": real_region})}
     if stamp.is_file() and json.loads(stamp.read_text()) == want:
         return paths
     import shutil
 
     shutil.rmtree(data, ignore_errors=True)
     data.mkdir(parents=True)
-    record_demos(paths["real"], domain="real", region="A", n_episodes=cfg.real_episodes, seed=cfg.data_seed,
-                 scene_seed=cfg.data_seed, image_size=cfg.image_size, repo_id="otplug/study_real_A")
+    record_demos(paths["real"], domain="real", region=real_region, n_episodes=cfg.real_episodes, seed=cfg.data_seed,
+                 scene_seed=cfg.data_seed, image_size=cfg.image_size, repo_id=f"otplug/study_real_{real_region}")
     record_demos(paths["sim"], domain="sim", region="all", n_episodes=cfg.sim_episodes, seed=cfg.data_seed + 1,
                  scene_seed=cfg.data_seed + 1000, image_size=cfg.image_size, repo_id="otplug/study_sim_all")
     record_demos(paths["heldout"], domain="real", region="A", n_episodes=cfg.heldout_episodes, seed=cfg.data_seed + 2,
                  scene_seed=cfg.data_seed + 50_000, image_size=cfg.image_size, repo_id="otplug/study_real_A_heldout")
-    real = open_dataset("otplug/study_real_A", paths["real"])
+    real = open_dataset(f"otplug/study_real_{real_region}", paths["real"])
     sim = open_dataset("otplug/study_sim_all", paths["sim"])
     save_pair_info(compute_pair_info(sim, real, key="observation.state", normalize="none", top_k=5),
                    paths["pair_info"])
