@@ -75,9 +75,8 @@ def _write_json_atomic(path: Path, data: Any) -> None:
 
 
 def ensure_data(out: Path, cfg: StudyConfig, *, real_region: str = "A") -> dict[str, Path]:
-    """Record the real (region A) and sim (all) demos and their pair_info once; return their paths.
-    ``real_region="all"`` records the real demos over both regions instead: not the study's question (its real demos
-    cover A only), a dev check of what that coverage does (``benchmarks/dev_sweep.py --real-region all``)."""
+    """Record the real (region A; ``real_region="all"``: both, a dev check of what coverage does, not the study's
+    question) and sim (all) demos and their pair_info once; return their paths."""
     from otplug.bench.record import record_demos
     from otplug.lerobot.datasets import open_dataset
     from otplug.lerobot.dtw import compute_pair_info
@@ -175,7 +174,8 @@ def ot_config_for(method: str) -> dict[str, Any] | None:
 # evaluation and summary
 
 def _evaluate(domain: str, region: str, cfg: StudyConfig, out: Path, loaded: Any) -> dict[str, Any]:
-    """One cell of one policy on the split's scenes (kept in ``out``, written atomically)."""
+    """One cell of one policy on the split's scenes (kept in ``out``, written atomically; a cell kept from before
+    ``ended_other_side`` was recorded has none, and its study.json row says None)."""
     from otplug.bench.eval import evaluate
 
     if out.is_file():
@@ -296,7 +296,6 @@ def run_study(out: str | Path, cfg: StudyConfig, *, quiet: bool = False, launch:
                                            f"{method}: image features (PCA)\nreal frames and their DTW sim partners")
         say(f"evaluated {method} seed {seed} in {time.perf_counter() - t1:.0f} s")
     keys = ("method", "seed", "domain", "region", "episodes", "successes", "success_rate", "split", "scene_seeds")
-    # ended_other_side: None for a cell evaluated before it was recorded (a resumed study keeps its evaluations)
     table = [{**{k: r[k] for k in keys}, "ended_other_side": r.get("ended_other_side")} for r in rows]
     _write_json_atomic(out / "study.json", table)
     summary = summarize(rows, offline, methods=cfg.methods, domains=cfg.eval_domains, regions=cfg.eval_regions)
