@@ -199,3 +199,21 @@ def test_methods_are_documented_and_their_configs_valid():
         cfg = ot_config_for(method)
         if cfg is not None:
             load_config(cfg)  # raises on an invalid config
+
+
+def test_study_data_with_real_demos_over_both_regions(tmp_path):
+    """``ensure_data(real_region="all")`` (dev_sweep's coverage check) records the real demos over A and B; the study's
+    own A-only data is another stamp, so switching records again instead of reusing the wrong set."""
+    pytest.importorskip("lerobot")
+    from otplug.bench.env import sample_scene
+    from otplug.bench.study import ensure_data
+
+    cfg = StudyConfig(real_episodes=6, sim_episodes=4, heldout_episodes=1)
+    both = ensure_data(tmp_path, cfg, real_region="all")
+    meta = json.loads((both["real"] / "meta" / "otplug_bench.json").read_text())
+    assert both["real"].name == "real_all" and meta["region"] == "all"
+    assert {sample_scene(s, "all").region for s in meta["episode_seeds"]} == {"A", "B"}
+    only_a = ensure_data(tmp_path, cfg)
+    assert only_a["real"].name == "real_A" and not both["real"].exists()  # recorded again, the other set removed
+    meta = json.loads((only_a["real"] / "meta" / "otplug_bench.json").read_text())
+    assert {sample_scene(s, meta["region"]).region for s in meta["episode_seeds"]} == {"A"}
