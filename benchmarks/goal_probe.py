@@ -65,6 +65,7 @@ from otplug.bench.env import (
     GOAL_Y_RANGE,
     _Renderer,
     get_domain,
+    in_region_a,
 )
 
 HOLD_RADIUS = 0.1
@@ -98,7 +99,7 @@ CELLS = (("sim", "A"), ("sim", "B"), ("real", "A"), ("real", "B"))
 
 def _score(pred: torch.Tensor, goal: torch.Tensor) -> dict[str, float]:
     err = torch.linalg.vector_norm(pred - goal, dim=1)
-    wrong = (pred[:, 0] < 0) != (goal[:, 0] < 0)  # the goal read on the other side: the other region
+    wrong = torch.from_numpy(in_region_a(pred.numpy()) != in_region_a(goal.numpy()))  # read in the other region
     return {"rmse": round(float(err.pow(2).mean().sqrt()), 3),
             "within_hold_radius": round(float((err < HOLD_RADIUS).float().mean()), 3),
             "wrong_region": round(float(wrong.float().mean()), 3)}
@@ -202,7 +203,7 @@ def readout(args: argparse.Namespace) -> list[dict]:
     results = []
     jobs = [(run, False) for run in args.runs] + ([(args.runs[0], True)] if args.untrained else [])
     for run, untrained in jobs:
-        loaded = load_policy(Path(run) / "checkpoints" / "last" / "pretrained_model", "cpu")
+        loaded = load_policy(run, "cpu")  # a run folder: its checkpoints/last
         policy = loaded.policy
         if untrained:  # the same policy and preprocessor, freshly initialised: the read-out's floor
             torch.manual_seed(0)
@@ -265,7 +266,7 @@ def ends(args: argparse.Namespace) -> list[dict]:
 
     results = []
     for run in args.runs:
-        loaded = load_policy(Path(run) / "checkpoints" / "last" / "pretrained_model", "cpu")
+        loaded = load_policy(run, "cpu")  # a run folder: its checkpoints/last
         out = {"probe": "ends", "run": str(run), "episodes": args.episodes, "scene_seed": args.scene_seed, "cells": {}}
         for domain, region in CELLS:
             res = evaluate(loaded.policy, domain=domain, region=region, episodes=args.episodes, seed=args.scene_seed,

@@ -63,6 +63,7 @@ __all__ = [
     "DomainParams",
     "Scene",
     "get_domain",
+    "in_region_a",
     "region_of",
     "sample_scene",
 ]
@@ -179,7 +180,12 @@ class Scene:
 
 def region_of(goal: Sequence[float]) -> str:
     """``"A"`` when the goal is on the left (x < 0), else ``"B"``."""
-    return "A" if float(goal[0]) < 0 else "B"
+    return "A" if in_region_a(np.asarray(goal, dtype=np.float64)[None])[0] else "B"
+
+
+def in_region_a(points: np.ndarray) -> np.ndarray:
+    """bool (N,): which of the points (N, 2) lie in region A (x < 0), the rule of :func:`region_of`."""
+    return np.asarray(points)[:, 0] < 0
 
 
 def sample_scene(episode_seed: int, region: str = "all") -> Scene:

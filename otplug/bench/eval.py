@@ -28,7 +28,16 @@ import attrs
 import numpy as np
 
 from otplug.atomic import save_file, save_text, writing
-from otplug.bench.env import CAMERA, CAMERA_KEY, REGIONS, TASK, BatchReachEnv, DomainParams, get_domain
+from otplug.bench.env import (
+    CAMERA,
+    CAMERA_KEY,
+    REGIONS,
+    TASK,
+    BatchReachEnv,
+    DomainParams,
+    get_domain,
+    in_region_a,
+)
 from otplug.errors import OtplugError
 
 __all__ = [
@@ -194,7 +203,7 @@ def evaluate(policy: Any, *, domain: str | DomainParams = "real", region: str = 
         success.append(out["success"])
         steps.append(out["steps"])
         frames += out["frames"]
-        other.append((out["final_pos"][:, 0] < 0) != (out["goal"][:, 0] < 0))
+        other.append(in_region_a(out["final_pos"]) != in_region_a(out["goal"]))
     s = np.concatenate(success)
     return EvalResult(dom.name, region, episodes, int(s.sum()), seed, s, np.concatenate(steps), frames,
                       time.perf_counter() - t0, np.concatenate(other))
