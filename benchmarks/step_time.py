@@ -11,13 +11,15 @@ as PNG and again as video (AV1 MP4, decoded with PyAV). For each storage:
 * ``bc``, ``cotrain``, ``cotrain+ot``: ``otplug train`` (target-only BC; BC on real + sim rows with the DTW-paired
   rows, no OT loss; the same with the study's recommended OT loss), each **before** (``--ot.frame_cache=disk
   --ot.optimizer_impl=lerobot``: what lerobot-train does) and **after** (``--ot.frame_cache=memory
-  --ot.optimizer_impl=fused``).
+  --ot.optimizer_impl=fused``); ``cotrain`` and ``cotrain+ot`` also **bf16** (after + ``--policy.use_amp=true
+  --ot.memory_format=channels_last``: bf16 autocast, the OT plan still float32) and **bf16 contiguous** (autocast
+  alone), with their ratio against the float32 "after" row (``--no-bf16`` skips them).
 
 Each step is split by timing the calls of the step itself: ``data`` (the dataloader, the pair batch and the
 preprocessor: everything between two steps), ``forward`` (the policy's BC forward, embeddings captured),
 ``ot`` (the OT loss: costs, solve, plan), ``backward``, ``optimizer`` (``optimizer.step`` + ``zero_grad``) and
 ``rest`` (grad clipping, the finiteness vote, metrics). Medians over the timed steps after ``--warmup`` steps.
-The ratios printed are against the same method's "before" and against lerobot-train's step.
+The ratios printed are against the same method's "before" (the bf16 rows: its "after") and against lerobot-train's step.
 Numbers vary by machine and load: run it on a quiet machine.
 """
 
@@ -169,7 +171,8 @@ def make_data(root: Path, kind: str, sim_episodes: int | None = None) -> dict[st
     return paths
 
 
-def variants(paths: dict[str, Path], ot_config: Path, steps: int, out: Path) -> dict[str, list[str]]:
+def variants(paths: dict[str, Path], ot_config: Path, steps: int, out: Path,
+             bf16: bool = True) -> dict[str, list[str]]:
     from otplug.bench.study import method_args, policy_args
     from otplug.bench.study_config import StudyConfig
 
@@ -179,12 +182,17 @@ def variants(paths: dict[str, Path], ot_config: Path, steps: int, out: Path) -> 
     methods = {"bc": "target-only", "cotrain": "cotrain", "cotrain+ot": "cotrain-ot"}
     speed = {"before": ["--ot.frame_cache=disk", "--ot.optimizer_impl=lerobot"],
              "after": ["--ot.frame_cache=memory", "--ot.optimizer_impl=fused"]}
+    # the mixed-precision path (issue #28): "after" + bf16 autocast, with and without channels_last conv weights
+    speed["bf16"] = [*speed["after"], "--policy.use_amp=true", "--ot.memory_format=channels_last"]
+    speed["bf16 contiguous"] = [*speed["after"], "--policy.use_amp=true"]
     runs = {}
     for name, method in methods.items():
         margs = method_args(method, paths, cfg, ot_config)
         for when, extra in speed.items():
+            if when.startswith("bf16") and (name == "bc" or not bf16):
+                continue
             runs[f"{name} {when}"] = [*base, *margs, "--ot.diag_every=0", "--ot.sinks=[]", *extra,
-                                      f"--output_dir={out / name.replace('+', '_')}_{when}"]
+                                      f"--output_dir={out / name.replace('+', '_')}_{when.replace(' ', '_')}"]
     return runs
 
 
@@ -197,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", help="folder for the datasets (kept; default: a temporary folder)")
     p.add_argument("--sim-episodes", type=int, help="sim demos (default: the study's; docs/training.md's table: 100)")
     p.add_argument("--json", help="write the medians here")
+    p.add_argument("--no-bf16", action="store_true", help="skip the bf16 autocast rows (on a CPU without native bf16 "
+                                                          "they are emulated and slow)")
     a = p.parse_args(argv)
     if a.steps <= a.warmup + 2:
         raise SystemExit("--steps must exceed --warmup by at least 3")
@@ -220,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
                      if not x.startswith(("--ot.", "--output_dir", "--dataset."))],
                    "--dataset.video_backend=pyav", f"--output_dir={out / 'lerobot_train'}"]
             res["lerobot-train"] = run_lerobot_train(ref, a.warmup)
-            for name, args in variants(paths, ot_config, a.steps, out).items():
+            for name, args in variants(paths, ot_config, a.steps, out, bf16=not a.no_bf16).items():
                 print(f"   {name} ...", file=sys.stderr, flush=True)
                 res[name] = run_otplug(args, a.warmup)
             results[kind] = res
@@ -238,6 +248,8 @@ def _print(kind: str, res: dict[str, dict[str, float]], a) -> None:
     print(head)
     for name, m in res.items():
         before = res.get(name.replace(" after", " before")) if name.endswith("after") else None
+        if " bf16" in name:  # against the same method's float32 fast path
+            before = res.get(name.split(" bf16")[0] + " after")
         vb = f"{before['step'] / m['step']:.2f}x" if before else ""
         print(f"{name:18s}" + "".join(f"{1000 * m[p]:10.1f}" for p in (*PHASES, "step"))
               + f"{vb:>11s}{ref / m['step']:>10.2f}x")
@@ -247,6 +259,12 @@ def _print(kind: str, res: dict[str, dict[str, float]], a) -> None:
         print(f"OT over the co-training step: before {ot_b['step'] / co_b['step'] - 1:+.1%}, "
               f"after {ot_a['step'] / co_a['step'] - 1:+.1%}; cotrain+ot after/before speed-up "
               f"{ot_b['step'] / ot_a['step']:.2f}x")
+    for name in ("cotrain", "cotrain+ot"):
+        fp32, bf16 = res.get(f"{name} after"), res.get(f"{name} bf16")
+        if fp32 and bf16:
+            print(f"{name}: bf16 autocast + channels_last over float32 (both 'after'): "
+                  f"{fp32['step'] / bf16['step']:.2f}x faster (forward {fp32['forward'] / bf16['forward']:.2f}x, "
+                  f"backward {fp32['backward'] / bf16['backward']:.2f}x)")
 
 
 if __name__ == "__main__":

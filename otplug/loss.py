@@ -27,6 +27,7 @@ from otplug.errors import OtplugError
 from otplug.plugins import get_registry
 from otplug.plugins.calls import Origin, calling, contract_error
 from otplug.policy_encoder import resolve_encoder
+from otplug.precision import AutocastEncoder, full_precision, upcast, upcast_batch
 from otplug.solvers.base import collapse_message
 from otplug.solvers.problems import PlanCheck, check_plan, mismatch
 
@@ -102,6 +103,8 @@ class OTLoss:
         self.solver_origin = Origin.of(solver)
         #: the problem the solver declares (None: checked as "kl-unbalanced"); otplug.solvers.problems
         self.problem: str | None = solver.record.problem
+        #: the lowest dtype the solver is given M in (its record's ``dtype``; float32 at least, otplug.precision)
+        self.solve_dtype: torch.dtype | None = getattr(torch, solver.record.dtype) if solver.record.dtype else None
         why = mismatch(self.problem, self.config.marginals)
         if why is not None:  # the loader checks this too; an OTConfig built in Python gets here
             from otplug.errors import ConfigError
@@ -260,12 +263,20 @@ class OTLoss:
                  ema_encoder: Any = None) -> OTResult:
         """The OT loss of one step. ``encoder``: the policy (features with gradients); ``ema_encoder``: an
         :class:`otplug.ema.EMAEncoder` (or any encoder) for terms with ``stopgrad_encoder = "ema"``."""
+        with full_precision() as amp:
+            return self._call(upcast_batch(src), upcast_batch(tgt), encoder, ema_encoder, amp)
+
+    def _call(self, src: Mapping[str, torch.Tensor], tgt: Mapping[str, torch.Tensor], encoder: Any, ema_encoder: Any,
+              amp: list[tuple[str, torch.dtype]]) -> OTResult:
+        """The loss with autocast off and low-precision inputs upcast (:mod:`otplug.precision`); the encoders run
+        under ``amp``, the autocast states of the caller, and give float32 features."""
         cfg = self.config
         embeds = bool(self.embedding_keys)
-        breakdown = compose_cost(self.terms, src, tgt, self._encoder(encoder) if embeds else encoder,
-                                 normalize_terms=cfg.term_normalization == "mean",
-                                 ema_encoder=self._ema_encoder(ema_encoder) if embeds else ema_encoder,
-                                 within=cfg.debias, term_refs=self._term_refs)
+        enc = self._encoder(encoder) if embeds else encoder
+        ema = self._ema_encoder(ema_encoder) if embeds else ema_encoder
+        enc, ema = (AutocastEncoder(e, amp) if e is not None else None for e in (enc, ema))
+        breakdown = compose_cost(self.terms, src, tgt, enc, normalize_terms=cfg.term_normalization == "mean",
+                                 ema_encoder=ema, within=cfg.debias, term_refs=self._term_refs)
         M = breakdown.matrix
         within = dict(breakdown.within)
         metrics: dict[str, float] = dict(breakdown.stats)
@@ -280,7 +291,7 @@ class OTLoss:
         if cfg.debias:
             res = self._debiased(M, within, breakdown.terms, metrics)
         else:
-            res = self.from_cost(M, breakdown.terms, metrics)
+            res = self._from_cost(M, breakdown.terms, metrics)
         if not breakdown.penalties:
             return res
         reg = torch.stack([p.to(res.loss.dtype) for p in breakdown.penalties.values()]).sum()
@@ -291,7 +302,7 @@ class OTLoss:
                   metrics: dict[str, float]) -> OTResult:
         """``S = OT(a, b) - 1/2 OT(a, a) - 1/2 OT(b, b)``, each ``OT = sum(pi * M)`` with its own plan of its own
         ``M.detach()`` (same reg, tau, solver)."""
-        res = self.from_cost(M, term_costs, metrics)
+        res = self._from_cost(M, term_costs, metrics)
         metrics = res.metrics
         ot_xy = res.loss
         parts = {}
@@ -335,7 +346,13 @@ class OTLoss:
 
     def from_cost(self, M: torch.Tensor, term_costs: Mapping[str, torch.Tensor] | None = None,
                   metrics: dict[str, float] | None = None) -> OTResult:
-        """Solve and build the loss from an already composed cost matrix (used by distributed scopes)."""
+        """Solve and build the loss from an already composed cost matrix (used by distributed scopes); a float16 /
+        bfloat16 M is solved and summed in float32 (:mod:`otplug.precision`)."""
+        with full_precision():
+            return self._from_cost(upcast(M), upcast(dict(term_costs or {})), metrics)
+
+    def _from_cost(self, M: torch.Tensor, term_costs: Mapping[str, torch.Tensor],
+                   metrics: dict[str, float] | None) -> OTResult:
         metrics = dict(metrics or {})
         n, m = M.shape
         plan, health = self._plan(M, self.solver, None)
@@ -366,6 +383,8 @@ class OTLoss:
         messages."""
         cfg = self.config
         Md = M.detach()
+        if self.solve_dtype is not None and Md.dtype.itemsize < self.solve_dtype.itemsize:
+            Md = Md.to(self.solve_dtype)  # the solver's declared working precision (Solver.dtype)
         tau = cfg.reg_m
         with calling(self.solver_origin, "solve()"):
             result = solver.solve(Md, reg=cfg.reg, reg_m=tau, heuristic=cfg.heuristic)

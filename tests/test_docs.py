@@ -265,9 +265,11 @@ def test_balanced_solver_example_matches_pot_sinkhorn(example, recwarn):
 def test_balanced_solver_example_needs_exact_marginals(example):
     example("solver-balanced")
     cfg = {k: v for k, v in BALANCED.items() if k != "marginals"}
-    with pytest.raises(otplug.ConfigError, match=r"solver: solver 'balanced-log' .*solves balanced OT.*marginals = "
-                                                 r"'relaxed'.*solvers for marginals = 'relaxed': .*sinkhorn"):
-        otplug.load_config({**cfg, "solver": "balanced-log"})
+    # no tau given: the marginals follow the solver's declared problem (issue #28)
+    assert otplug.load_config({**cfg, "solver": "balanced-log"}).marginals == "exact"
+    with pytest.raises(otplug.ConfigError, match=r"tau_tgt: is 0.5 \(a KL-relaxed marginal\), but solver 'balanced-log' "
+                                                 r".*solves balanced OT"):
+        otplug.load_config({**cfg, "solver": "balanced-log", "tau_tgt": 0.5})
     with pytest.raises(otplug.ConfigError, match=r"tau_src: is 0.5, but marginals = 'exact'"):
         otplug.load_config({**BALANCED, "solver": "balanced-log", "tau_src": 0.5})
     assert otplug.load_config({**cfg, "solver": "balanced-log", "tau_src": float("inf"),

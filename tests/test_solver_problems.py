@@ -230,7 +230,8 @@ def test_config_errors_name_the_field_and_the_solver(tmp_path):
                                     r"pot-balanced, sinkhorn-balanced"),
         ({**_cfg("pot"), "tau_src": math.inf}, r"tau_src: solver 'pot' .*marginals = 'exact-src'.*no installed "
                                                 r"solver declares the semi-relaxed problem"),
-        ({"terms": TERMS, "solver": "sinkhorn-balanced"}, r"solver: solver 'sinkhorn-balanced' .*solves balanced OT"),
+        ({"terms": TERMS, "solver": "sinkhorn-balanced", "tau_tgt": 0.1},
+         r"tau_tgt: is 0.1 \(a KL-relaxed marginal\), but solver 'sinkhorn-balanced' .*solves balanced OT"),
         (_cfg("sinkhorn-balanced", "exact", tau_tgt=0.1), r"tau_tgt: is 0.1, but marginals = 'exact'"),
         (_cfg("sinkhorn-balanced", "all"), r"marginals: must be one of 'relaxed', 'exact'"),
         ({"terms": TERMS, "marginals": "relaxed", "tau_src": math.inf}, r"tau_src: is inf .*marginals = 'relaxed'"),
@@ -241,6 +242,23 @@ def test_config_errors_name_the_field_and_the_solver(tmp_path):
     # the seed's unbalanced defaults are unchanged
     cfg = otplug.load_config({"features": [{"src_key": "x"}]})
     assert (cfg.reg, cfg.tau_src, cfg.tau_tgt, cfg.solver, cfg.marginals) == (0.01, 0.01, 0.01, "sinkhorn", "relaxed")
+
+
+def test_a_balanced_solver_needs_no_tau(otplug_registry, tmp_path):
+    """Issue #28: a config naming a balanced-declared solver and no tau gets exact marginals (the default tau is the
+    unbalanced default's, never asked for); a third-party balanced solver the same way, from a file too."""
+    n, m = 5, 7
+    _register(otplug_registry, lambda M: torch.full_like(M, 1.0 / (n * m)), problem="balanced", name="indep")
+    for solver in ("sinkhorn-balanced", "pot-balanced", "indep"):
+        cfg = otplug.load_config({"terms": TERMS, "solver": solver, "reg": 0.1})
+        assert cfg.marginals == "exact" and cfg.reg_m == (math.inf, math.inf), solver
+        res = otplug.OTLoss(cfg).from_cost(_cost(n, m))
+        assert res.metrics["ot_marginal_error/src"] < 1e-3 and res.metrics["ot_marginal_error/tgt"] < 1e-3, solver
+    path = tmp_path / "b.toml"
+    path.write_text('solver = "sinkhorn-balanced"\n[[terms]]\ntype = "label"\nsrc_key = "x"\n')
+    assert otplug.load_config(path).marginals == "exact"
+    # an unbalanced solver keeps the unbalanced defaults
+    assert otplug.load_config({"terms": TERMS, "solver": "sinkhorn"}).marginals == "relaxed"
 
 
 def test_check_config_cli_is_one_line(tmp_path, capsys):

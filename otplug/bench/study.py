@@ -58,7 +58,9 @@ from otplug.bench.study_config import (
     MMD_ENERGY,
     MMD_LINEAR,
     PLAIN_OT,
+    PRECISIONS,
     RECOMMENDED_OT,
+    SETTING_DEFAULTS,
     SPLITS,
     StudyConfig,
     StudyError,
@@ -128,6 +130,7 @@ def policy_args(cfg: StudyConfig, method: str = "cotrain") -> list[str]:
         f"--save_freq={cfg.steps}", "--wandb.enable=false", "--dataset.video_backend=pyav",
         # the fast path (docs/training.md): rows decoded once, fused AdamW (the same update up to rounding)
         "--ot.frame_cache=memory", "--ot.optimizer_impl=fused",
+        *(["--policy.use_amp=true", "--ot.memory_format=channels_last"] if cfg.precision == "bf16" else []),
     ]
 
 
@@ -218,7 +221,7 @@ def _check_folder(out: Path, cfg: StudyConfig) -> None:
     # the methods and the number of seeds are a selection, not a setting: a study may continue with more or fewer
     # of them (each run depends only on its method, its seed and the shared settings); anything else must match
     if cfg_path.is_file():
-        theirs = json.loads(cfg_path.read_text())
+        theirs = {**SETTING_DEFAULTS, **json.loads(cfg_path.read_text())}
         diff = sorted(k for k in set(mine) | set(theirs)
                       if k not in ("methods", "seeds") and mine.get(k) != theirs.get(k))
         if diff:
@@ -345,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lambda-ot", type=float, help="weight of the OT loss in the OT methods (default 0.1)")
     p.add_argument("--eval-sim", action="store_true", help="also evaluate in the sim domain (--demo, --quick; the "
                    "full study always does)")
+    p.add_argument("--precision", choices=("auto", *PRECISIONS), default="fp32",
+                   help="training precision: fp32 (default), bf16 (bf16 autocast + channels_last; the OT plan stays "
+                        "float32) or auto (bf16 where the device computes bf16 natively, else fp32)")
     p.add_argument("-q", "--quiet", action="store_true")
     from otplug.bench.launch import add_launch_arguments
 
@@ -373,6 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.eval_sim:
         over["eval_domains"] = ("real", "sim")
     over["split"] = args.split
+    over["precision"] = resolve_precision(args.precision)
     if args.demo and args.quick:
         raise StudyError("--demo and --quick are two presets; choose one")
     cfg = StudyConfig.demo(**over) if args.demo else StudyConfig.quick(**over) if args.quick else StudyConfig(**over)
@@ -383,6 +390,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.demo:
         surface_demo_run(Path(args.output_dir).expanduser(), result)
     return 0
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto``: bf16 where this machine's training device computes bf16 natively (the CUDA GPU, else the CPU)."""
+    if precision != "auto":
+        return precision
+    from otplug.bench.launch import cuda_available
+    from otplug.environment import bf16_support
+
+    return "bf16" if bf16_support("cuda" if cuda_available() else "cpu") else "fp32"
 
 
 def surface_demo_run(out: Path, result: dict[str, Any]) -> None:

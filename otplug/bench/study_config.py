@@ -37,6 +37,12 @@ SPLIT_SCENE_SPAN = 100_000  # at most this many evaluation episodes per cell
 SPLIT_TRAINING_SEED_BASE = {"dev": 0, "test": 1000}
 
 
+#: ``StudyConfig.precision`` values; ``otplug study --precision auto`` picks bf16 where the device computes it natively
+PRECISIONS = ("fp32", "bf16")
+#: settings added after studies were run: a folder written before one existed ran with this value
+SETTING_DEFAULTS = {"precision": "fp32"}
+
+
 class StudyError(OtplugError):
     """The study cannot run as asked (bad options, a folder from another study, a failed run)."""
 
@@ -66,6 +72,9 @@ class StudyConfig:
     split: str = attrs.field(default="dev", validator=attrs.validators.in_(SPLITS))
     #: held-out real demos (region A) for the offline signal "held-out real BC loss"
     heldout_episodes: int = 5
+    #: the trainings' precision: ``fp32``, or ``bf16`` (``--policy.use_amp=true --ot.memory_format=channels_last``:
+    #: bf16 autocast with channels_last conv weights; the OT plan stays float32). Evaluation is float32 either way.
+    precision: str = attrs.field(default="fp32", validator=attrs.validators.in_(PRECISIONS))
 
     def __attrs_post_init__(self) -> None:
         if not 1 <= self.eval_episodes <= SPLIT_SCENE_SPAN:

@@ -135,7 +135,8 @@ def write_table(out: Path, summary: dict[str, Any], cfg: StudyConfig, meta: dict
         f"Real demos: {cfg.real_episodes} episodes in region A only; sim demos: {cfg.sim_episodes} episodes over A "
         f"and B. Policy: small ACT (no pretrained weights), {cfg.steps} steps, {cfg.rows_per_step} BC rows per step "
         f"for every method (co-training: {cfg.batch_size} mixture rows, bc_source_weight {cfg.bc_source_weight}, + "
-        f"{cfg.ot_batch_size} DTW pairs), lambda_ot {cfg.lambda_ot}. Training seeds: {seeds[0]}..{seeds[-1]} "
+        f"{cfg.ot_batch_size} DTW pairs), lambda_ot {cfg.lambda_ot}, trained in "
+        f"{'bf16 autocast + channels_last (OT plan float32)' if cfg.precision == 'bf16' else 'float32'}. Training seeds: {seeds[0]}..{seeds[-1]} "
         f"({len(seeds)}); evaluation: {cfg.eval_episodes} episodes per seed and cell on the {cfg.split} scenes "
         f"(episode seeds {first}..{stop - 1}), the same for every method and seed.",
         "",

@@ -18,6 +18,7 @@ def otplug_solvers() -> list[Solver]:
             factory="otplug.solvers.pot_ref:PotSolver",
             config_cls="otplug.solvers.configs:PotConfig",
             problem="kl-unbalanced",
+            dtype="float64",
             summary="reference: POT sinkhorn_knopp_unbalanced on float64 NumPy (reg_type='kl')",
         ),
         Solver(
@@ -25,6 +26,7 @@ def otplug_solvers() -> list[Solver]:
             factory="otplug.solvers.pot_ref:PotTorchSolver",
             config_cls="otplug.solvers.configs:PotConfig",
             problem="kl-unbalanced",
+            dtype="float64",  # POT's kernel-domain iteration underflows in float32 at reg <= 0.01 (issue #28)
             summary="the same POT function through its torch backend, on the tensors' device",
         ),
         Solver(
@@ -39,6 +41,7 @@ def otplug_solvers() -> list[Solver]:
             factory="otplug.solvers.pot_ref:PotBalancedSolver",
             config_cls="otplug.solvers.configs:PotBalancedConfig",
             problem="balanced",
+            dtype="float64",
             summary="reference of balanced OT: POT ot.sinkhorn on float64 NumPy",
         ),
     ]

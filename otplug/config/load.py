@@ -214,9 +214,20 @@ class _Loader:
             provided = self.registry.get("solver", name)
         except OtplugError:
             return  # reported by the lookup
+        problem = provided.record.problem
+        if problem == "balanced" and "marginals" not in data:
+            # where tau is not given, the marginals follow the solver's problem (the default tau is the unbalanced
+            # default's); a finite tau given with a balanced solver contradicts it
+            given = [t for t in ("tau_src", "tau_tgt") if t in data and not math.isinf(settings[t])]
+            for t in given:
+                self.problems.append((t, f"is {_fmt(float(settings[t]))} (a KL-relaxed marginal), but solver {name!r} "
+                                         f"({provided.provider}) solves balanced OT, whose marginals are exact; drop "
+                                         f"{t} or choose a KL-unbalanced solver (e.g. 'sinkhorn')"))
+            if given:
+                return
+            settings["tau_src"] = settings["tau_tgt"] = math.inf
         tau = (settings.get("tau_src", _FIELDS["tau_src"].default), settings.get("tau_tgt", _FIELDS["tau_tgt"].default))
         marginals = marginals_of(*tau)
-        problem = provided.record.problem
         why = mismatch(problem, marginals)
         if why is None:
             return

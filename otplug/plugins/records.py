@@ -123,6 +123,7 @@ class Solver(Record):
     errors), ``"semi-relaxed"`` (one exact side; its marginal error), ``"custom"`` (any ``reg_m``; the record's
     own ``check``). ``None`` (declares nothing): treated as ``"kl-unbalanced"``, as before problems existed.
     ``check``: for ``"custom"`` only, ``check(plan, M, *, reg, reg_m, heuristic) -> otplug.PlanCheck``.
+    ``dtype``: the lowest working precision the solver accepts (``"float32"`` / ``"float64"``); see the field.
     """
 
     kind: ClassVar[str] = "solver"
@@ -130,6 +131,10 @@ class Solver(Record):
 
     problem: str | None = attrs.field(default=None, validator=_check_problem)
     check: Any = attrs.field(default=None, validator=_check_check)
+    #: the working precision the solver needs, ``"float32"`` or ``"float64"``: OTLoss hands it M in at least this
+    #: dtype (M is never below float32: ``otplug.precision``). ``None``: M's own dtype (float32 or higher)
+    dtype: str | None = attrs.field(default=None, validator=attrs.validators.optional(
+        attrs.validators.in_(("float32", "float64"))))
 
     def load_check(self) -> Any:
         return resolve(self.check) if self.check is not None else None

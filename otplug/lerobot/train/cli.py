@@ -53,6 +53,8 @@ OT options (--ot.NAME=VALUE):
   sinks LIST           e.g. '[console,plan-heatmap,tensorboard]' (metrics.jsonl is always written)
   sink_options JSON    keyword options per sink, e.g. '{"csv": {"filename": "m.csv"}}' (plugin sinks too)
   plan_every N         plan heatmap every N steps (default 50)
+  memory_format F      contiguous (default) or channels_last: with --policy.use_amp=true, the bf16 fast path
+                       (the OT plan and loss stay float32; docs/training.md "Mixed precision")
 
 `otplug train --help-all` prints every lerobot option.
 """

@@ -111,6 +111,10 @@ class OTSection:
     # parity; torch's per-parameter loop on a CPU); "foreach" / "fused" pass foreach=True / fused=True to it (the
     # same update up to rounding, ~7x faster on a CPU for AdamW; docs/training.md).
     optimizer_impl: str = "lerobot"
+    # The memory format of the policy's conv weights: "contiguous" (lerobot-train's) or "channels_last". With
+    # --policy.use_amp (bf16 autocast) on a CPU with AVX512-BF16, channels_last is the fast path of the ResNet
+    # backbone (docs/training.md, "Mixed precision"); alone in float32 it is slower on a CPU.
+    memory_format: str = "contiguous"
 
     @property
     def active(self) -> bool:
@@ -153,6 +157,7 @@ class OTSection:
         _choice("on_nonfinite", self.on_nonfinite, ON_NONFINITE)
         _choice("frame_cache", self.frame_cache, FRAME_CACHE_MODES)
         _choice("optimizer_impl", self.optimizer_impl, OPTIMIZER_IMPLS)
+        _choice("memory_format", self.memory_format, MEMORY_FORMATS)
         _number("frame_cache_max_gib", self.frame_cache_max_gib, minimum=0.0)
         if self.frame_cache_dir is not None:
             if self.frame_cache == "disk":
@@ -247,6 +252,7 @@ class OTSection:
 CAPTURE_FALLBACKS = ("encode", "error")
 ON_NONFINITE = ("stop", "skip")
 OPTIMIZER_IMPLS = ("lerobot", "foreach", "fused")
+MEMORY_FORMATS = ("contiguous", "channels_last")
 WEIGHTINGS = SAMPLING_MODES  # --ot.weighting is PairSampling.mode
 
 

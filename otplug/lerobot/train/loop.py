@@ -95,10 +95,11 @@ def _save(cfg: Any, step: int, output_dir: Path, accelerator: Any, policy: Any, 
     check_finite_weights(policy, step)
 
     def write(folder: Path) -> None:
-        save_checkpoint(checkpoint_dir=folder, step=step, cfg=cfg, policy=unwrap_policy(policy),
-                        optimizer=optimizer, scheduler=lr_scheduler, preprocessor=processors[0],
-                        postprocessor=processors[1], num_processes=accelerator.num_processes,
-                        batch_size=cfg.batch_size)
+        with setup.contiguous_optimizer_state(optimizer):
+            save_checkpoint(checkpoint_dir=folder, step=step, cfg=cfg, policy=unwrap_policy(policy),
+                            optimizer=optimizer, scheduler=lr_scheduler, preprocessor=processors[0],
+                            postprocessor=processors[1], num_processes=accelerator.num_processes,
+                            batch_size=cfg.batch_size)
         if ot_side is not None:
             ot_side.save(folder)
 
@@ -134,12 +135,14 @@ def _train(cfg: Any, accelerator: Any, output_dir: Path) -> dict[str, Any]:
     accelerator.wait_for_everyone()
     dataset, sources = setup.open_datasets(cfg, accelerator)
     policy = make_policy(cfg=cfg.policy, ds_meta=dataset.meta, rename_map=cfg.rename_map)
+    setup.set_memory_format(policy, ot.memory_format)
     accelerator.wait_for_everyone()
     preprocessor, postprocessor = setup.make_processors(cfg, policy, dataset, sources, device)
     optimizer, lr_scheduler = make_optimizer_and_scheduler(cfg, policy)
     step = 0
     if cfg.resume:
         step, optimizer, lr_scheduler = load_training_state(cfg.checkpoint_path, optimizer, lr_scheduler)
+        setup.match_state_memory_format(optimizer)
     setup.set_optimizer_impl(optimizer, ot.optimizer_impl)  # after a resume: a checkpoint carries the saved flags
     dataloader = setup.make_bc_dataloader(cfg, dataset, sources, device, step, accelerator)
     accelerator.wait_for_everyone()

@@ -4,7 +4,9 @@ optimizer, BC dataloader, sinks and ``run_info.json``. Each function is one step
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,9 @@ __all__ = [
     "open_datasets",
     "set_optimizer_impl",
     "write_run_info",
+    "contiguous_optimizer_state",
+    "match_state_memory_format",
+    "set_memory_format",
 ]
 
 
@@ -56,8 +61,66 @@ def make_accelerator(cfg: Any) -> Any:
     if not hasattr(cfg.trainable_config, "dtype") and getattr(cfg.trainable_config, "use_amp", False):
         autocast_dtype = torch.get_autocast_dtype(torch.device(cfg.trainable_config.device).type)
         mixed_precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}[autocast_dtype]
-    return Accelerator(step_scheduler_with_optimizer=False, mixed_precision=mixed_precision,
-                       kwargs_handlers=[ddp_kwargs], cpu=force_cpu)
+    accelerator = Accelerator(step_scheduler_with_optimizer=False, mixed_precision=mixed_precision,
+                              kwargs_handlers=[ddp_kwargs], cpu=force_cpu)
+    _warn_emulated_bf16(accelerator)
+    return accelerator
+
+
+def _warn_emulated_bf16(accelerator: Any) -> None:
+    """bf16 autocast on a device without native bf16 arithmetic is emulated: correct, but slower than float32."""
+    from otplug.environment import bf16_support
+
+    if accelerator.mixed_precision != "bf16" or not accelerator.is_main_process:
+        return
+    kind = accelerator.device.type
+    if kind in ("cpu", "cuda") and bf16_support(kind) is False:
+        import warnings
+
+        warnings.warn(f"--policy.use_amp: bf16 autocast on a {kind.upper()} without native bf16 arithmetic (no "
+                      "AVX512-BF16 / AMX on a CPU) is emulated and usually slower than float32; run_info.json's "
+                      "precision.bf16_native says so", RuntimeWarning, stacklevel=3)
+
+
+def set_memory_format(policy: Any, memory_format: str) -> None:
+    """``--ot.memory_format``: the policy's 4-d (conv) weights in channels_last (inputs follow the weights in torch's
+    conv kernels); ``contiguous`` leaves the policy as lerobot built it. Checkpoints are written contiguous by
+    safetensors either way, so a run resumes or evaluates in either format."""
+    if memory_format == "channels_last":
+        policy.to(memory_format=torch.channels_last)
+
+
+def _state_tensors(optimizer: Any) -> Iterator[tuple[dict, str, torch.Tensor, torch.Tensor]]:
+    """``(state dict, key, tensor, its parameter)`` for every tensor of the optimizer's state shaped like its
+    parameter (AdamW's ``exp_avg``, ``exp_avg_sq``)."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            st = optimizer.state.get(p)
+            for key, value in (st or {}).items():
+                if isinstance(value, torch.Tensor) and value.shape == p.shape and value.ndim == 4:
+                    yield st, key, value, p
+
+
+@contextlib.contextmanager
+def contiguous_optimizer_state(optimizer: Any) -> Iterator[None]:
+    """The optimizer's state tensors contiguous while a checkpoint is written (safetensors refuses channels_last
+    tensors; the state of channels_last weights is channels_last), restored after."""
+    swapped = [(st, key, value) for st, key, value, _ in _state_tensors(optimizer) if not value.is_contiguous()]
+    for st, key, value in swapped:
+        st[key] = value.contiguous()
+    try:
+        yield
+    finally:
+        for st, key, value in swapped:
+            st[key] = value
+
+
+def match_state_memory_format(optimizer: Any) -> None:
+    """After a resume: each loaded state tensor in its parameter's memory format (as it was when saved), so the
+    resumed update runs the kernels of the uninterrupted run."""
+    for st, key, value, p in list(_state_tensors(optimizer)):
+        if p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous():
+            st[key] = value.contiguous(memory_format=torch.channels_last)
 
 
 def open_datasets(cfg: Any, accelerator: Any) -> tuple[Any, list[Any]]:
@@ -237,8 +300,13 @@ def write_run_info(output_dir: Path, cfg: Any, accelerator: Any, dataset: Any, s
         "ot": {k: getattr(cfg.ot, k) for k in ("enabled", "config", "lambda_ot", "layout", "batch_size", "scope",
                                                 "source_repo_id", "source_root", "pair_info", "sources_file",
                                                 "bc_source_weight", "cotrain_only", "frame_cache",
-                                                "frame_cache_dir", "optimizer_impl")},
+                                                "frame_cache_dir", "optimizer_impl", "memory_format")},
     }
+    from otplug.environment import environment, environment_key, precision_info
+
+    info["precision"] = precision_info(accelerator.device, str(accelerator.mixed_precision), cfg.ot.memory_format)
+    info["environment"] = environment()
+    info["environment_key"] = environment_key(info["environment"])
     if sources:
         info["sources"] = [{**spec.summary(), **_ds(src, spec.repo_id, spec.root)}
                            for spec, src in zip(cfg.ot.sources, sources, strict=True)]
