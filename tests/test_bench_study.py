@@ -122,7 +122,8 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, monkeypatch):
         (m, d, g) for m in ("target-only", "cotrain-ot") for d in ("real", "sim") for g in ("A", "B")}
     for r in rows:
         assert set(r) == {"method", "seed", "domain", "region", "episodes", "successes", "success_rate", "split",
-                          "scene_seeds", "ended_other_side"}
+                          "scene_seeds", "ended_other_side", "steps", "data_hash", "environment_key"}
+        assert r["steps"] == 2 and len(r["data_hash"]) == 12 and len(r["environment_key"]) == 12
         assert r["episodes"] == 4 and 0 <= r["successes"] <= 4 and 0 <= r["ended_other_side"] <= 4
         assert r["split"] == "dev" and r["scene_seeds"] == [SPLIT_SCENE_BASE["dev"], SPLIT_SCENE_BASE["dev"] + 4]
     summary = json.loads((out / "study_summary.json").read_text())

@@ -286,9 +286,47 @@ def train_cell(cell: Cell, device: str, threads: int | None = None) -> dict[str,
     """Train one cell in a child process (its memory is returned at the end) unless it is finished; returns its
     summary. An unfinished run folder is removed first. ``threads`` (default: the cell's) > 0 pins the child's
     intra-op threads. Raises :class:`CellFailed` (one line, ending with the log) when the training fails."""
+    from otplug.claims import Claim, ClaimHeld
+
+    cell.run_dir.parent.mkdir(parents=True, exist_ok=True)
+    claim = Claim(cell_claim_path(cell), f"training cell {cell.name}",
+                  hint="two jobs of one grid must not train the same cell")
+    try:
+        claim.acquire()
+    except ClaimHeld as exc:
+        raise CellFailed(str(exc)) from None
+    try:
+        return _train_claimed(cell, device, threads)
+    finally:
+        claim.release()
+
+
+def cell_claim_path(cell: Cell) -> Path:
+    """The claim file of a cell (beside its run folder): held by the process that trains it, from the check of its
+    summary to the end of its training."""
+    return cell.run_dir.parent / f".{cell.run_dir.name}.claim"
+
+
+def busy_cell(cell: Cell) -> str | None:
+    """Who is training ``cell`` now (one phrase), or None: a live claim on the cell, or a live ``otplug train``
+    holding its run folder (a job or a child of an earlier invocation that outlived its study process)."""
+    from otplug.claims import describe, holder_of
+    from otplug.lerobot.train.run_dir import LOCK_NAME
+
+    for path, who in ((cell_claim_path(cell), "a job"), (cell.run_dir / LOCK_NAME, "a training")):
+        holder = holder_of(path)
+        if holder is not None:
+            return f"{who} ({describe(holder)}) holds {path}"
+    return None
+
+
+def _train_claimed(cell: Cell, device: str, threads: int | None) -> dict[str, Any]:
     done = read_summary(cell.run_dir)
     if done is not None:
         return done
+    busy = busy_cell_run(cell)
+    if busy is not None:  # a training that outlived its job (the job killed, the child not): never remove its files
+        raise CellFailed(f"training {cell.name} is still running elsewhere: {busy}; wait for it or stop it")
     shutil.rmtree(cell.run_dir, ignore_errors=True)  # an unfinished run restarts from scratch
     cell.run_dir.parent.mkdir(parents=True, exist_ok=True)
     cell.log.parent.mkdir(parents=True, exist_ok=True)
@@ -305,6 +343,15 @@ def train_cell(cell: Cell, device: str, threads: int | None = None) -> dict[str,
         raise CellFailed(f"training {cell.name} failed (exit {rc}): {tail[0].strip()[:300] if tail else 'no output'}"
                          f"; log: {cell.log}")
     return summary
+
+
+def busy_cell_run(cell: Cell) -> str | None:
+    """A live ``otplug train`` holding the cell's run folder (see :func:`busy_cell`), or None."""
+    from otplug.claims import describe, holder_of
+    from otplug.lerobot.train.run_dir import LOCK_NAME
+
+    holder = holder_of(cell.run_dir / LOCK_NAME)
+    return None if holder is None else f"{describe(holder)} holds {cell.run_dir / LOCK_NAME}"
 
 
 def train_cell_job(cell: Cell) -> dict[str, Any]:
@@ -331,6 +378,12 @@ def run_cells(cells: Sequence[Cell], cfg: LaunchConfig, say: Callable[..., Any] 
     names = [c.name for c in cells]
     if len(set(names)) != len(names) or len({c.run_dir for c in cells}) != len(cells):
         raise LaunchError("two cells share a name or a run folder")
+    for cell in cells:
+        busy = busy_cell(cell) if read_summary(cell.run_dir) is None else None
+        if busy is not None:
+            raise LaunchError(f"training cell {cell.name} is being trained by another process: {busy} (a job or "
+                              "child of an earlier invocation still running?); wait for it to end or stop it, then "
+                              "run the same command again")
     outcomes: dict[str, CellOutcome] = {}
     todo = []
     for cell in cells:

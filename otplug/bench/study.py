@@ -66,8 +66,12 @@ from otplug.bench.study_config import (
     StudyError,
 )
 from otplug.bench.study_outputs import embedding_picture, write_plot, write_table
+from otplug.bench.study_provenance import ROW_RECORD, check_data_hashes, environments, read_json, short_hash
 
-__all__ = ["METHODS", "RECOMMENDED_OT", "StudyConfig", "StudyError", "main", "run_study"]
+__all__ = ["METHODS", "RECOMMENDED_OT", "STUDY_CLAIM", "StudyConfig", "StudyError", "main", "run_study"]
+
+#: the claim file of a study folder (otplug.claims): one study per folder
+STUDY_CLAIM = ".otplug-study.claim"
 
 # ---------------------------------------------------------------------------------------------------------------------
 # data
@@ -91,7 +95,7 @@ def ensure_data(out: Path, cfg: StudyConfig, *, real_region: str = "A") -> dict[
     want = {"real_episodes": cfg.real_episodes, "sim_episodes": cfg.sim_episodes, "image_size": cfg.image_size,
             "data_seed": cfg.data_seed, "heldout_episodes": cfg.heldout_episodes, "task": "reach-and-hold",
             **({} if real_region == "A" else {"real_region": real_region})}
-    if stamp.is_file() and json.loads(stamp.read_text()) == want:
+    if read_json(stamp) == want:
         return paths
     import shutil
 
@@ -181,8 +185,9 @@ def _evaluate(domain: str, region: str, cfg: StudyConfig, out: Path, loaded: Any
     ``ended_other_side`` was recorded has none, and its study.json row says None)."""
     from otplug.bench.eval import evaluate
 
-    if out.is_file():
-        return json.loads(out.read_text())
+    kept = read_json(out)
+    if isinstance(kept, dict) and {"successes", "episodes"} <= set(kept):
+        return kept
     first, stop = cfg.scene_seeds
     res = evaluate(loaded.policy, domain=domain, region=region, episodes=cfg.eval_episodes, seed=first,
                    batch=min(cfg.eval_episodes, 100), image_size=cfg.image_size, preprocessor=loaded.preprocessor,
@@ -204,8 +209,9 @@ def _offline(loaded: Any, paths: dict[str, Path], run_dir: Path, out: Path, pict
     if picture is not None and not picture.is_file():
         feats = probe_features(loaded, paths)
         embedding_picture(feats, picture, title)
-    if out.is_file():
-        return json.loads(out.read_text())
+    kept = read_json(out)
+    if isinstance(kept, dict):
+        return kept
     signals = offline_signals(loaded, paths, run_dir, feats)
     _write_json_atomic(out, signals)
     return signals
@@ -233,6 +239,31 @@ def _check_folder(out: Path, cfg: StudyConfig) -> None:
         _write_json_atomic(cfg_path, mine)
 
 
+def _drop_broken_runs(out: Path, runs: list[tuple[str, int, Path, list[str]]], say: Any) -> None:
+    """A finished run whose last checkpoint is no longer complete (files removed or cut by something else) is
+    trained again, and its evaluations (of the old weights) are dropped: a rerun continues from what is intact."""
+    import shutil
+
+    from otplug.lerobot.train.run_dir import checkpoint_problem
+
+    for method, seed, run_dir, _ in runs:
+        if not (run_dir / "train_summary.json").is_file():
+            continue
+        why = checkpoint_problem(run_dir / "checkpoints" / "last")
+        if why is None or busy_cell_run_dir(run_dir):
+            continue
+        say(f"{method}/seed{seed}: its checkpoint is incomplete ({why}); training it again")
+        (run_dir / "train_summary.json").unlink(missing_ok=True)
+        shutil.rmtree(out / "evals" / method / f"seed{seed}", ignore_errors=True)
+
+
+def busy_cell_run_dir(run_dir: Path) -> bool:
+    from otplug.claims import holder_of
+    from otplug.lerobot.train.run_dir import LOCK_NAME
+
+    return holder_of(run_dir / LOCK_NAME) is not None
+
+
 def _method_config(out: Path, method: str) -> Path:
     ot_cfg = ot_config_for(method)
     ot_path = out / "configs" / f"{method}.json"
@@ -253,16 +284,34 @@ def run_study(out: str | Path, cfg: StudyConfig, *, quiet: bool = False, launch:
     (:class:`otplug.bench.launch.LaunchConfig`; default: on this machine, 2 side by side on a CPU, 1 with CUDA).
     A failed training is reported with its log and the rest go on; the study's files then cover the finished runs
     and :class:`StudyError` names the failed ones."""
+    out = Path(out).expanduser()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StudyError(f"cannot create the study folder {out}: {exc.strerror or exc}") from None
+    with _claimed(out):
+        return _run_study(out, cfg, quiet=quiet, launch=launch)
+
+
+def _claimed(out: Path) -> Any:
+    """One study per folder: a claim held for the whole invocation (data set-up, trainings, evaluation, files)."""
+    from otplug.claims import Claim
+
+    return Claim(out / STUDY_CLAIM, f"study folder {out}", hint="two studies must not share a folder; wait for it to "
+                 "finish, stop it, or use another --output-dir")
+
+
+def _run_study(out: Path, cfg: StudyConfig, *, quiet: bool, launch: Any) -> dict[str, Any]:
     from otplug.bench.eval import load_policy
     from otplug.bench.launch import Cell, LaunchConfig, cuda_available, run_cells, split_cores
     from otplug.bench.study_summary import summarize
 
-    out = Path(out).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
     _check_folder(out, cfg)
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     t0 = time.perf_counter()
     paths = ensure_data(out, cfg)
+    hashes = check_data_hashes(out, paths)
+    data_hash = short_hash(hashes)
     first, stop = cfg.scene_seeds
     say(f"data: {paths['real']} (real, region A), {paths['sim']} (sim, A+B); split {cfg.split}: scenes "
         f"{first}..{stop - 1}, training seeds {', '.join(map(str, cfg.training_seeds))}")
@@ -278,6 +327,7 @@ def run_study(out: str | Path, cfg: StudyConfig, *, quiet: bool = False, launch:
             runs.append((method, seed, run_dir, args))
             cells.append(Cell(name=f"{method}/seed{seed}", run_dir=run_dir, argv=args,
                               log=run_dir.parent / f"seed{seed}.log", threads=threads))
+    _drop_broken_runs(out, runs, say)
     outcomes = run_cells(cells, launch, say=say)
     failed = [o for o in outcomes if not o.ok]
     runs = [r for r, o in zip(runs, outcomes, strict=True) if o.ok]
@@ -289,28 +339,31 @@ def run_study(out: str | Path, cfg: StudyConfig, *, quiet: bool = False, launch:
         ckpt = run_dir / "checkpoints" / "last" / "pretrained_model"
         loaded = load_policy(ckpt, "auto")
         evals = out / "evals" / method / f"seed{seed}"
+        env_key = (read_json(run_dir / "run_info.json") or {}).get("environment_key")
         for domain in cfg.eval_domains:
             for region in cfg.eval_regions:
                 r = _evaluate(domain, region, cfg, evals / f"{domain}_{region}.json", loaded)
-                rows.append({"method": method, "seed": seed, **r})
+                rows.append({"method": method, "seed": seed, **r, "steps": cfg.steps, "data_hash": data_hash,
+                             "environment_key": env_key})
                 say(f"{method:20s} seed {seed} {domain}/{region}: {r['successes']}/{r['episodes']}")
         picture = out / "embeddings" / f"{method}.png" if seed == cfg.training_seeds[0] else None
         offline[(method, seed)] = _offline(loaded, paths, run_dir, evals / "offline.json", picture,
                                            f"{method}: image features (PCA)\nreal frames and their DTW sim partners")
         say(f"evaluated {method} seed {seed} in {time.perf_counter() - t1:.0f} s")
     keys = ("method", "seed", "domain", "region", "episodes", "successes", "success_rate", "split", "scene_seeds")
-    table = [{**{k: r[k] for k in keys}, "ended_other_side": r.get("ended_other_side")} for r in rows]
+    table = [{**{k: r[k] for k in keys}, **{k: r.get(k) for k in ROW_RECORD}} for r in rows]
     _write_json_atomic(out / "study.json", table)
     summary = summarize(rows, offline, methods=cfg.methods, domains=cfg.eval_domains, regions=cfg.eval_regions)
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
     me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    train_s = sum(json.loads((r[2] / "train_summary.json").read_text()).get("seconds", 0.0) for r in runs)
+    train_s = sum((read_json(r[2] / "train_summary.json") or {}).get("seconds", 0.0) for r in runs)
     eval_s = sum(r.get("seconds", 0.0) for r in rows)
     meta = {"minutes": (time.perf_counter() - t0) / 60, "device": "cuda" if cuda_available() else "cpu",
             "peak_rss_gib": max(children, me), "train_minutes": train_s / 60, "eval_minutes": eval_s / 60,
             "jobs": n_jobs if launch.launcher == "local" else None, "launcher": launch.launcher, "split": cfg.split,
             "scene_seeds": [first, stop],
-            "training_seeds": list(cfg.training_seeds)}
+            "training_seeds": list(cfg.training_seeds), "precision": cfg.precision, "data_hashes": hashes,
+            "data_hash": data_hash, **environments(rows, out)}
     _write_json_atomic(out / "study_summary.json", {**summary, **meta,
                                                     "offline": [{"method": m, "seed": sd, **v}
                                                                 for (m, sd), v in offline.items()]})
@@ -386,7 +439,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from otplug.bench.launch import launch_config_from_args
 
     launch = launch_config_from_args(args, args.output_dir)
-    result = run_study(args.output_dir, cfg, quiet=args.quiet, launch=launch)
+    try:
+        result = run_study(args.output_dir, cfg, quiet=args.quiet, launch=launch)
+    except OSError as exc:  # a file of the study removed, made unreadable or unwritable by something else meanwhile
+        from otplug.atomic import disk_full, write_error
+
+        if disk_full(exc):
+            raise write_error(getattr(exc, "filename", None), exc) from None
+        where = exc.filename or "a file of the study"
+        raise StudyError(f"{where}: {exc.strerror or exc} (changed by something else while the study ran?); fix it "
+                         "and run the same command again: finished trainings and evaluations are kept") from None
     if args.demo:
         surface_demo_run(Path(args.output_dir).expanduser(), result)
     return 0

@@ -149,11 +149,33 @@ def write_table(out: Path, summary: dict[str, Any], cfg: StudyConfig, meta: dict
     lines += ["", f"Measured on {meta.get('device', '?')}: this invocation took {meta.get('minutes', 0):.1f} min; "
               f"training {meta.get('train_minutes', 0):.1f} min summed over runs ({meta.get('jobs', 1)} side by side), "
               f"evaluation {meta.get('eval_minutes', 0):.1f} min; peak resident memory of one training or evaluation "
-              f"process {meta.get('peak_rss_gib', 0):.2f} GiB.",
-              "", "Recommended OT config (`cotrain-ot`):", "", "```json", json.dumps(RECOMMENDED_OT, indent=2), "```"]
+              f"process {meta.get('peak_rss_gib', 0):.2f} GiB.", ""]
+    lines += provenance_lines(meta)
+    lines += ["", "Recommended OT config (`cotrain-ot`):", "", "```json", json.dumps(RECOMMENDED_OT, indent=2), "```"]
     text = "\n".join(lines) + "\n"
     save_text(out / "study.md", text, "the study table")
     return text
+
+
+def provenance_lines(meta: dict[str, Any]) -> list[str]:
+    """What the numbers rest on (otplug.bench.study_provenance): the data's content hash, the environment, and a line
+    when the runs span several environments."""
+    env = meta.get("environment") or {}
+    pk = env.get("packages") or {}
+    libs = ", ".join(f"{k} {v}" for k, v in pk.items() if v and k != "otplug")
+    hashes = meta.get("data_hashes") or {}
+    lines = [f"Data: content hash {meta.get('data_hash', '?')} ("
+             + ", ".join(f"{k} {str(v)[:12]}" for k, v in hashes.items()) + "; of the decoded frames and values)."
+             if hashes else "Data: content hash not recorded.",
+             f"Environment {meta.get('environment_key', '?')} (summarised here): {env.get('cpu', '?')}, "
+             f"{env.get('cpu_capability', '?')} kernels, bf16 {'native' if env.get('cpu_bf16') else 'not native'}"
+             + (f", GPU {env['cuda'].get('device')}" if env.get("cuda") else "") + f"; {libs}."]
+    runs = meta.get("run_environments") or {}
+    if runs:
+        lines.append("Runs by environment: " + ", ".join(f"{k}: {n}" for k, n in runs.items()) + ".")
+    if meta.get("environments_note"):
+        lines.append(f"**Note: {meta['environments_note']}.**")
+    return lines
 
 
 def write_plot(out: Path, cells: list[dict[str, Any]], cfg: StudyConfig) -> Path:

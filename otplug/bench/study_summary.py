@@ -63,7 +63,11 @@ def summarize(rows: Sequence[Mapping[str, Any]], offline: Mapping[tuple[str, int
               methods: Sequence[str], domains: Sequence[str], regions: Sequence[str], n_boot: int = 10_000,
               seed: int = 0) -> dict[str, Any]:
     """The summary of a study's rows (``method``, ``seed``, ``domain``, ``region``, ``episodes``, ``successes``);
-    ``offline``: ``(method, seed) -> {signal: value}``. JSON-safe."""
+    ``offline``: ``(method, seed) -> {signal: value}``. JSON-safe. Rows of several studies (splits, scene ranges,
+    steps, data) are refused (:func:`otplug.bench.study_provenance.check_one_study`)."""
+    from otplug.bench.study_provenance import check_one_study
+
+    check_one_study(rows)
     cells, comparisons, gaps, closes = [], [], [], []
     for m in methods:
         for d in domains:

@@ -367,6 +367,11 @@ def open_study(path: Path) -> StudyFolder:
     _read_parts(st, (("study_config.json", "config", "study config", dict),
                      ("study.json", "table", "study results", list),
                      ("study_summary.json", "summary", "study summary", dict)))
+    if isinstance(st.table, list):
+        # rows of several studies never produce a table (one line, exit 2; otplug.bench.study_provenance)
+        from otplug.bench.study_provenance import check_one_study
+
+        check_one_study([r for r in st.table if isinstance(r, dict)], where=str(path / "study.json"))
     md = path / "study.md"
     if md.is_file():
         try:

@@ -99,14 +99,24 @@ def design(page: Page, st: StudyFolder) -> None:
     if _num(summ.get("minutes")):
         items.append(("measured on", f"{summ.get('device', '?')}, {summ['minutes']:.1f} min"
                       + (f", launcher {summ['launcher']}" if summ.get("launcher") else "")))
+    if summ.get("precision"):
+        items.append(("training precision", summ["precision"]))
+    if isinstance(summ.get("data_hashes"), dict):
+        items.append(("data (content hash)", f"{summ.get('data_hash', '?')}: " + ", ".join(
+            f"{k} {str(v)[:12]}" for k, v in summ["data_hashes"].items())))
+    env = summ.get("environment")
+    if isinstance(env, dict):
+        pk = env.get("packages") if isinstance(env.get("packages"), dict) else {}
+        items.append(("environment", f"{summ.get('environment_key', '?')}: {env.get('cpu', '?')}, "
+                      f"{env.get('cpu_capability', '?')}; " + ", ".join(f"{k} {v}" for k, v in pk.items() if v)))
+    if isinstance(summ.get("run_environments"), dict):
+        items.append(("runs by environment", ", ".join(f"{k}: {v}" for k, v in summ["run_environments"].items())))
     page.kv([(k, v) for k, v in items if v is not None])
+    if isinstance(summ.get("environments_note"), str):
+        page.warn(summ["environments_note"])
     if n == 1:
         page.warn("One seed is not evidence; numbers vary by machine. A training seed fixes the data, not the policy "
                   "(floating point differs between machines): this page shows the pipeline, not an effect.")
-    if len(d["splits_in_rows"]) > 1 or len(d["scene_ranges_in_rows"]) > 1:
-        page.error(f"study.json mixes splits or scene ranges ({', '.join(d['splits_in_rows'])}; "
-                   f"{', '.join(f'{a}..{b - 1}' for a, b in d['scene_ranges_in_rows'])}): its rows are not one "
-                   "study.")
     if d["split"] == "dev":
         page.p("dev split: the scenes and seeds every choice (config, lambda, steps, the recommended method) is made "
                "on. The final table is the test split, run once per set of choices.", "note")

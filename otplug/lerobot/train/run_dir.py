@@ -26,7 +26,7 @@ from typing import Any
 from otplug.atomic import disk_full, safetensors_names_files, write_error, writing
 from otplug.errors import DiskFullError, OtplugError
 
-__all__ = ["LOCK_NAME", "RunLock", "check_writable", "complete_checkpoint", "write_checkpoint"]
+__all__ = ["LOCK_NAME", "RunLock", "check_writable", "checkpoint_problem", "complete_checkpoint", "write_checkpoint"]
 
 LOCK_NAME = ".otplug.lock"
 
@@ -197,6 +197,13 @@ def write_checkpoint(ckpt: Path, write: Callable[[Path], None]) -> Path:
             raise DiskFullError("the disk is full: " + message, path=str(where)) from exc
         raise OtplugError(message) from exc
     return ckpt
+
+
+def checkpoint_problem(ckpt: Path) -> str | None:
+    """Why the checkpoint folder ``ckpt`` is incomplete (a missing or unreadable file), or None when it is whole."""
+    if not Path(ckpt).exists():
+        return f"{ckpt} does not exist"
+    return _problem(Path(ckpt))
 
 
 def complete_checkpoint(output_dir: Path) -> Path:
