@@ -183,6 +183,20 @@ class OTLoss:
         return keys
 
     @property
+    def predicts_actions(self) -> list[str]:
+        """The names of the terms that compare the policy's *predicted* actions on a side (their
+        ``predicts_actions()``, e.g. ``joint``): the encoder must predict action chunks (``predict_action_for_ot``)
+        and their side's batch must carry the policy's inputs."""
+        names = []
+        for term in self.terms:
+            fn = getattr(term.impl, "predicts_actions", None)
+            if fn is not None:
+                with calling(term.who, "predicts_actions()"):
+                    if fn():
+                        names.append(term.name)
+        return names
+
+    @property
     def needs_ema_encoder(self) -> bool:
         """Whether some term takes its constant side from an EMA copy of the policy (``stopgrad_encoder =
         "ema"``): then keep an :class:`otplug.ema.EMAEncoder`, update it after every optimizer step with
@@ -271,7 +285,7 @@ class OTLoss:
         """The loss with autocast off and low-precision inputs upcast (:mod:`otplug.precision`); the encoders run
         under ``amp``, the autocast states of the caller, and give float32 features."""
         cfg = self.config
-        embeds = bool(self.embedding_keys)
+        embeds = bool(self.embedding_keys) or bool(self.predicts_actions)
         enc = self._encoder(encoder) if embeds else encoder
         ema = self._ema_encoder(ema_encoder) if embeds else ema_encoder
         enc, ema = (AutocastEncoder(e, amp) if e is not None else None for e in (enc, ema))

@@ -12,7 +12,7 @@ from typing import Any
 from otplug.errors import OtplugError
 from otplug.plugins import get_registry
 
-__all__ = ["encode", "resolve_encoder", "unwrap_policy"]
+__all__ = ["encode", "predict", "prediction_problem", "resolve_encoder", "unwrap_policy"]
 
 
 #: submodules under which wrappers keep the wrapped model: ``torch.compile`` (``_orig_mod``), DDP / DataParallel /
@@ -50,10 +50,11 @@ def unwrap_policy(obj: Any) -> Any:
 def resolve_encoder(obj: Any) -> Any:
     if obj is None:
         return None
-    if hasattr(obj, "encode_feature_for_ot") or hasattr(obj, "encode_side_for_ot"):
+    if any(hasattr(obj, m) for m in ("encode_feature_for_ot", "encode_side_for_ot", "predict_action_for_ot",
+                                     "predict_side_for_ot")):
         return obj
     inner = unwrap_policy(obj)
-    if hasattr(inner, "encode_feature_for_ot"):
+    if hasattr(inner, "encode_feature_for_ot") or hasattr(inner, "predict_action_for_ot"):
         return inner
     policy_type = getattr(getattr(inner, "config", None), "type", None)
     if not isinstance(policy_type, str):
@@ -79,3 +80,28 @@ def encode(encoder: Any, side: str, key: str, x: Any, name: str | None = None) -
     if by_side is not None:
         return by_side(side, key, x, name=name)
     return encoder.encode_feature_for_ot(name, x)
+
+
+def predict(encoder: Any, side: str, batch: Any) -> Any:
+    """The policy's predicted action chunk (B, T, D) on the observations of ``batch`` (the ``side`` batch), with
+    gradients: ``predict_side_for_ot(side, batch)`` where the encoder serves by side (the single-pass layout), else
+    ``predict_action_for_ot(batch)``, the public contract (docs/plugins.md)."""
+    by_side = getattr(encoder, "predict_side_for_ot", None)
+    if by_side is not None:
+        return by_side(side, batch)
+    fn = getattr(encoder, "predict_action_for_ot", None)
+    if fn is None:
+        raise OtplugError(prediction_problem(encoder) or "the encoder has no predict_action_for_ot(batch)")
+    return fn(batch)
+
+
+def prediction_problem(encoder: Any) -> str | None:
+    """Why ``encoder`` cannot predict action chunks differentiably (one phrase), or None when it can: an adapter
+    says so itself (``prediction_problem()``), anything else must have ``predict_action_for_ot``."""
+    own = getattr(encoder, "prediction_problem", None)
+    if callable(own):
+        return own()
+    if not (hasattr(encoder, "predict_action_for_ot") or hasattr(encoder, "predict_side_for_ot")):
+        return (f"{type(encoder).__name__} has no predict_action_for_ot(batch) (the policy's action chunk on a batch "
+                "of observations, differentiable; docs/plugins.md)")
+    return None

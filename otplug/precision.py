@@ -101,7 +101,7 @@ class AutocastEncoder:
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._inner, name)  # AttributeError when the inner encoder lacks it, as hasattr expects
-        if name in ("encode_side_for_ot", "predict_action_for_ot") and callable(attr):
+        if name in ("encode_side_for_ot", "predict_action_for_ot", "predict_side_for_ot") and callable(attr):
             def call(*args: Any, **kwargs: Any) -> Any:
                 with _restored(self._states):
                     out = attr(*args, **kwargs)

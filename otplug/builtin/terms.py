@@ -32,4 +32,11 @@ def otplug_cost_terms() -> list[CostTerm]:
             config_cls="otplug.terms.configs:ActionSliceConfig",
             summary="action chunks (B,T,D), last-axis slice, padded steps (action_is_pad) excluded",
         ),
+        CostTerm(
+            name="joint",
+            factory="otplug.terms.joint:JointTerm",
+            config_cls="otplug.terms.configs:JointConfig",
+            summary="DeepJDOT's joint cost: encoder features + the sim row's action chunk against the policy's "
+                    "predicted chunk on the target frame (no target actions needed; gradient into the policy)",
+        ),
     ]

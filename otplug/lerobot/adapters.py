@@ -94,6 +94,14 @@ class PolicyEncoderBase:
     def __call__(self, key: str, x: Tensor) -> Tensor:
         return self.encode_feature_for_ot(key, x)
 
+    # -- action prediction (terms that compare actions the policy would take: ``joint``) -------------------
+    def prediction_problem(self) -> str | None:
+        """Why this policy cannot give a differentiable action chunk (None when it can)."""
+        return f"the {self.policy_type} adapter has no differentiable action prediction"
+
+    def predict_action_for_ot(self, batch: dict[str, Tensor]) -> Tensor:
+        raise OtplugError(self.prediction_problem() or "no action prediction")
+
 
 class ACTEncoder(PolicyEncoderBase):
     """ACT: state and environment state through their input projections; cameras through the backbone."""
@@ -133,6 +141,32 @@ class ACTEncoder(PolicyEncoderBase):
         raise self._unknown(key)
 
 
+    def prediction_problem(self) -> str | None:
+        return None
+
+    def predict_action_for_ot(self, batch: dict[str, Tensor]) -> Tensor:
+        """ACT's action chunk (B, chunk_size, action_dim) on the observations of ``batch`` (preprocessed: normalised
+        space, as the training batch), in one differentiable forward of ``policy.model``. The batch's own ``action``
+        is never read: ACT's VAE would encode it into the latent (a label leak), so the latent is the prior's mean
+        (zeros), as at inference."""
+        obs = {k: v for k, v in batch.items() if not k.startswith("action")}
+        if self.camera_keys:
+            missing = [k for k in self.camera_keys if k not in obs]
+            if missing:
+                raise OtplugError(f"act: predicting actions needs the policy's cameras {missing} in the batch")
+            obs["observation.images"] = [obs[k] for k in self.camera_keys]
+        model = self.policy.model
+        # ACTModel asserts the actions are given when its VAE is on in training mode; its own flag (not its
+        # submodules': dropout stays as the step has it) is off for this call, so the latent is the prior's
+        was = model.training
+        model.training = False
+        try:
+            actions, _ = model(obs)
+        finally:
+            model.training = was
+        return actions
+
+
 class DiffusionEncoder(PolicyEncoderBase):
     """Diffusion: cameras through ``diffusion.rgb_encoder``; no state encoder exists."""
 
@@ -140,6 +174,11 @@ class DiffusionEncoder(PolicyEncoderBase):
 
     def supported_keys(self) -> list[str]:
         return list(self.camera_keys)
+
+    def prediction_problem(self) -> str | None:
+        return ("diffusion: its actions come from an iterative denoising loop (num_inference_steps samples of the "
+                "U-Net from noise), which has no differentiable action chunk to compare; use an ACT policy with this "
+                "term, or terms on features only (image / embedding)")
 
     def _no_state(self, key: str) -> OtplugError:
         return OtplugError(

@@ -77,11 +77,21 @@ class CapturedEncoder:
     side's OT values came from. Feature names that were not captured go to ``fallback`` (a real encoder, which
     then runs a second forward on those rows) -- only if the caller allowed it."""
 
-    def __init__(self, capture: FeatureCapture, rows: Mapping[str, slice], fallback: Any = None) -> None:
+    def __init__(self, capture: FeatureCapture, rows: Mapping[str, slice], fallback: Any = None,
+                 predictor: Any = None) -> None:
         self.capture = capture
         self.rows = dict(rows)
         self.fallback = fallback
+        #: the policy's adapter that predicts action chunks for terms that need them (``joint``), or None
+        self.predictor = predictor
         self._cache: dict[str, Tensor] = {}
+
+    def predict_side_for_ot(self, side: str, batch: Mapping[str, Tensor]) -> Tensor:
+        """The policy's predicted action chunk on ``batch`` (the OT rows of one side): one more forward of the
+        policy on those rows (the BC forward's prediction of a row conditions ACT's VAE on the row's own actions)."""
+        if self.predictor is None:
+            raise OtplugError("single-pass layout: no action predictor was given for a term that needs one")
+        return self.predictor.predict_action_for_ot(batch)
 
     def encode_side_for_ot(self, side: str, key: str, x: Tensor, *, name: str) -> Tensor:
         if name not in self.capture.supported:

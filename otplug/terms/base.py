@@ -139,6 +139,34 @@ class TermContext:
         self._cache[cache_key] = out
         return out
 
+    # -- the policy's actions ------------------------------------------------------------------------------
+    def predict_actions(self, batch: Mapping[str, torch.Tensor], side: str) -> torch.Tensor:
+        """The policy's predicted action chunk (B, T, D) on the observations of ``batch`` (with gradients), once per
+        side and call (cached across terms): the encoder contract's ``predict_action_for_ot`` (docs/plugins.md)."""
+        from otplug.policy_encoder import predict, prediction_problem
+
+        if self.encoder is None:
+            raise OtplugError("term needs the policy's predicted actions but no encoder was given: call "
+                              "OTLoss(...)(src, tgt, encoder=policy) with a policy that has predict_action_for_ot")
+        cache_key = ("predict", side)
+        if cache_key in self._cache:
+            return self._cache[cache_key]
+        why = prediction_problem(self.encoder)
+        if why is not None:
+            raise OtplugError(f"term needs the policy's predicted action chunk: {why}")
+        try:
+            out = predict(self.encoder, side, batch)
+        except Exception as exc:
+            exc._otplug_passthrough = True  # type: ignore[attr-defined]  # the policy's own code
+            raise
+        n = next((int(v.shape[0]) for v in batch.values() if isinstance(v, torch.Tensor) and v.ndim >= 1), None)
+        if not isinstance(out, torch.Tensor) or out.ndim not in (2, 3) or (n is not None and out.shape[0] != n):
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise OtplugError(f"predict_action_for_ot(batch) must return a (B, T, D) or (B, D) tensor with B = {n}, "
+                              f"got {got}")
+        self._cache[cache_key] = out
+        return out
+
     # -- distances -------------------------------------------------------------------------------------
     @staticmethod
     def sq_dist(x: torch.Tensor, y: torch.Tensor, *, what: str = "features") -> torch.Tensor:

@@ -22,6 +22,7 @@ __all__ = [
     "EmbeddingConfig",
     "FeatureConfig",
     "ImageConfig",
+    "JointConfig",
     "LabelConfig",
     "non_negative",
     "check_dim_slice",
@@ -190,3 +191,41 @@ class ActionSliceConfig(LabelConfig):
         if self.pad_key is not None:
             return self.pad_key, self.pad_key
         return f"{self.src_key}_is_pad", f"{self.target_key}_is_pad"
+
+
+@attrs.frozen(kw_only=True)
+class JointConfig:
+    """``joint``: the joint-distribution cost of DeepJDOT / JUMBOT for policies, needing no target actions:
+    ``M_ij = weight_embed * |g(x_i^s) - g(x_j^t)|^2 + weight_label * sum_t v_it |a_i^s[t] - f(x_j^t)[t]|^2``,
+    ``g`` the policy's encoder features of ``src_key`` (a camera, or any key with an encoder), ``a^s`` the source
+    row's action chunk (``action_key``, detached; ``v`` its valid steps), ``f(x^t)`` the policy's *predicted* action
+    chunk on the target row (the encoder contract's ``predict_action_for_ot``, with gradient into the policy unless
+    ``stopgrad_prediction``). docs/math.md §8."""
+
+    src_key: str = attrs.field(validator=non_empty_key)
+    tgt_key: str | None = attrs.field(default=None, validator=non_empty_key)
+    embed_name: str | None = attrs.field(default=None, validator=non_empty_key)
+    weight_embed: float = attrs.field(default=1.0, validator=non_negative)
+    action_key: str = attrs.field(default="action", validator=non_empty_key)
+    weight_label: float = attrs.field(default=1.0, validator=non_negative)
+    #: the prediction as a constant (no gradient into the policy through the label part)
+    stopgrad_prediction: bool = False
+    #: a last-axis slice of the action chunk, applied to the source actions and the prediction alike
+    dim_slice: tuple[int, ...] | None = attrs.field(default=None, converter=_to_slice, validator=check_dim_slice)
+    pad_key: str | None = attrs.field(default=None, validator=non_empty_key)
+
+    def __attrs_post_init__(self) -> None:
+        if self.weight_embed == 0 and self.weight_label == 0:
+            raise v.FieldValueError("weight_embed and weight_label are both 0: the term would compare nothing",
+                                    "weight_label")
+
+    @property
+    def target_key(self) -> str:
+        return self.tgt_key if self.tgt_key is not None else self.src_key
+
+    @property
+    def src_pad_key(self) -> str:
+        return self.pad_key if self.pad_key is not None else f"{self.action_key}_is_pad"
+
+    def contributes(self) -> bool:
+        return True

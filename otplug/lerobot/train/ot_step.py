@@ -92,6 +92,7 @@ class OTSide:
         self.loss_fn = otplug.OTLoss(ot.loss_config) if ot.has_loss else None
         self.src_keys: list[str] = []
         self.tgt_keys: list[str] = []
+        self.predicting: list[str] = []
         self.embed_keys: list[str] = []
         self.encoder = None
         self.ema: EMAEncoder | None = None
@@ -100,11 +101,32 @@ class OTSide:
             self.tgt_keys = sorted(self.loss_fn.required_keys("tgt") | self.loss_fn.optional_keys("tgt"))
             self._check_features(dataset.meta.features)
             self.embed_keys = sorted(self.loss_fn.embedding_keys)
-            self.encoder = resolve_encoder(policy) if self.embed_keys else None
+            self.predicting = self.loss_fn.predicts_actions
+            if self.predicting:
+                # terms that compare the policy's predicted actions on the target rows get the policy's inputs there
+                self.tgt_keys = sorted(set(self.tgt_keys) | set(pcfg.input_features))
+            self.encoder = resolve_encoder(policy) if self.embed_keys or self.predicting else None
+            self._check_prediction()
         self.layout: SinglePass | Separate = LAYOUTS[ot.layout](self, policy, accelerator.is_main_process)
         if self.loss_fn is not None and self.loss_fn.needs_ema_encoder:
             # a slowly updated copy of the policy gives the stop-gradient side's features (ROT's target encoder)
             self.ema = EMAEncoder(policy, decay=self.loss_fn.config.ema_decay)
+
+    def _check_prediction(self) -> None:
+        """A term that compares predicted actions, with a policy that cannot predict them differentiably (Diffusion's
+        sampling loop) or in a scope that cannot serve them: refused before the first step, naming the term."""
+        if not self.predicting:
+            return
+        from otplug.policy_encoder import prediction_problem
+
+        names = ", ".join(repr(n) for n in self.predicting)
+        why = prediction_problem(self.encoder)
+        if why is not None:
+            raise OtplugError(f"OT term {names} compares the policy's predicted action chunk on the target rows, but "
+                              f"{why}")
+        if self.scope != "rank":
+            raise OtplugError(f"OT term {names} compares the policy's predicted actions: --ot.scope=global cannot "
+                              "gather them across processes yet; use --ot.scope=rank")
 
     def _check_features(self, features: Any) -> None:
         for key in sorted(set(self.src_keys) | set(self.tgt_keys)):
@@ -225,9 +247,10 @@ class SinglePass:
         side = self.side
         sides = {"src": slice(0, n), "tgt": slice(n, 2 * n)}
         src, tgt = rows(batch, side.src_keys, sides["src"]), rows(batch, side.tgt_keys, sides["tgt"])
-        encoder = None
+        encoder = side.encoder if side.predicting else None
         if self.capture is not None:
-            encoder = CapturedEncoder(self.capture, sides, fallback=side.encoder if self.fallback_keys else None)
+            encoder = CapturedEncoder(self.capture, sides, fallback=side.encoder if self.fallback_keys else None,
+                                      predictor=side.encoder if side.predicting else None)
         return side.solve(src, tgt, encoder)
 
     def after_backward(self) -> None:
@@ -267,7 +290,7 @@ class Separate:
         if self.alignment is not None:
             src = self.alignment(src, bc_batch, device)
             tgt = self.alignment(tgt, bc_batch, device)
-        return side.solve(src, tgt, policy if side.encoder is not None else None)
+        return side.solve(src, tgt, side.encoder if side.predicting else policy if side.encoder is not None else None)
 
     def after_backward(self) -> None:
         pass
