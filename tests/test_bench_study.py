@@ -218,3 +218,24 @@ def test_study_data_with_real_demos_over_both_regions(tmp_path):
     assert only_a["real"].name == "real_A" and not both["real"].exists()  # recorded again, the other set removed
     meta = json.loads((only_a["real"] / "meta" / "otplug_bench.json").read_text())
     assert {sample_scene(s, meta["region"]).region for s in meta["episode_seeds"]} == {"A"}
+
+
+def test_precision_auto_follows_the_device_and_bf16_trains_with_amp(monkeypatch):
+    """Issue #28: --precision auto is bf16 where the training device computes bf16 natively, else fp32; bf16 adds
+    lerobot's --policy.use_amp and channels_last weights to every training; a folder of an older study (no precision
+    recorded) ran in float32."""
+    import otplug.environment as environment
+    from otplug.bench.study import policy_args, resolve_precision
+    from otplug.bench.study_config import SETTING_DEFAULTS
+
+    monkeypatch.setattr("otplug.bench.launch.cuda_available", lambda: False)
+    monkeypatch.setattr(environment, "bf16_support", lambda device="cpu": True)
+    assert resolve_precision("auto") == "bf16" and resolve_precision("fp32") == "fp32"
+    monkeypatch.setattr(environment, "bf16_support", lambda device="cpu": False)
+    assert resolve_precision("auto") == "fp32"
+    bf16 = policy_args(StudyConfig(precision="bf16"))
+    assert "--policy.use_amp=true" in bf16 and "--ot.memory_format=channels_last" in bf16
+    assert not any("use_amp" in a or "memory_format" in a for a in policy_args(StudyConfig()))
+    assert SETTING_DEFAULTS["precision"] == "fp32" == StudyConfig().precision
+    with pytest.raises(ValueError):
+        StudyConfig(precision="fp16")

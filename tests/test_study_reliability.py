@@ -234,7 +234,7 @@ def _poke_one_frame(root: Path, row: int) -> None:
 
 
 def test_content_hash_is_of_the_frames_not_the_files(tmp_path):
-    from otplug.lerobot.content_hash import HASH_FILE, cached_content_hash, content_hash
+    from otplug.lerobot.content_hash import HASH_FILE, cached_content_hash, content_hash, kept_content_hash
     from otplug.lerobot.datasets import open_dataset
     from otplug.lerobot.synthetic import make_dataset
 
@@ -244,7 +244,9 @@ def test_content_hash_is_of_the_frames_not_the_files(tmp_path):
     assert ha == hb and len(ha) == 64  # two recordings of the same content (other files, other times)
     assert (tmp_path / "a" / HASH_FILE).is_file()
     # one pixel of one frame changes it; the kept hash is recomputed because a file changed
+    assert kept_content_hash(tmp_path / "a") == ha
     _poke_one_frame(tmp_path / "a", row=3)
+    assert kept_content_hash(tmp_path / "a") is None  # the kept hash belongs to other files now
     assert cached_content_hash("t/a", tmp_path / "a") != ha
     assert content_hash(open_dataset("t/b", tmp_path / "b")) == hb
 
@@ -277,6 +279,8 @@ def test_inputs_changed_under_a_study_end_in_one_line_and_a_rerun_continues(tiny
     assert len(summary["data_hash"]) == 12 and set(summary["data_hashes"]) == {"real", "sim", "heldout"}
     assert summary["environment"]["packages"]["torch"] and summary["run_environments"] == {
         json.loads((run / "run_info.json").read_text())["environment_key"]: 1}
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["data_hashes"]["dataset"] == summary["data_hashes"]["real"]  # the run knows what it trained on
     md = (out / "study.md").read_text()
     assert f"Data: content hash {summary['data_hash']}" in md and f"Environment {summary['environment_key']}" in md
     capsys.readouterr()

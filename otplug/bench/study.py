@@ -401,9 +401,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lambda-ot", type=float, help="weight of the OT loss in the OT methods (default 0.1)")
     p.add_argument("--eval-sim", action="store_true", help="also evaluate in the sim domain (--demo, --quick; the "
                    "full study always does)")
-    p.add_argument("--precision", choices=("auto", *PRECISIONS), default="fp32",
-                   help="training precision: fp32 (default), bf16 (bf16 autocast + channels_last; the OT plan stays "
-                        "float32) or auto (bf16 where the device computes bf16 natively, else fp32)")
+    p.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto",
+                   help="training precision: auto (default: bf16 where the training device computes bf16 natively, "
+                        "else fp32; chosen on dev, docs/training.md), bf16 (bf16 autocast + channels_last; the OT plan "
+                        "stays float32) or fp32")
     p.add_argument("-q", "--quiet", action="store_true")
     from otplug.bench.launch import add_launch_arguments
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from otplug.atomic import save_text
 
-__all__ = ["HASH_FILE", "cached_content_hash", "content_hash", "files_fingerprint"]
+__all__ = ["HASH_FILE", "cached_content_hash", "content_hash", "files_fingerprint", "kept_content_hash"]
 
 HASH_FILE = Path("meta") / "otplug_content_hash.json"
 #: bump when the hashed layout changes
@@ -82,20 +82,29 @@ def files_fingerprint(root: Path) -> str:
     return h.hexdigest()
 
 
+def kept_content_hash(root: str | Path) -> str | None:
+    """The content hash kept beside the dataset when it is still that of its files (no decode), else None."""
+    root = Path(root)
+    try:
+        kept = json.loads((root / HASH_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(kept, dict) or kept.get("version") != HASH_VERSION or not isinstance(kept.get("sha256"), str):
+        return None
+    return kept["sha256"] if kept.get("files") == files_fingerprint(root) else None
+
+
 def cached_content_hash(repo_id: str, root: str | Path) -> str:
     """:func:`content_hash` of the dataset at ``root``, kept in ``root/meta/otplug_content_hash.json`` under the files'
     fingerprint (recomputed when a file changed; a hash file that cannot be written is only a cost)."""
     from otplug.lerobot.datasets import open_dataset
 
     root = Path(root)
+    kept = kept_content_hash(root)
+    if kept is not None:
+        return kept
     fp = files_fingerprint(root)
     path = root / HASH_FILE
-    try:
-        kept = json.loads(path.read_text())
-        if kept.get("files") == fp and kept.get("version") == HASH_VERSION and isinstance(kept.get("sha256"), str):
-            return kept["sha256"]
-    except (OSError, ValueError, AttributeError):
-        pass
     digest = content_hash(open_dataset(repo_id, root))
     try:
         save_text(path, json.dumps({"sha256": digest, "files": fp, "version": HASH_VERSION}) + "\n")

@@ -304,7 +304,14 @@ def write_run_info(output_dir: Path, cfg: Any, accelerator: Any, dataset: Any, s
     }
     from otplug.environment import environment, environment_key, precision_info
 
+    from otplug.lerobot.content_hash import kept_content_hash
+
     info["precision"] = precision_info(accelerator.device, str(accelerator.mixed_precision), cfg.ot.memory_format)
+    # the content hash of each dataset where one is kept for its current files (a study's data always has one;
+    # otplug.lerobot.content_hash.cached_content_hash computes and keeps it for any dataset), else None
+    info["data_hashes"] = {"dataset": kept_content_hash(cfg.dataset.root) if cfg.dataset.root else None,
+                           "sources": [kept_content_hash(spec.root) if spec.root else None
+                                       for spec in (cfg.ot.sources if sources else [])]}
     info["environment"] = environment()
     info["environment_key"] = environment_key(info["environment"])
     if sources:
