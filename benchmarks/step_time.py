@@ -106,6 +106,11 @@ def run_otplug(args: list[str], warmup: int) -> dict[str, float]:
         return real_update(policy, batch, n_pairs, **kw)
 
     loop.update_policy = timer.around_update(update)
+    from accelerate.state import AcceleratorState
+
+    # accelerate keeps one state per process, fixed by the first Accelerator (its mixed precision included): each
+    # run here builds its own, as a fresh process would (a bf16 row after a float32 one)
+    AcceleratorState._reset_state(True)
     try:
         with contextlib.redirect_stdout(sys.stderr):
             rc = main(args)
@@ -156,7 +161,8 @@ def make_data(root: Path, kind: str, sim_episodes: int | None = None) -> dict[st
     from otplug.lerobot.pair_info import save_pair_info
 
     data = root / f"video_{cfg.sim_episodes}"
-    paths = {"real": data / "real_A", "sim": data / "sim_all", "pair_info": data / "pair_info.json"}
+    paths = {"real": data / "real_A", "sim": data / "sim_all", "pair_info": data / "pair_info.json",
+             "frame_cache": data / "frame_cache"}
     if not paths["pair_info"].is_file():
         record_demos(paths["real"], domain="real", region="A", n_episodes=cfg.real_episodes, seed=cfg.data_seed,
                      scene_seed=cfg.data_seed, image_size=cfg.image_size, use_videos=True,
@@ -187,7 +193,8 @@ def variants(paths: dict[str, Path], ot_config: Path, steps: int, out: Path,
     speed["bf16 contiguous"] = [*speed["after"], "--policy.use_amp=true"]
     runs = {}
     for name, method in methods.items():
-        margs = method_args(method, paths, cfg, ot_config)
+        # the study keeps decoded rows in a store between its runs; here every run decodes (or reads) its own
+        margs = [a for a in method_args(method, paths, cfg, ot_config) if not a.startswith("--ot.frame_cache_dir")]
         for when, extra in speed.items():
             if when.startswith("bf16") and (name == "bc" or not bf16):
                 continue

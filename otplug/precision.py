@@ -66,8 +66,7 @@ def upcast(x: Any) -> Any:
     if isinstance(x, torch.Tensor):
         return x.to(MIN_COST_DTYPE) if x.dtype in LOW_PRECISION else x
     if isinstance(x, Mapping):
-        return type(x)({k: upcast(v) for k, v in x.items()}) if isinstance(x, dict) else {k: upcast(v) for k, v in
-                                                                                            x.items()}
+        return {k: upcast(v) for k, v in x.items()}
     if isinstance(x, tuple) and not hasattr(x, "_fields"):
         return tuple(upcast(v) for v in x)
     if isinstance(x, list):

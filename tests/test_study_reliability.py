@@ -306,6 +306,14 @@ def test_inputs_changed_under_a_study_end_in_one_line_and_a_rerun_continues(tiny
     assert err.count("\n") == 1
     (out / "embeddings").unlink()
     assert main(args) == 0
+    # the record of the folder's settings cut: refused in one line (it cannot be redone: it is what the runs used)
+    saved = (out / "study_config.json").read_text()
+    (out / "study_config.json").write_text(saved[:20])
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "study_config.json is unreadable" in err and "Traceback" not in err and err.count("\n") == 1
+    (out / "study_config.json").write_text(saved)
     # the data changed under the study (one frame): refused, naming the dataset and the recorded hash
     _poke_one_frame(out / "data" / "real_A", row=0)
     capsys.readouterr()

@@ -347,11 +347,16 @@ def _train_claimed(cell: Cell, device: str, threads: int | None) -> dict[str, An
 
 def busy_cell_run(cell: Cell) -> str | None:
     """A live ``otplug train`` holding the cell's run folder (see :func:`busy_cell`), or None."""
+    return run_folder_holder(cell.run_dir)
+
+
+def run_folder_holder(run_dir: Path) -> str | None:
+    """Who holds ``run_dir`` (a live ``otplug train``: its lock file), as one phrase, or None."""
     from otplug.claims import describe, holder_of
     from otplug.lerobot.train.run_dir import LOCK_NAME
 
-    holder = holder_of(cell.run_dir / LOCK_NAME)
-    return None if holder is None else f"{describe(holder)} holds {cell.run_dir / LOCK_NAME}"
+    holder = holder_of(Path(run_dir) / LOCK_NAME)
+    return None if holder is None else f"{describe(holder)} holds {Path(run_dir) / LOCK_NAME}"
 
 
 def train_cell_job(cell: Cell) -> dict[str, Any]:

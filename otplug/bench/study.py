@@ -227,7 +227,11 @@ def _check_folder(out: Path, cfg: StudyConfig) -> None:
     # the methods and the number of seeds are a selection, not a setting: a study may continue with more or fewer
     # of them (each run depends only on its method, its seed and the shared settings); anything else must match
     if cfg_path.is_file():
-        theirs = {**SETTING_DEFAULTS, **json.loads(cfg_path.read_text())}
+        saved = read_json(cfg_path)
+        if not isinstance(saved, dict):
+            raise StudyError(f"{cfg_path} is unreadable or not a JSON object (written over by something else?): it is "
+                             "the record of this folder's settings; restore it, or use another --output-dir")
+        theirs = {**SETTING_DEFAULTS, **saved}
         diff = sorted(k for k in set(mine) | set(theirs)
                       if k not in ("methods", "seeds") and mine.get(k) != theirs.get(k))
         if diff:
@@ -244,24 +248,18 @@ def _drop_broken_runs(out: Path, runs: list[tuple[str, int, Path, list[str]]], s
     trained again, and its evaluations (of the old weights) are dropped: a rerun continues from what is intact."""
     import shutil
 
+    from otplug.bench.launch import run_folder_holder
     from otplug.lerobot.train.run_dir import checkpoint_problem
 
     for method, seed, run_dir, _ in runs:
         if not (run_dir / "train_summary.json").is_file():
             continue
         why = checkpoint_problem(run_dir / "checkpoints" / "last")
-        if why is None or busy_cell_run_dir(run_dir):
+        if why is None or run_folder_holder(run_dir) is not None:
             continue
         say(f"{method}/seed{seed}: its checkpoint is incomplete ({why}); training it again")
         (run_dir / "train_summary.json").unlink(missing_ok=True)
         shutil.rmtree(out / "evals" / method / f"seed{seed}", ignore_errors=True)
-
-
-def busy_cell_run_dir(run_dir: Path) -> bool:
-    from otplug.claims import holder_of
-    from otplug.lerobot.train.run_dir import LOCK_NAME
-
-    return holder_of(run_dir / LOCK_NAME) is not None
 
 
 def _method_config(out: Path, method: str) -> Path:
@@ -270,7 +268,7 @@ def _method_config(out: Path, method: str) -> Path:
     if ot_cfg is not None:
         # a method's runs are kept by name: a folder whose runs used another OT config for it (an older
         # otplug's recommended config) must not be continued, or old and new runs would be pooled
-        if ot_path.is_file() and json.loads(ot_path.read_text()) != ot_cfg:
+        if ot_path.is_file() and read_json(ot_path) not in (None, ot_cfg):
             raise StudyError(f"{out}: method {method!r} was run here with another OT config ({ot_path}, an "
                              f"older otplug's?); remove {out / 'runs' / method} and {out / 'evals' / method} to "
                              "rerun it with the current one, or use another --output-dir")
