@@ -135,3 +135,24 @@ def test_solver_records_declare_their_working_precision():
     assert reg.get("solver", "sinkhorn").record.dtype is None
     with pytest.raises(ValueError):
         otplug.Solver(name="x", factory=object, dtype="bfloat16")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device (the docs say CUDA was not measured)")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_autocast_plan_is_float32_and_equals_float32s(dtype):
+    """On CUDA, lerobot's --policy.use_amp autocasts in float16 (GradScaler) or bfloat16: the plan and the loss are
+    float32 and equal float32's on the same features."""
+    if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        pytest.skip("this GPU has no bf16")
+    src, tgt = _batches()
+    src = {k: v.cuda() for k, v in src.items()}
+    tgt = {k: v.cuda() for k, v in tgt.items()}
+    enc = ConvEncoder().cuda()
+    with torch.autocast("cuda", dtype=dtype):
+        res = otplug.OTLoss(RECOMMENDED_OT)(src, tgt, encoder=enc)
+    assert all(f.dtype == dtype for f in enc.seen)
+    assert res.loss.dtype == torch.float32 and res.plan.dtype == torch.float32
+    ref = otplug.OTLoss(RECOMMENDED_OT)(src, tgt, encoder=Replay(enc.seen))
+    assert _rel(res.plan, ref.plan) < 1e-3 and _rel(res.loss, ref.loss) < 1e-3
+    res.loss.backward()
+    assert bool(torch.isfinite(enc.conv.weight.grad).all())
