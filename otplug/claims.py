@@ -21,7 +21,7 @@ from typing import Any
 
 from otplug.errors import OtplugError
 
-__all__ = ["Claim", "ClaimHeld", "holder_of"]
+__all__ = ["Claim", "ClaimHeld", "describe", "holder_of", "process_alive"]
 
 
 class ClaimHeld(OtplugError):
@@ -38,7 +38,8 @@ def _start_time(pid: int) -> str | None:
     return stat.rsplit(")", 1)[-1].split()[19]
 
 
-def _alive(pid: int, start: str | None) -> bool:
+def process_alive(pid: int, start: str | None = None) -> bool:
+    """Whether process ``pid`` of this host runs (and, given its recorded start time, is still that process)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -65,7 +66,7 @@ def holder_of(path: Path) -> dict[str, Any] | None:
         return None
     holder = _read(path)
     pid, host = holder.get("pid"), holder.get("host")
-    if host == socket.gethostname() and isinstance(pid, int) and not _alive(pid, holder.get("start")):
+    if host == socket.gethostname() and isinstance(pid, int) and not process_alive(pid, holder.get("start")):
         return None
     return holder
 

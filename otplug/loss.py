@@ -187,14 +187,7 @@ class OTLoss:
         """The names of the terms that compare the policy's *predicted* actions on a side (their
         ``predicts_actions()``, e.g. ``joint``): the encoder must predict action chunks (``predict_action_for_ot``)
         and their side's batch must carry the policy's inputs."""
-        names = []
-        for term in self.terms:
-            fn = getattr(term.impl, "predicts_actions", None)
-            if fn is not None:
-                with calling(term.who, "predicts_actions()"):
-                    if fn():
-                        names.append(term.name)
-        return names
+        return self._terms_saying("predicts_actions")
 
     @property
     def needs_ema_encoder(self) -> bool:
@@ -206,11 +199,15 @@ class OTLoss:
     @property
     def ema_encoder_terms(self) -> list[str]:
         """The names of the terms that need the EMA encoder (their ``uses_ema_encoder()``), in config order."""
+        return self._terms_saying("uses_ema_encoder")
+
+    def _terms_saying(self, method: str) -> list[str]:
+        """The names of the terms whose optional ``<method>()`` returns true, in config order (attributed calls)."""
         names = []
         for term in self.terms:
-            fn = getattr(term.impl, "uses_ema_encoder", None)
+            fn = getattr(term.impl, method, None)
             if fn is not None:
-                with calling(term.who, "uses_ema_encoder()"):
+                with calling(term.who, f"{method}()"):
                     if fn():
                         names.append(term.name)
         return names

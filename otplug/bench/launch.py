@@ -324,7 +324,7 @@ def _train_claimed(cell: Cell, device: str, threads: int | None) -> dict[str, An
     done = read_summary(cell.run_dir)
     if done is not None:
         return done
-    busy = busy_cell_run(cell)
+    busy = run_folder_holder(cell.run_dir)
     if busy is not None:  # a training that outlived its job (the job killed, the child not): never remove its files
         raise CellFailed(f"training {cell.name} is still running elsewhere: {busy}; wait for it or stop it")
     shutil.rmtree(cell.run_dir, ignore_errors=True)  # an unfinished run restarts from scratch
@@ -343,11 +343,6 @@ def _train_claimed(cell: Cell, device: str, threads: int | None) -> dict[str, An
         raise CellFailed(f"training {cell.name} failed (exit {rc}): {tail[0].strip()[:300] if tail else 'no output'}"
                          f"; log: {cell.log}")
     return summary
-
-
-def busy_cell_run(cell: Cell) -> str | None:
-    """A live ``otplug train`` holding the cell's run folder (see :func:`busy_cell`), or None."""
-    return run_folder_holder(cell.run_dir)
 
 
 def run_folder_holder(run_dir: Path) -> str | None:

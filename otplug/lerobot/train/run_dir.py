@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from otplug.atomic import disk_full, safetensors_names_files, write_error, writing
+from otplug.claims import process_alive
 from otplug.errors import DiskFullError, OtplugError
 
 __all__ = ["LOCK_NAME", "RunLock", "check_writable", "checkpoint_problem", "complete_checkpoint", "write_checkpoint"]
@@ -43,16 +44,6 @@ def check_writable(folder: Path) -> None:
         if disk_full(exc):
             raise write_error(folder, exc, "the output folder") from exc
         raise OtplugError(f"output folder {folder} is not writable: {exc.strerror or exc}") from exc
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class RunLock:
@@ -100,7 +91,7 @@ class RunLock:
         except (OSError, ValueError):
             holder = {}
         pid, host = holder.get("pid"), holder.get("host")
-        if host == socket.gethostname() and isinstance(pid, int) and not _alive(pid):
+        if host == socket.gethostname() and isinstance(pid, int) and not process_alive(pid):
             warnings.warn(f"{self.path}: the run that held this folder (PID {pid}) ended without cleaning up "
                           "(a crash or a kill); taking it over", stacklevel=3)
             self.path.unlink(missing_ok=True)
