@@ -121,23 +121,23 @@ def cmd_plugins(as_json: bool) -> int:
 
 def cmd_check_config(path: str, quiet: bool, dataset: str | None = None, source: str | None = None,
                      rename_map: str | None = None, pair_info: str | None = None,
-                     sources_file: str | None = None) -> int:
+                     sources_file: str | None = None, target_pool: str | None = None) -> int:
     from otplug.config import describe_config, load_config
 
     cfg = load_config(path)
     lines: list[str] = []
-    if dataset is not None or source is not None or pair_info is not None or sources_file is not None:
-        if dataset is not None and (pair_info is not None or sources_file is not None):
+    if any(x is not None for x in (dataset, source, pair_info, sources_file, target_pool)):
+        if dataset is not None and (pair_info is not None or sources_file is not None or target_pool is not None):
             _require_lerobot("check-config --pair-info/--sources-file")  # opens the datasets
         from otplug.lerobot.preflight import check_data
 
         lines = check_data(cfg, path, dataset=dataset, source=source, rename_map=rename_map, pair_info=pair_info,
-                           sources_file=sources_file)
+                           sources_file=sources_file, target_pool=target_pool)
     if not quiet:
         print(describe_config(cfg))
     for line in lines:
         print(line)
-    others = source or sources_file
+    others = ", ".join(x for x in (source or sources_file, target_pool) if x)
     checked = (f" against {dataset}" + (f" and {others}" if others else "")) if dataset else ""
     print(f"{path}: OK{checked}")
     return 0
@@ -184,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "when both are given)")
     p.add_argument("--sources-file", metavar="FILE", help="with --dataset: check every source of a sources file "
                    "(keys, rename map, pair_info), as --ot.sources_file")
+    p.add_argument("--target-pool", metavar="FILE", help="with --dataset: check every dataset of a target pool file "
+                   "(the target's observations, the keys the terms read on the target side; no action needed), as "
+                   "--ot.target_pool")
 
     sub.add_parser("train", help="train a LeRobot policy with the OT loss (see `otplug train --help`)", add_help=False)
     sub.add_parser("pair", help="compute DTW pair_info between two LeRobot datasets", add_help=False)
@@ -244,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_plugins(args.json)
         if args.command == "check-config":
             return cmd_check_config(args.file, args.quiet, args.dataset, args.source, args.source_rename_map,
-                                    args.pair_info, args.sources_file)
+                                    args.pair_info, args.sources_file, args.target_pool)
     except OtplugError as exc:
         if os.environ.get("OTPLUG_DEBUG"):
             raise

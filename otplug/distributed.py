@@ -130,11 +130,15 @@ def global_ot(ot: Any, src: Mapping[str, torch.Tensor], tgt: Mapping[str, torch.
     return attrs.evolve(res, loss=res.loss * size, metrics=metrics)
 
 
-def scoped_ot(ot: Any, src, tgt, encoder: Any = None, *, scope: str = "rank", ema_encoder: Any = None):
-    """Dispatch on ``--ot-scope``: ``rank`` (each process alone) or ``global``."""
+def scoped_ot(ot: Any, src, tgt, encoder: Any = None, *, scope: str = "rank", ema_encoder: Any = None,
+              paired: int | None = None):
+    """Dispatch on ``--ot-scope``: ``rank`` (each process alone) or ``global``. ``paired``: the number of paired
+    rows in front of a target pool's rows (:meth:`otplug.OTLoss.__call__`), rank scope only."""
     if scope == "rank":
-        return ot(src, tgt, encoder=encoder, ema_encoder=ema_encoder) if ema_encoder is not None else ot(
-            src, tgt, encoder=encoder)
+        extra = {k: v for k, v in (("ema_encoder", ema_encoder), ("paired", paired)) if v is not None}
+        return ot(src, tgt, encoder=encoder, **extra)
+    if paired is not None:
+        raise OtplugError("a target pool (--ot.target_pool) works with --ot.scope=rank only")
     if ema_encoder is not None:
         raise OtplugError("an EMA target encoder (stopgrad_encoder = 'ema') works with --ot-scope=rank only")
     if scope == "global":

@@ -34,6 +34,14 @@ from otplug.solvers.problems import PlanCheck, check_plan, mismatch
 __all__ = ["OTCollapseWarning", "OTLoss", "OTResult", "OTSolverWarning"]
 
 
+def _rows_of(batch: Mapping[str, Any]) -> int:
+    """The number of rows of a batch (its first tensor's)."""
+    for value in batch.values():
+        if isinstance(value, torch.Tensor) and value.ndim:
+            return int(value.shape[0])
+    return 0
+
+
 COLLAPSE_MASS = 1e-6  # plan mass below this is treated as a collapse
 
 
@@ -271,14 +279,25 @@ class OTLoss:
         return self._ema_encoders[key]
 
     def __call__(self, src: Mapping[str, torch.Tensor], tgt: Mapping[str, torch.Tensor], encoder: Any = None,
-                 ema_encoder: Any = None) -> OTResult:
+                 ema_encoder: Any = None, *, paired: int | None = None) -> OTResult:
         """The OT loss of one step. ``encoder``: the policy (features with gradients); ``ema_encoder``: an
-        :class:`otplug.ema.EMAEncoder` (or any encoder) for terms with ``stopgrad_encoder = "ema"``."""
+        :class:`otplug.ema.EMAEncoder` (or any encoder) for terms with ``stopgrad_encoder = "ema"``.
+
+        ``paired``: only the first ``paired`` rows of ``src`` and ``tgt`` are pairs (row i with row i); the rest
+        are unpaired rows (a target pool's frames and the source frames drawn for them). With the diagonal prior
+        (``heuristic = true``) the plan is then block-diagonal: the pairs keep the diagonal prior, the unpaired
+        block is solved with the product prior (docs/math.md §9). Without the prior every row is in one problem
+        and ``paired`` only adds the metrics ``ot_pool_rows`` / ``ot_pool_mass``."""
+        if paired is not None:
+            n = _rows_of(src)
+            if isinstance(paired, bool) or not isinstance(paired, int) or not 0 <= paired <= n or _rows_of(tgt) != n:
+                raise OtplugError(f"paired must be an integer in [0, {n}] with as many target rows as source rows "
+                                  f"({n} source, {_rows_of(tgt)} target rows), got {paired!r}")
         with full_precision() as amp:
-            return self._call(upcast_batch(src), upcast_batch(tgt), encoder, ema_encoder, amp)
+            return self._call(upcast_batch(src), upcast_batch(tgt), encoder, ema_encoder, amp, paired)
 
     def _call(self, src: Mapping[str, torch.Tensor], tgt: Mapping[str, torch.Tensor], encoder: Any, ema_encoder: Any,
-              amp: list[tuple[str, torch.dtype]]) -> OTResult:
+              amp: list[tuple[str, torch.dtype]], paired: int | None = None) -> OTResult:
         """The loss with autocast off and low-precision inputs upcast (:mod:`otplug.precision`); the encoders run
         under ``amp``, the autocast states of the caller, and give float32 features."""
         cfg = self.config
@@ -300,9 +319,9 @@ class OTLoss:
             within = {side: w / scale for side, w in within.items()}
             metrics["ot_cost_scale"] = scale
         if cfg.debias:
-            res = self._debiased(M, within, breakdown.terms, metrics)
+            res = self._debiased(M, within, breakdown.terms, metrics, paired)
         else:
-            res = self._from_cost(M, breakdown.terms, metrics)
+            res = self._from_cost(M, breakdown.terms, metrics, paired)
         if not breakdown.penalties:
             return res
         reg = torch.stack([p.to(res.loss.dtype) for p in breakdown.penalties.values()]).sum()
@@ -310,10 +329,10 @@ class OTLoss:
         return attrs.evolve(res, loss=res.loss + reg, regularizer=reg)
 
     def _debiased(self, M: torch.Tensor, within: Mapping[str, torch.Tensor], term_costs: Mapping[str, torch.Tensor],
-                  metrics: dict[str, float]) -> OTResult:
+                  metrics: dict[str, float], paired: int | None = None) -> OTResult:
         """``S = OT(a, b) - 1/2 OT(a, a) - 1/2 OT(b, b)``, each ``OT = sum(pi * M)`` with its own plan of its own
         ``M.detach()`` (same reg, tau, solver)."""
-        res = self._from_cost(M, term_costs, metrics)
+        res = self._from_cost(M, term_costs, metrics, paired)
         metrics = res.metrics
         ot_xy = res.loss
         parts = {}
@@ -363,10 +382,17 @@ class OTLoss:
             return self._from_cost(upcast(M), upcast(dict(term_costs or {})), metrics)
 
     def _from_cost(self, M: torch.Tensor, term_costs: Mapping[str, torch.Tensor],
-                   metrics: dict[str, float] | None) -> OTResult:
+                   metrics: dict[str, float] | None, paired: int | None = None) -> OTResult:
         metrics = dict(metrics or {})
         n, m = M.shape
-        plan, health = self._plan(M, self.solver, None)
+        if paired is not None and paired < n and self.config.heuristic:
+            plan, health = self._block_plan(M, paired)
+        else:
+            plan, health = self._plan(M, self.solver, None)
+        if paired is not None:
+            metrics["ot_pool_rows"] = float(n - paired)
+            total = float(plan.sum())
+            metrics["ot_pool_mass"] = float(plan[paired:].sum()) / total if total > 0 else 0.0
         loss = (plan * M).sum()
         # the solver's own health numbers first: the core's keys below (converged, ...) are never overridden
         metrics.update({f"ot_solver/{k}": v for k, v in health["info"].items()})
@@ -387,7 +413,36 @@ class OTLoss:
             metrics[f"ot_cost/{name}"] = float(mt.detach().mean())
         return OTResult(loss=loss, plan=plan, cost=M, metrics=metrics, term_costs=dict(term_costs or {}))
 
-    def _plan(self, M: torch.Tensor, solver: Any, problem: str | None) -> tuple[torch.Tensor, dict[str, Any]]:
+    def _block_plan(self, M: torch.Tensor, paired: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The block-diagonal plan of ``paired`` pairs under the diagonal prior and ``n - paired`` unpaired rows
+        under the product prior: the plan of the problem with marginals ``1/n`` and reference measure
+        ``blockdiag(I/n, 1 1^T / (n q))``, which splits into the two blocks (KL terms add over disjoint supports);
+        each block is solved with unit-mass marginals and scaled by its share of the rows (the KL-unbalanced
+        plan scales with its marginals and reference)."""
+        n = M.shape[0]
+        plan = torch.zeros_like(M, dtype=M.dtype).detach()
+        healths = []
+        for lo, hi, prior, problem in ((0, paired, True, "the paired rows"), (paired, n, False, "the pool rows")):
+            if hi == lo:
+                continue
+            block, health = self._plan(M[lo:hi, lo:hi], self.solver, problem, heuristic=prior)
+            plan[lo:hi, lo:hi] = block * ((hi - lo) / n)
+            healths.append(health)
+        pool = healths[-1]
+        check: dict[str, float] = {}
+        for h in healths:
+            for k, val in h["check"].items():
+                check[k] = max(check.get(k, val), val)
+        health = {
+            "info": pool["info"], "check": check, "pi_sum": float(plan.sum()),
+            "headroom": min(h["headroom"] for h in healths),
+            **{k: max(h[k] for h in healths) for k in ("collapsed", "fallback", "error")},
+            "iterations": pool["iterations"], "converged": min(h["converged"] for h in healths),
+        }
+        return plan, health
+
+    def _plan(self, M: torch.Tensor, solver: Any, problem: str | None,
+              heuristic: bool | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
         """The checked plan of ``M.detach()`` (detached, M's device and dtype) and its health numbers; a collapsed
         plan, or one that fails the check of the solver's declared problem (:func:`otplug.solvers.problems.check_plan`
         or the record's own ``check``), goes through ``on_collapse``. ``problem`` names a within-domain problem in
@@ -397,14 +452,15 @@ class OTLoss:
         if self.solve_dtype is not None and Md.dtype.itemsize < self.solve_dtype.itemsize:
             Md = Md.to(self.solve_dtype)  # the solver's declared working precision (Solver.dtype)
         tau = cfg.reg_m
+        heuristic = cfg.heuristic if heuristic is None else heuristic
         with calling(self.solver_origin, "solve()"):
-            result = solver.solve(Md, reg=cfg.reg, reg_m=tau, heuristic=cfg.heuristic)
+            result = solver.solve(Md, reg=cfg.reg, reg_m=tau, heuristic=heuristic)
         plan, iterations, converged, error, info = self._check_result(result, Md)
         plan = plan.to(device=M.device, dtype=M.dtype)
         mass = float(plan.sum()) if bool(torch.isfinite(plan).all()) else float("nan")
         m_min = float(Md.min())
         collapsed = not math.isfinite(mass) or mass < COLLAPSE_MASS
-        check = PlanCheck(True) if collapsed else self._check_plan(plan, Md)
+        check = PlanCheck(True) if collapsed else self._check_plan(plan, Md, heuristic)
         fallback = False
         if collapsed:
             plan, fallback = self._on_collapse(plan, Md, mass, problem)
@@ -429,16 +485,16 @@ class OTLoss:
         }
         return plan.detach(), health
 
-    def _check_plan(self, plan: torch.Tensor, M: torch.Tensor) -> PlanCheck:
+    def _check_plan(self, plan: torch.Tensor, M: torch.Tensor, heuristic: bool) -> PlanCheck:
         """The check of the declared problem (one place each: ``check_plan``, or a custom solver's ``check``)."""
         cfg = self.config
         if self._plan_check is None:
-            return check_plan(self.problem, plan, M, reg=cfg.reg, reg_m=cfg.reg_m, heuristic=cfg.heuristic)
+            return check_plan(self.problem, plan, M, reg=cfg.reg, reg_m=cfg.reg_m, heuristic=heuristic)
         # a custom problem: the core's marginal errors, then the solver's own verdict
-        base = check_plan("custom", plan, M, reg=cfg.reg, reg_m=(math.inf, math.inf), heuristic=cfg.heuristic)
+        base = check_plan("custom", plan, M, reg=cfg.reg, reg_m=(math.inf, math.inf), heuristic=heuristic)
         metrics = {k: v for k, v in base.metrics.items() if k.startswith("ot_marginal_error/")}
         with calling(self.solver_origin, "check()"):
-            verdict = self._plan_check(plan.detach(), M, reg=cfg.reg, reg_m=cfg.reg_m, heuristic=cfg.heuristic)
+            verdict = self._plan_check(plan.detach(), M, reg=cfg.reg, reg_m=cfg.reg_m, heuristic=heuristic)
         if not isinstance(verdict, PlanCheck):
             raise contract_error(self.solver_origin, "check()", "must return an otplug.PlanCheck(ok, message, "
                                  f"metrics), got {type(verdict).__name__}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["CAMERA_KEY", "MMD_ENERGY", "MMD_LINEAR", "PLAIN_OT", "RECOMMENDED_OT"]
+__all__ = ["CAMERA_KEY", "MMD_ENERGY", "MMD_LINEAR", "PLAIN_OT", "POOL_JOINT_OT", "POOL_OT", "RECOMMENDED_OT"]
 
 #: The reach task's one camera (``otplug.bench.env`` renders it; the demo datasets store it under this key).
 CAMERA_KEY = "observation.images.front"
@@ -59,4 +59,22 @@ MMD_ENERGY: dict[str, Any] = {
 MMD_LINEAR: dict[str, Any] = {
     **MMD_ENERGY,
     "terms": [{"type": "image", "name": "img", "src_key": CAMERA_KEY, "weight": 1.0, "scale_anchor": 1.0}],
+}
+
+#: OT with a target pool (``cotrain-ot-pool``): the recommended config without its action-slice term, which reads the
+#: real actions a pool does not have. The DTW pairs keep the diagonal prior; the pool rows and the sim rows drawn for
+#: them are one block solved with the product prior (docs/math.md §9): the plan pairs them through the image cost.
+POOL_OT: dict[str, Any] = {
+    **RECOMMENDED_OT,
+    "terms": [t for t in RECOMMENDED_OT["terms"] if t["type"] == "image"],
+}
+
+#: The joint-cost variant (``cotrain-ot-joint-pool``): :data:`POOL_OT` plus the ``joint`` term's label part (DeepJDOT /
+#: JUMBOT for policies, docs/math.md §8): a sim row's action chunk against the policy's predicted chunk on the real
+#: frame, with gradient into the policy -- it needs no real actions, so it reaches the pool rows. Its feature part is
+#: off (``weight_embed = 0``): the image term, with its scale held, is the feature distance.
+POOL_JOINT_OT: dict[str, Any] = {
+    **POOL_OT,
+    "terms": [*POOL_OT["terms"], {"type": "joint", "name": "joint", "src_key": CAMERA_KEY, "weight": 0.5,
+                                  "weight_embed": 0.0, "weight_label": 1.0}],
 }

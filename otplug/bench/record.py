@@ -33,7 +33,8 @@ from otplug.bench.env import CAMERA, CAMERA_KEY, TASK, BatchReachEnv, DomainPara
 from otplug.bench.expert import DEFAULT_K, expert_action
 from otplug.errors import OtplugError
 
-__all__ = ["RecordResult", "episode_seed", "episode_seeds", "main", "open_recorded", "record_demos"]
+__all__ = ["PLAY_MOTIONS", "RecordResult", "episode_seed", "episode_seeds", "main", "open_recorded", "play_waypoints",
+           "record_demos", "record_play"]
 
 RECORD_VERSION = 1
 BENCH_META = "otplug_bench.json"
@@ -112,11 +113,67 @@ def play_expert(domain: str | DomainParams, region: str, seeds: Sequence[int], *
     return episodes
 
 
-def record_demos(root: str | Path, *, domain: str | DomainParams = "real", region: str = "all", n_episodes: int = 20,
-                 seed: int = 0, scene_seed: int | None = None, image_size: int = 32, max_steps: int = 40,
-                 fps: int = 10, use_videos: bool = False, repo_id: str | None = None, task: str = TASK,
-                 expert_noise: float = 0.0) -> RecordResult:
-    """Write ``n_episodes`` expert episodes to a new LeRobot dataset at ``root`` (which must not exist yet)."""
+#: goal-blind motions of :func:`record_play` (they never read the goal: the frames of a robot logging while it moves)
+PLAY_MOTIONS = ("waypoints",)
+#: steps between two waypoints of the ``waypoints`` motion
+WAYPOINT_STEPS = 10
+
+
+def play_waypoints(domain: str | DomainParams, region: str, seeds: Sequence[int], *, image_size: int = 32,
+                   max_steps: int = 40, noise_seed: int = 0, batch: int = 256) -> list[dict[str, Any]]:
+    """A goal-blind scripted sweep: the agent is driven towards a random waypoint of the workspace (uniform in
+    ``[-0.9, 0.9]^2``, a new one every :data:`WAYPOINT_STEPS` steps) by a proportional command on its own position.
+    It reads only ``observation.state``, never the goal or the image: what a real robot records while it runs a
+    scripted motion with a scene set up. One dict per episode with ``state`` and ``image`` (no actions kept)."""
+    episodes: list[dict[str, Any]] = []
+    for start in range(0, len(seeds), batch):
+        chunk = list(seeds[start:start + batch])
+        env = BatchReachEnv(len(chunk), domain, region, image_size=image_size, max_steps=max_steps,
+                            noise_seed=noise_seed)
+        obs, _ = env.reset(chunk)
+        rngs = [np.random.default_rng([s, 3, noise_seed]) for s in chunk]
+        waypoints = np.zeros((len(chunk), 2))
+        frames: list[list[tuple]] = [[] for _ in chunk]
+        t = 0
+        while not env.done.all():
+            if t % WAYPOINT_STEPS == 0:
+                waypoints = np.stack([r.uniform(-0.9, 0.9, 2) for r in rngs])
+            act = np.clip(2.0 * (waypoints - obs["agent_pos"]), -1.0, 1.0).astype(np.float32)
+            for i in np.flatnonzero(~env.done):
+                frames[i].append((obs["agent_pos"][i], obs["pixels"][CAMERA][i]))
+            obs, *_ = env.step(act)
+            t += 1
+        for i, fr in enumerate(frames):
+            episodes.append({"state": np.stack([f[0] for f in fr]).astype(np.float32),
+                             "image": np.stack([f[1] for f in fr]), "episode_seed": chunk[i]})
+    return episodes
+
+
+def record_play(root: str | Path, *, domain: str | DomainParams = "real", region: str = "all", n_episodes: int = 40,
+                seed: int = 0, scene_seed: int | None = None, image_size: int = 32, max_steps: int = 40,
+                fps: int = 10, use_videos: bool = False, repo_id: str | None = None, task: str = TASK,
+                motion: str = "waypoints") -> RecordResult:
+    """Write a camera + state log **without actions** (a target pool: ``--ot.target_pool``) of a goal-blind motion
+    (:data:`PLAY_MOTIONS`) to a new LeRobot dataset at ``root``. No expert, no success, no action labels: only what a
+    robot's camera and joint encoders see while it moves in the scenes."""
+    if motion not in PLAY_MOTIONS:
+        raise OtplugError(f"unknown motion {motion!r}; choose {', '.join(PLAY_MOTIONS)}")
+    dom, root, scene_seed, seeds = _start(domain, region, n_episodes, image_size, root, seed, scene_seed)
+    repo_id = repo_id or f"otplug/reach_{dom.name}_{region}_play"
+    episodes = play_waypoints(dom, region, seeds, image_size=image_size, max_steps=max_steps, noise_seed=seed)
+    features = {k: v for k, v in _features(image_size, use_videos).items() if k != "action"}
+    frames = _write(root, repo_id, fps, features, use_videos, episodes, task)
+    meta = {"version": RECORD_VERSION, "domain": dom.to_dict(), "region": region, "n_episodes": n_episodes,
+            "seed": seed, "scene_seed": scene_seed, "image_size": image_size, "max_steps": max_steps, "fps": fps,
+            "use_videos": use_videos, "motion": motion, "task": task, "frames": frames, "actions": False,
+            "episode_seeds": seeds}
+    save_text(root / "meta" / BENCH_META, json.dumps(meta, indent=1), "the benchmark metadata")
+    return RecordResult(root, repo_id, dom.name, region, n_episodes, frames, 0, seeds)
+
+
+def _start(domain: Any, region: str, n_episodes: int, image_size: int, root: str | Path, seed: int,
+           scene_seed: int | None) -> tuple[DomainParams, Path, int, list[int]]:
+    """Checked recording options: the domain, the (new, empty) folder, the scene seed and the episode seeds."""
     try:
         dom = get_domain(domain)
     except ValueError as exc:
@@ -133,11 +190,13 @@ def record_demos(root: str | Path, *, domain: str | DomainParams = "real", regio
     if root.exists():
         root.rmdir()  # LeRobotDataset.create wants to make it
     scene_seed = seed if scene_seed is None else scene_seed
-    repo_id = repo_id or f"otplug/reach_{dom.name}_{region}"
-    seeds = episode_seeds(scene_seed, n_episodes)
-    episodes = play_expert(dom, region, seeds, image_size=image_size, max_steps=max_steps, noise_seed=seed,
-                           expert_noise=expert_noise)
+    return dom, root, scene_seed, episode_seeds(scene_seed, n_episodes)
 
+
+def _write(root: Path, repo_id: str, fps: int, features: dict, use_videos: bool, episodes: list[dict[str, Any]],
+           task: str) -> int:
+    """Write the episodes (``state``, ``image`` and, where the features have it, ``action``) as a LeRobot dataset;
+    returns the number of frames."""
     quiet_lerobot, _ = _lerobot_helpers()
     quiet_lerobot()
     import datasets as hf_datasets
@@ -147,19 +206,33 @@ def record_demos(root: str | Path, *, domain: str | DomainParams = "real", regio
         os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 (lerobot's default encoder) logs every episode otherwise
     was = hf_datasets.is_progress_bar_enabled()
     hf_datasets.disable_progress_bars()
-    ds = LeRobotDataset.create(repo_id, fps, features=_features(image_size, use_videos), root=root,
-                               use_videos=use_videos, robot_type="point2d")
+    ds = LeRobotDataset.create(repo_id, fps, features=features, root=root, use_videos=use_videos,
+                               robot_type="point2d")
     try:
         for ep in episodes:
-            for t in range(len(ep["action"])):
-                ds.add_frame({"observation.state": ep["state"][t], CAMERA_KEY: ep["image"][t],
-                              "action": ep["action"][t], "task": task})
+            for t in range(len(ep["state"])):
+                frame = {"observation.state": ep["state"][t], CAMERA_KEY: ep["image"][t], "task": task}
+                if "action" in features:
+                    frame["action"] = ep["action"][t]
+                ds.add_frame(frame)
             ds.save_episode()
     finally:
         ds.finalize()
         if was:
             hf_datasets.enable_progress_bars()
-    frames = int(sum(len(ep["action"]) for ep in episodes))
+    return int(sum(len(ep["state"]) for ep in episodes))
+
+
+def record_demos(root: str | Path, *, domain: str | DomainParams = "real", region: str = "all", n_episodes: int = 20,
+                 seed: int = 0, scene_seed: int | None = None, image_size: int = 32, max_steps: int = 40,
+                 fps: int = 10, use_videos: bool = False, repo_id: str | None = None, task: str = TASK,
+                 expert_noise: float = 0.0) -> RecordResult:
+    """Write ``n_episodes`` expert episodes to a new LeRobot dataset at ``root`` (which must not exist yet)."""
+    dom, root, scene_seed, seeds = _start(domain, region, n_episodes, image_size, root, seed, scene_seed)
+    repo_id = repo_id or f"otplug/reach_{dom.name}_{region}"
+    episodes = play_expert(dom, region, seeds, image_size=image_size, max_steps=max_steps, noise_seed=seed,
+                           expert_noise=expert_noise)
+    frames = _write(root, repo_id, fps, _features(image_size, use_videos), use_videos, episodes, task)
     successes = int(sum(ep["success"] for ep in episodes))
     meta = {
         "version": RECORD_VERSION, "domain": dom.to_dict(), "region": region, "n_episodes": n_episodes,

@@ -58,6 +58,9 @@ from otplug.bench.study_config import (
     MMD_ENERGY,
     MMD_LINEAR,
     PLAIN_OT,
+    POOL_JOINT_OT,
+    POOL_METHODS,
+    POOL_OT,
     PRECISIONS,
     RECOMMENDED_OT,
     SETTING_DEFAULTS,
@@ -115,6 +118,35 @@ def ensure_data(out: Path, cfg: StudyConfig, *, real_region: str = "A") -> dict[
     return paths
 
 
+#: the pool's scenes: episode seeds drawn from this scene seed (offset from ``data_seed``), apart from the demos'
+POOL_SCENE_OFFSET = 70_000
+
+
+def ensure_pool(out: Path, cfg: StudyConfig, paths: dict[str, Path]) -> dict[str, Path]:
+    """The unlabelled real pool of the ``*-pool`` methods, recorded once (its own stamp, so a study without them
+    records nothing new): ``data/real_play`` (a goal-blind scripted motion over both regions, no actions) and the
+    ``data/pool.toml`` that names it for ``--ot.target_pool``."""
+    from otplug.bench.record import record_play
+
+    data = out / "data"
+    paths = {**paths, "pool": data / "real_play", "pool_file": data / "pool.toml"}
+    stamp = data / "real_play.complete.json"
+    want = {"pool_episodes": cfg.pool_episodes, "image_size": cfg.image_size, "data_seed": cfg.data_seed,
+            "motion": "waypoints", "region": "all"}
+    if read_json(stamp) == want and paths["pool_file"].is_file():
+        return paths
+    import shutil
+
+    shutil.rmtree(paths["pool"], ignore_errors=True)
+    record_play(paths["pool"], domain="real", region="all", n_episodes=cfg.pool_episodes, seed=cfg.data_seed + 3,
+                scene_seed=cfg.data_seed + POOL_SCENE_OFFSET, image_size=cfg.image_size,
+                repo_id="otplug/study_real_play")
+    save_text(paths["pool_file"], '# the unlabelled real pool (otplug.bench.study.ensure_pool)\n[[pool]]\nname = '
+              '"real_play"\nroot = "real_play"\npairing = "none"\n')
+    _write_json_atomic(stamp, want)
+    return paths
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # training
 
@@ -145,9 +177,15 @@ def method_args(method: str, paths: dict[str, Path], cfg: StudyConfig, ot_config
     mix = [f"--ot.bc_source_weight={cfg.bc_source_weight}"]
     # decode once per grid: the first run of each dataset decodes it, the other cells load the rows
     store = [f"--ot.frame_cache_dir={paths['frame_cache']}"]
+    pool = []
+    ot_rows = cfg.ot_batch_size
+    if method in POOL_METHODS:
+        # the OT batch gains pool_rows target rows from the pool; its DTW pairs (BC rows) stay co-training's
+        ot_rows = cfg.ot_batch_size + cfg.pool_rows
+        pool = [f"--ot.target_pool={paths['pool_file']}", f"--ot.pool_share={cfg.pool_rows / ot_rows!r}"]
     ot = [f"--ot.pair_info={paths['pair_info']}", f"--ot.lambda_ot={cfg.lambda_ot}", "--ot.layout=single-pass",
-          f"--ot.batch_size={cfg.ot_batch_size}", "--ot.top_k=1", "--ot.sinks=[plan-heatmap]",
-          f"--ot.plan_every={max(cfg.steps // 4, 1)}"]
+          f"--ot.batch_size={ot_rows}", "--ot.top_k=1", "--ot.sinks=[plan-heatmap]",
+          f"--ot.plan_every={max(cfg.steps // 4, 1)}", *pool]
     if method == "target-only":
         return real + store + ["--ot.enabled=false"]
     if method == "source-only":
@@ -171,6 +209,12 @@ def ot_config_for(method: str) -> dict[str, Any] | None:
         return PLAIN_OT
     if method == "cotrain-ot-noprior":
         return {**RECOMMENDED_OT, "heuristic": False}
+    if method == "cotrain-ot-pool":
+        return POOL_OT
+    if method == "cotrain-mmd-pool":
+        return MMD_ENERGY
+    if method == "cotrain-ot-joint-pool":
+        return POOL_JOINT_OT
     if method == "cotrain-ot-l2":  # unit-length image features (gradient through the norm), no prior, no anchor
         terms = [{**t, "embed_norm": "l2"} if t["type"] == "image" else t for t in PLAIN_OT["terms"]]
         return {**PLAIN_OT, "heuristic": False, "terms": terms}
@@ -308,6 +352,8 @@ def _run_study(out: Path, cfg: StudyConfig, *, quiet: bool, launch: Any) -> dict
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     t0 = time.perf_counter()
     paths = ensure_data(out, cfg)
+    if any(m in POOL_METHODS for m in cfg.methods):
+        paths = ensure_pool(out, cfg, paths)
     hashes = check_data_hashes(out, paths)
     data_hash = short_hash(hashes)
     first, stop = cfg.scene_seeds

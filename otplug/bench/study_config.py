@@ -8,14 +8,20 @@ from typing import Any
 import attrs
 
 from otplug.errors import OtplugError
-from otplug.recipes import CAMERA_KEY, MMD_ENERGY, MMD_LINEAR, PLAIN_OT, RECOMMENDED_OT
+from otplug.recipes import CAMERA_KEY, MMD_ENERGY, MMD_LINEAR, PLAIN_OT, POOL_JOINT_OT, POOL_OT, RECOMMENDED_OT
 
 __all__ = ["ABLATIONS", "CAMERA_KEY", "DEFAULT_METHODS", "METHODS", "MMD_ENERGY", "MMD_LINEAR", "PLAIN_OT",
-           "RECOMMENDED_OT", "SPLITS", "SPLIT_SCENE_BASE", "SPLIT_TRAINING_SEED_BASE", "StudyConfig", "StudyError"]
+           "POOL_JOINT_OT", "POOL_METHODS", "POOL_OT", "RECOMMENDED_OT", "SPLITS", "SPLIT_SCENE_BASE", "SPLIT_TRAINING_SEED_BASE", "StudyConfig", "StudyError"]
 
 #: Every method a study can run (``--methods`` picks a subset).
 METHODS = ("target-only", "source-only", "cotrain", "cotrain-mmd", "cotrain-mmd-linear", "cotrain-ot",
-           "cotrain-ot-plain", "cotrain-ot-noprior", "cotrain-ot-l2")
+           "cotrain-ot-plain", "cotrain-ot-noprior", "cotrain-ot-l2", "cotrain-ot-pool", "cotrain-mmd-pool",
+           "cotrain-ot-joint-pool")
+
+#: The methods whose alignment also sees the unlabelled real pool (``data/real_play``: a goal-blind scripted motion
+#: over both regions, no actions; :func:`otplug.bench.record.record_play`). Their BC rows are co-training's: the pool
+#: adds ``pool_rows`` target rows (and as many sim rows) to the OT batch only.
+POOL_METHODS = ("cotrain-ot-pool", "cotrain-mmd-pool", "cotrain-ot-joint-pool")
 
 #: The ablations: the recommended config before ``scale_anchor`` and the unit-length cost (its features collapse in
 #: direction; docs/math.md §7.6). Run on request (``--methods``).
@@ -40,7 +46,7 @@ SPLIT_TRAINING_SEED_BASE = {"dev": 0, "test": 1000}
 #: ``StudyConfig.precision`` values; ``otplug study --precision auto`` picks bf16 where the device computes it natively
 PRECISIONS = ("fp32", "bf16")
 #: settings added after studies were run: a folder written before one existed ran with this value
-SETTING_DEFAULTS = {"precision": "fp32"}
+SETTING_DEFAULTS = {"precision": "fp32", "pool_episodes": 40, "pool_rows": 8}
 
 
 class StudyError(OtplugError):
@@ -75,6 +81,11 @@ class StudyConfig:
     #: the trainings' precision: ``fp32``, or ``bf16`` (``--policy.use_amp=true --ot.memory_format=channels_last``:
     #: bf16 autocast with channels_last conv weights; the OT plan stays float32). Evaluation is float32 either way.
     precision: str = attrs.field(default="fp32", validator=attrs.validators.in_(PRECISIONS))
+    #: the unlabelled real pool of the ``*-pool`` methods: episodes of a goal-blind scripted motion (40 steps each)
+    #: over both regions, recorded once per study folder on scenes of its own
+    pool_episodes: int = 40
+    #: pool rows per OT batch of the ``*-pool`` methods, beside the ``ot_batch_size`` DTW pairs
+    pool_rows: int = 8
 
     def __attrs_post_init__(self) -> None:
         if not 1 <= self.eval_episodes <= SPLIT_SCENE_SPAN:

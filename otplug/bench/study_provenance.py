@@ -51,8 +51,9 @@ def check_data_hashes(out: Path, paths: Mapping[str, Path]) -> dict[str, str]:
     from otplug.lerobot.content_hash import cached_content_hash
 
     repo = {"real": f"otplug/study_{Path(paths['real']).name}", "sim": "otplug/study_sim_all",
-            "heldout": "otplug/study_real_A_heldout"}
-    now = {k: cached_content_hash(repo[k], paths[k]) for k in ("real", "sim", "heldout")}
+            "heldout": "otplug/study_real_A_heldout", "pool": "otplug/study_real_play"}
+    # the pool only where a study's methods use it (it is recorded for them)
+    now = {k: cached_content_hash(repo[k], paths[k]) for k in ("real", "sim", "heldout", "pool") if k in paths}
     kept = read_json(out / DATA_HASHES)
     if isinstance(kept, dict) and kept:
         diff = [k for k in now if kept.get(k) not in (None, now[k])]

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from otplug.errors import OtplugError
@@ -78,10 +79,13 @@ class CapturedEncoder:
     then runs a second forward on those rows) -- only if the caller allowed it."""
 
     def __init__(self, capture: FeatureCapture, rows: Mapping[str, slice], fallback: Any = None,
-                 predictor: Any = None) -> None:
+                 predictor: Any = None, tail: Any = None) -> None:
         self.capture = capture
         self.rows = dict(rows)
         self.fallback = fallback
+        #: the encoder of rows after the captured ones (a target pool's rows and their source rows, which are not in
+        #: the BC forward): one more encoder pass on those rows only; None: a side has exactly its captured rows
+        self.tail = tail
         #: the policy's adapter that predicts action chunks for terms that need them (``joint``), or None
         self.predictor = predictor
         self._cache: dict[str, Tensor] = {}
@@ -107,6 +111,9 @@ class CapturedEncoder:
         if name not in self._cache:
             self._cache[name] = self.capture.features(name)
         feats = self._cache[name][self.rows[side]]
+        if self.tail is not None and x.shape[0] > feats.shape[0]:
+            rest = self.tail.encode_feature_for_ot(name, x[feats.shape[0]:])
+            feats = torch.cat([feats, rest.to(feats.dtype)], dim=0)
         if feats.shape[0] != x.shape[0]:
             raise OtplugError(f"single-pass capture: {side} {key!r} has {x.shape[0]} rows but rows {self.rows[side]} "
                               f"of the captured features give {feats.shape[0]}")

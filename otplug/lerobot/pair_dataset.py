@@ -248,7 +248,7 @@ def collate_pairs(items: Sequence[Mapping[str, Any]], camera_keys: Sequence[str]
 
 
 def make_source_dataset(repo_id: str, root: str | Path | None, *, like, rename_map: Mapping[str, str] | None = None,
-                        **kwargs):
+                        optional: Sequence[str] = (), what: str = "source dataset", **kwargs):
     """Open a source dataset the way the target was opened, under the target's feature names.
 
     The source gets the target's ``delta_timestamps`` (in seconds, so a source at another fps is read at the
@@ -273,31 +273,35 @@ def make_source_dataset(repo_id: str, root: str | Path | None, *, like, rename_m
     kwargs.setdefault("return_uint8", bool(getattr(like, "_return_uint8", False)))
     probe = open_dataset(repo_id, root, **kwargs)
     try:
-        check_rename_map(rename, probe.meta.features, f"the source dataset {dataset_label(probe)}")
+        check_rename_map(rename, probe.meta.features, f"the {what} {dataset_label(probe)}")
     except OtplugError as exc:
         raise PairDatasetError(str(exc)) from exc
     # the policy's inputs and outputs are the target's observation.* and action features: the source needs them all
     target_features = getattr(getattr(like, "meta", None), "features", {}) or {}
-    needed = sorted({k for k in target_features if k.startswith("observation.") or k == "action"} | set(delta or {}))
+    # ``optional`` target features (a target pool's ``action``) may be absent: then they are not read at all
+    absent = {k for k in optional if back.get(k, k) not in probe.meta.features}
+    needed = sorted(({k for k in target_features if k.startswith("observation.") or k == "action"}
+                     | set(delta or {})) - absent)
     missing = [k for k in needed if back.get(k, k) not in probe.meta.features]
     if missing:
         raise PairDatasetError(
-            f"source dataset {dataset_label(probe)} lacks the target's feature(s) {missing} (the policy reads them); "
-            f"source features: {sorted(probe.meta.features)}" + _rename_hint(missing, probe, like))
+            f"{what} {dataset_label(probe)} lacks the target's feature(s) {missing} (the policy reads them); "
+            f"its features: {sorted(probe.meta.features)}" + _rename_hint(missing, probe, like))
+    delta = {k: ts for k, ts in delta.items() if k not in absent} if delta else delta
     src_delta = {back.get(k, k): v for k, v in delta.items()} if delta else None
     if src_delta:
         if probe.fps != like.fps:
             bad = [k for k, ts in delta.items() if any(abs(t * probe.fps - round(t * probe.fps)) > 1e-3 for t in ts)]
             if bad:
                 raise PairDatasetError(
-                    f"source dataset {dataset_label(probe)} runs at {probe.fps} fps but the target at {like.fps}; the "
+                    f"{what} {dataset_label(probe)} runs at {probe.fps} fps but the target at {like.fps}; the "
                     f"target's time offsets for {bad} are not whole source frames (record or convert the source at "
                     f"{like.fps} fps or a multiple of it)")
     if src_delta or transforms is not None:
         try:
             probe = open_dataset(repo_id, root, delta_timestamps=src_delta, image_transforms=transforms, **kwargs)
         except OtplugError as exc:
-            raise PairDatasetError(f"source dataset with the target's delta_timestamps: {exc}") from exc
+            raise PairDatasetError(f"{what} with the target's delta_timestamps: {exc}") from exc
     return RenamedDataset(probe, rename) if rename else probe
 
 
@@ -324,20 +328,57 @@ def partner_pairs(target: Any, source: Any, pair_info: str | Path | Mapping, n: 
     return ds, idx, collate_pairs([ds[i] for i in idx], list(target.meta.camera_keys))
 
 
+class EpochSampler(torch.utils.data.Sampler):
+    """The draws of torch's ``RandomSampler(generator=...)`` (per epoch one ``randperm`` for the order and the
+    empty tail ``randperm`` it draws at the epoch's end), with the first epoch starting ``skip`` indices in: the pair
+    loader resumed at step ``s`` continues the order the uninterrupted run had (:func:`fast_forward`)."""
+
+    def __init__(self, n: int, generator: torch.Generator, skip: int = 0) -> None:
+        self.n = int(n)
+        self.generator = generator
+        self.skip = int(skip)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        skip, self.skip = self.skip, 0
+        yield from torch.randperm(self.n, generator=self.generator).tolist()[skip:]
+        torch.randperm(self.n, generator=self.generator)  # RandomSampler's tail draw (num_samples % n == 0)
+
+
 def make_pair_loader(pair_dataset: OTPairDataset, batch_size: int, num_workers: int, generator: torch.Generator,
                      camera_keys: Sequence[str] = ()) -> torch.utils.data.DataLoader:
     """The OT pair loader (``camera_keys``: the cameras :func:`collate_pairs` looks after). Its workers are never
     persistent: a persistent worker keeps its copy of the dataset from epoch 0, so :meth:`OTPairDataset.set_epoch`
     would not reach it and every epoch would repeat epoch 0's source draws. New workers per OT epoch see the
     current epoch."""
-    return torch.utils.data.DataLoader(pair_dataset, batch_size=batch_size, shuffle=True, generator=generator,
+    return torch.utils.data.DataLoader(pair_dataset, batch_size=batch_size, sampler=EpochSampler(
+                                           len(pair_dataset), generator), generator=generator,
                                        drop_last=True, num_workers=num_workers, persistent_workers=False,
                                        collate_fn=functools.partial(collate_pairs, camera_keys=tuple(camera_keys)))
 
 
-def cycle_epochs(pair_dataset: OTPairDataset, loader: Any) -> Iterator[Any]:
+def fast_forward(loader: torch.utils.data.DataLoader, steps: int) -> int:
+    """Advance a fresh :func:`make_pair_loader` loader by ``steps`` batches without loading any: replay the
+    generator draws of the finished epochs (the loader's base seed, the order, the tail draw) and start the next
+    epoch that many batches in. Returns the epoch to continue with (for :func:`cycle_epochs`)."""
+    per_epoch = len(loader)
+    if steps <= 0 or per_epoch == 0:
+        return 0
+    epoch, within = divmod(int(steps), per_epoch)
+    gen, n = loader.generator, len(loader.sampler)
+    for _ in range(epoch):
+        torch.empty((), dtype=torch.int64).random_(generator=gen)  # the iterator's base seed
+        torch.randperm(n, generator=gen)
+        torch.randperm(n, generator=gen)
+    loader.sampler.skip = within * loader.batch_size
+    return epoch
+
+
+def cycle_epochs(pair_dataset: OTPairDataset, loader: Any, start_epoch: int = 0) -> Iterator[Any]:
     """Batches of ``loader`` forever, with ``pair_dataset.set_epoch(e)`` before epoch ``e``."""
-    epoch = 0
+    epoch = start_epoch
     while True:
         pair_dataset.set_epoch(epoch)
         yield from loader

@@ -58,8 +58,15 @@ def _pairs(path: str, dataset: str | None, source: str | None, who: str = "") ->
 
 
 def check_data(cfg: Any, path: str, *, dataset: str | None, source: str | None, rename_map: str | None,
-               pair_info: str | None, sources_file: str | None) -> list[str]:
+               pair_info: str | None, sources_file: str | None, target_pool: str | None = None) -> list[str]:
     """Check what the options name; the lines to print on success (the config's own line is the caller's)."""
+    if target_pool is not None:
+        if dataset is None:
+            raise OtplugError("--target-pool needs --dataset (the target dataset whose observations the pool must have)")
+        pool_lines = check_pool(cfg, path, dataset, target_pool)
+        rest = check_data(cfg, path, dataset=dataset, source=source, rename_map=rename_map, pair_info=pair_info,
+                          sources_file=sources_file)
+        return rest + pool_lines
     if source is not None and dataset is None:
         raise OtplugError("--source needs --dataset (the target dataset the config is checked against)")
     if sources_file is not None:
@@ -78,6 +85,48 @@ def check_data(cfg: Any, path: str, *, dataset: str | None, source: str | None, 
         lines.append(_pairs(pair_info, dataset, source))
     if dataset is not None:
         _keys(cfg, path, dataset, source, _rename_map(rename_map))
+    return lines
+
+
+def check_pool(cfg: Any, path: str, dataset: str, pool_file: str) -> list[str]:
+    """``--target-pool FILE`` (with ``--dataset``): every pool dataset of the file has the target's observations
+    (the policy's inputs; ``action`` may be missing) under the rename map, every key the terms read on the target
+    side, and a compatible fps; its pair_info (``pairing = "dtw"``) is read."""
+    import otplug
+    from otplug.lerobot.features_check import read_features
+    from otplug.cost import term_keys
+    from otplug.lerobot.datasets import base_key
+    from otplug.lerobot.pool import read_pool_file
+
+    loss = otplug.OTLoss(cfg)
+    tgt_feats, tgt_fps = read_features(dataset, "--dataset")
+    lines = []
+    for spec in read_pool_file(pool_file):
+        who = f"target pool dataset {spec.name!r} of {pool_file}"
+        if spec.root is None:
+            lines.append(f"{who}: not checked (no root: a hub repo_id is not read here)")
+            continue
+        raw, fps = read_features(spec.root, "--target-pool")
+        unknown = sorted(k for k in spec.rename_map if k not in raw)
+        if unknown:
+            raise OtplugError(f"{who}: rename_map names {unknown}, not features of {spec.root}")
+        feats = {spec.rename_map.get(k, k): v for k, v in raw.items()}
+        lacking = sorted(k for k in tgt_feats if k.startswith("observation.") and k not in feats)
+        if lacking:
+            raise OtplugError(f"{who} lacks the target's feature(s) {lacking} (the policy reads them); its features: "
+                              f"{', '.join(sorted(feats))}")
+        for term in loss.terms:
+            keys = sorted({base_key(k) for k in term_keys(term, "tgt")} - set(feats))
+            if keys:
+                raise OtplugError(f"{path}: term {term.name!r} reads {keys} on the target side, which {who} does not "
+                                  "have; pool rows need terms that read no real actions (image, embedding, joint)")
+        if tgt_fps and fps and fps % tgt_fps:
+            raise OtplugError(f"{who} runs at {fps} fps and the target at {tgt_fps}: training reads it at the target's "
+                              "time offsets, whole frames only when its fps is a multiple of the target's")
+        if spec.pair_info is not None:
+            lines.append(_pairs(spec.pair_info, None, None, f" ({who})"))
+        actions = "with" if "action" in feats else "without"
+        lines.append(f"{who} ({spec.root}, weight {spec.weight:g}, pairing {spec.pairing}, {actions} actions): OK")
     return lines
 
 

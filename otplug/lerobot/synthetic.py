@@ -19,8 +19,9 @@ def _features(state_dim: int, action_dim: int, cameras: Sequence[str], image_hw:
               video: bool = False) -> dict:
     feats: dict = {
         "observation.state": {"dtype": "float32", "shape": (state_dim,), "names": [f"s{i}" for i in range(state_dim)]},
-        "action": {"dtype": "float32", "shape": (action_dim,), "names": [f"a{i}" for i in range(action_dim)]},
     }
+    if action_dim:  # action_dim=0: a camera + state log without actions (a target pool dataset)
+        feats["action"] = {"dtype": "float32", "shape": (action_dim,), "names": [f"a{i}" for i in range(action_dim)]}
     for cam in cameras:
         key = cam if cam.startswith("observation.images.") else f"observation.images.{cam}"
         feats[key] = {"dtype": "video" if video else "image", "shape": (image_hw[0], image_hw[1], 3),
@@ -55,6 +56,7 @@ def make_dataset(
     * ``action[0]`` = episode index, ``[1]`` = frame index (when ``action_dim >= 2``), the rest random;
     * each camera image is filled with ``(episode * 16 + frame) % 256`` plus the camera's ordinal.
 
+    ``action_dim=0`` writes no ``action`` feature (a camera + state log, as a target pool may be).
     ``state_fn(ep, t)`` / ``action_fn(ep, t)`` / ``image_fn(camera_key, ep, t)`` override these.
     ``cameras`` may be short names (``"front"``) or full keys; ``cameras=()`` gives a dataset without images.
     ``open_kwargs`` go to :func:`open_dataset` (e.g. ``delta_timestamps``).
@@ -86,10 +88,11 @@ def make_dataset(
                     frame = {
                         "observation.state": np.asarray(
                             state_fn(ep, t) if state_fn else _default_vec(state_dim, ep, t), dtype=np.float32),
-                        "action": np.asarray(
-                            action_fn(ep, t) if action_fn else _default_vec(action_dim, ep, t), dtype=np.float32),
                         "task": task,
                     }
+                    if action_dim:
+                        frame["action"] = np.asarray(
+                            action_fn(ep, t) if action_fn else _default_vec(action_dim, ep, t), dtype=np.float32)
                     for ci, key in enumerate(cam_keys):
                         if image_fn is not None:
                             frame[key] = np.asarray(image_fn(key, ep, t), dtype=np.uint8)

@@ -35,10 +35,11 @@ def check_image_range(batch: Mapping[str, Any], camera_keys: Sequence[str], what
                               "the uint8->float step (is a dataset storing frames as float 0..255?)")
 
 
-def concat_batches(parts: Sequence[Mapping[str, Any]], required: Sequence[str] = ()) -> dict[str, Any]:
+def concat_batches(parts: Sequence[Mapping[str, Any]], required: Sequence[str] = (),
+                   what: str = "[src, tgt, bc]") -> dict[str, Any]:
     """Row-concatenate collated lerobot batches on their common keys (tensors by ``cat``, lists by ``+``).
 
-    ``required`` keys must be in every part (named with the part that lacks them); tensors must agree in every
+    ``what`` names the parts in messages. ``required`` keys must be in every part (named with the part that lacks them); tensors must agree in every
     dimension but the first, and in dtype (a uint8 part beside a float part would be promoted silently and skip
     the image step).
     """
@@ -49,7 +50,7 @@ def concat_batches(parts: Sequence[Mapping[str, Any]], required: Sequence[str] =
     if missing:
         sides = [sorted(k for k in missing if k not in p) for p in parts]
         raise OtplugError(f"single-pass layout: key(s) {missing} missing from part of the batch "
-                          f"([src, tgt, bc] lack {sides}); the source dataset must have the policy's features")
+                          f"({what} lack {sides}); the source dataset must have the policy's features")
     out: dict[str, Any] = {}
     for k in parts[0]:
         if k not in common:
@@ -58,11 +59,11 @@ def concat_batches(parts: Sequence[Mapping[str, Any]], required: Sequence[str] =
         if isinstance(vals[0], torch.Tensor):
             shapes = {tuple(v.shape[1:]) for v in vals}
             if len(shapes) != 1:
-                raise OtplugError(f"single-pass layout: {k!r} has different shapes across [src, tgt, bc]: "
+                raise OtplugError(f"{k!r} has different shapes across {what}: "
                                   f"{[tuple(v.shape) for v in vals]}")
             dtypes = {v.dtype for v in vals}
             if len(dtypes) != 1:
-                raise OtplugError(f"single-pass layout: {k!r} has different dtypes across [src, tgt, bc]: "
+                raise OtplugError(f"{k!r} has different dtypes across {what}: "
                                   f"{[str(v.dtype) for v in vals]} (decode every part the same way first)")
             out[k] = torch.cat(vals, dim=0)
         elif isinstance(vals[0], list | tuple):

@@ -56,6 +56,11 @@ class OTSection:
     bc_normalize_by_size: bool = True
     # DTW pairings between target and source episodes (`otplug pair ... --out pair_info.json`).
     pair_info: str | None = None
+    # Real frames the OT loss sees and the BC loss never does (camera + state logs, no `action` needed): a
+    # JSON/TOML/YAML file of [[pool]] datasets (root, weight, rename_map, pairing none|dtw), see otplug.lerobot.pool.
+    target_pool: str | None = None
+    # Share of each OT batch's target rows drawn from the target pool (the rest are the DTW-paired real rows).
+    pool_share: float = 0.5
     # single-pass: the BC batch is [src | tgt | bc] rows and OT embeddings are captured from the BC forward
     # (recommended); separate: an OT dataloader beside the BC dataloader, encoded in extra forward passes.
     layout: str = "single-pass"
@@ -136,6 +141,12 @@ class OTSection:
         """The source datasets (:class:`otplug.lerobot.sources.SourceSpec`), from ``--ot.sources_file`` or the
         ``--ot.source_*`` options; empty when no source is opened. Set by :meth:`validate`."""
         return list(self.__dict__.get("_sources", []))
+
+    @property
+    def pool(self) -> list[Any]:
+        """The target pool's datasets (:class:`otplug.lerobot.pool.PoolSpec`) from ``--ot.target_pool``; empty without
+        one. Set by :meth:`validate`."""
+        return list(self.__dict__.get("_pool", []))
 
     @property
     def sink_options_map(self) -> dict[str, dict[str, Any]]:
@@ -222,6 +233,35 @@ class OTSection:
             # parsed once, before datasets and the policy are built; everything downstream takes this object
             self.__dict__["_loss_config"] = load_config(self.config)
             self._check_scope_with_ema()
+        self._read_pool()
+
+    def _read_pool(self) -> None:
+        """``--ot.target_pool`` and ``--ot.pool_share``: the pool file read and checked, with the rules that depend
+        on the run (an OT loss to see the pool, the rank scope, a share that leaves rows of both kinds)."""
+        self.__dict__["_pool"] = []
+        if self.target_pool is None:
+            return
+        if not self.has_loss:
+            raise OtplugError("--ot.target_pool: pool frames only enter the OT loss, and this run has none (OT "
+                              "disabled, lambda_ot = 0 or --ot.cotrain_only); drop the pool or turn the loss on")
+        if not isinstance(self.target_pool, str) or not self.target_pool.strip():
+            raise OtplugError(f"--ot.target_pool must be a file path, got {self.target_pool!r}")
+        if self.scope == "global":
+            raise OtplugError("--ot.target_pool works with --ot.scope=rank only (the global plan cannot mark which "
+                              "gathered rows are pool rows yet)")
+        check_option("--ot.pool_share", self.pool_share, v.in_range(0.0, 1.0, low_open=True, high_open=True))
+        from otplug.lerobot.pool import pool_rows, read_pool_file
+
+        n = pool_rows(self.batch_size, self.pool_share)
+        if not 1 <= n <= self.batch_size - 1:
+            raise OtplugError(f"--ot.pool_share={self.pool_share} of --ot.batch_size={self.batch_size} gives {n} pool "
+                              f"row(s) and {self.batch_size - n} paired row(s) per step; each must be at least 1 "
+                              "(raise --ot.batch_size or move the share)")
+        specs = read_pool_file(self.target_pool)
+        if any(s.pairing == "dtw" for s in specs) and len(self.sources) > 1:
+            raise OtplugError("--ot.target_pool: pairing = 'dtw' pairs a pool dataset with one source; this run has "
+                              f"{len(self.sources)} (use pairing = 'none', or one source)")
+        self.__dict__["_pool"] = specs
 
     def _check_scope_with_ema(self) -> None:
         """An EMA target encoder (a term with ``stopgrad_encoder = 'ema'``) is a copy of this process's policy:

@@ -147,7 +147,8 @@ def _train(cfg: Any, accelerator: Any, output_dir: Path) -> dict[str, Any]:
     dataloader = setup.make_bc_dataloader(cfg, dataset, sources, device, step, accelerator)
     accelerator.wait_for_everyone()
     policy, optimizer, dataloader, lr_scheduler = accelerator.prepare(policy, optimizer, dataloader, lr_scheduler)
-    ot_side = OTSide(cfg, dataset, sources, policy, preprocessor, accelerator, step) if ot.active else None
+    pool = setup.open_pool(cfg, dataset, accelerator)
+    ot_side = OTSide(cfg, dataset, sources, policy, preprocessor, accelerator, step, pool) if ot.active else None
     if ot_side is not None and cfg.resume and step > 0:
         ot_side.load(cfg.checkpoint_path)
     batches = _batches(dataloader, cfg, step)

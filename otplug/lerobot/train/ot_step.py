@@ -34,8 +34,9 @@ from otplug.ema import EMAEncoder
 from otplug.errors import OtplugError
 from otplug.lerobot.capture import CapturedEncoder, FeatureCapture
 from otplug.lerobot.datasets import base_key
-from otplug.lerobot.pair_dataset import PairSampling, cycle_epochs, make_pair_loader
+from otplug.lerobot.pair_dataset import PairSampling, cycle_epochs, fast_forward, make_pair_loader
 from otplug.lerobot.pair_mixture import make_pairs
+from otplug.lerobot.pool import PoolPairs, make_pool_loader, missing_pool_keys, pool_rows
 from otplug.lerobot.train.batches import check_image_range, concat_batches, images_to_float, rows
 from otplug.plugins import get_registry
 from otplug.policy_encoder import resolve_encoder, unwrap_policy
@@ -68,7 +69,7 @@ class OTSide:
     :meth:`after_step`, whatever the layout."""
 
     def __init__(self, cfg: Any, dataset: Any, sources: list[Any], policy: Any, preprocessor: Any, accelerator: Any,
-                 start_step: int) -> None:
+                 start_step: int, pool: list[Any] | None = None) -> None:
         ot = cfg.ot
         self.ot = ot
         self.accelerator = accelerator
@@ -77,16 +78,26 @@ class OTSide:
         #: the scope the loss is computed with: ``--ot.scope``, or ``rank`` with one process (the same plan)
         self.scope = "rank" if accelerator.num_processes == 1 else ot.scope
         rank = accelerator.process_index
+        #: target-pool rows per step (``--ot.target_pool``; 0 without a pool) and DTW-paired rows per step
+        self.pool_rows = pool_rows(ot.batch_size, ot.pool_share) if pool else 0
+        self.pair_rows = ot.batch_size - self.pool_rows
         self.pair_dataset = make_pairs(dataset, sources, ot.sources, make_sampling(ot),
                                        seed=(cfg.seed or 0) + 7919 * rank)
         gen = torch.Generator()
-        gen.manual_seed((cfg.seed or 0) * 1_000_003 + start_step + 104_729 * rank)
-        self.loader = make_pair_loader(self.pair_dataset, ot.batch_size, pair_workers(ot, cfg.num_workers), gen,
+        gen.manual_seed((cfg.seed or 0) * 1_000_003 + 104_729 * rank)
+        self.loader = make_pair_loader(self.pair_dataset, self.pair_rows, pair_workers(ot, cfg.num_workers), gen,
                                        self.camera_keys)
         if len(self.loader) == 0:
             raise OtplugError(f"--ot.batch_size={ot.batch_size} is larger than the OT pair dataset "
                               f"({len(self.pair_dataset)} target frames)")
-        self._pairs = cycle_epochs(self.pair_dataset, self.loader)
+        # a resumed run continues the uninterrupted run's pair order (no batch is loaded to get there)
+        self._pairs = cycle_epochs(self.pair_dataset, self.loader, fast_forward(self.loader, start_step))
+        self._pool = None
+        if pool:
+            pool_pairs = PoolPairs(pool, ot.pool, sources, [s.weight for s in ot.sources], make_sampling(ot),
+                                   seed=(cfg.seed or 0) + 7919 * rank)
+            self._pool = iter(make_pool_loader(pool_pairs, self.pool_rows, (cfg.seed or 0) + 104_729 * rank,
+                                               start_step, pair_workers(ot, cfg.num_workers), self.camera_keys))
         pcfg = unwrap_policy(policy).config
         self.policy_inputs = sorted(set(pcfg.input_features) | set(pcfg.output_features))
         self.loss_fn = otplug.OTLoss(ot.loss_config) if ot.has_loss else None
@@ -107,6 +118,8 @@ class OTSide:
                 self.tgt_keys = sorted(set(self.tgt_keys) | set(pcfg.input_features))
             self.encoder = resolve_encoder(policy) if self.embed_keys or self.predicting else None
             self._check_prediction()
+            if pool:
+                self._check_pool(pool)
         self.layout: SinglePass | Separate = LAYOUTS[ot.layout](self, policy, accelerator.is_main_process)
         if self.loss_fn is not None and self.loss_fn.needs_ema_encoder:
             # a slowly updated copy of the policy gives the stop-gradient side's features (ROT's target encoder)
@@ -128,6 +141,18 @@ class OTSide:
             raise OtplugError(f"OT term {names} compares the policy's predicted actions: --ot.scope=global cannot "
                               "gather them across processes yet; use --ot.scope=rank")
 
+    def _check_pool(self, pool: list[Any]) -> None:
+        """Every term key the target side reads must be in every pool dataset (named before the first step)."""
+        from otplug.cost import term_keys
+
+        needed = {t.name: sorted({base_key(k) for k in term_keys(t, "tgt")}) for t in self.loss_fn.terms}
+        if self.predicting:
+            needed["(policy inputs of " + ", ".join(self.predicting) + ")"] = sorted(
+                base_key(k) for k in self.tgt_keys if k.startswith("observation."))
+        why = missing_pool_keys(needed, pool, self.ot.pool)
+        if why is not None:
+            raise OtplugError(why)
+
     def _check_features(self, features: Any) -> None:
         for key in sorted(set(self.src_keys) | set(self.tgt_keys)):
             base = base_key(key)
@@ -140,6 +165,32 @@ class OTSide:
         batch): one decoding path whatever the storage."""
         src, tgt = next(self._pairs)
         return images_to_float(dict(src), self.camera_keys), images_to_float(dict(tgt), self.camera_keys)
+
+    def next_pool(self) -> tuple[dict, dict, int] | None:
+        """The next pool rows ``(src, tgt, paired)``, preprocessed (they never enter the policy's BC forward; the
+        loss encodes them), or None without a pool. ``paired``: how many lead rows are DTW pairs."""
+        if self._pool is None:
+            return None
+        src, tgt, paired = next(self._pool)
+        src, tgt = images_to_float(dict(src), self.camera_keys), images_to_float(dict(tgt), self.camera_keys)
+        check_image_range(src, self.camera_keys, "source rows of the pool")
+        check_image_range(tgt, self.camera_keys, "target pool rows")
+        return self.preprocessor(src), self.preprocessor(tgt), int(paired)
+
+    def with_pool(self, src: dict, tgt: dict, n: int) -> tuple[dict, dict, int | None]:
+        """``src`` / ``tgt`` (``n`` pairs each, as the loss reads them) followed by this step's pool rows, and the
+        number of paired rows in front (None without a pool). Only the keys both parts carry are kept, so a pool
+        without ``action`` drops ``action`` from the target side (:meth:`_check_pool` made sure no term reads it)."""
+        extra = self.next_pool()
+        if extra is None:
+            return src, tgt, None
+        psrc, ptgt, paired = extra
+        keys_src, keys_tgt = set(src), set(tgt)
+        psrc = {k: v for k, v in psrc.items() if k in keys_src}
+        ptgt = {k: v for k, v in ptgt.items() if k in keys_tgt}
+        src = concat_batches([src, psrc], what="[pairs, pool]")
+        tgt = concat_batches([tgt, ptgt], what="[pairs, pool]")
+        return src, tgt, n + paired
 
     def build_batch(self, bc_batch: dict) -> tuple[dict, int]:
         """The batch the policy's forward runs on and the number of pairs ``n`` in it (see the layouts);
@@ -160,9 +211,11 @@ class OTSide:
         res.metrics["ot_capture_fallback"] = float(len(self.layout.fallback_keys))
         return res
 
-    def solve(self, src: dict, tgt: dict, encoder: Any) -> Any:
-        """The OT loss of ``src`` / ``tgt`` in this run's scope, with the EMA encoder when the terms use one."""
-        return scoped_ot(self.loss_fn, src, tgt, encoder=encoder, scope=self.scope, ema_encoder=self.ema)
+    def solve(self, src: dict, tgt: dict, encoder: Any, paired: int | None = None) -> Any:
+        """The OT loss of ``src`` / ``tgt`` in this run's scope, with the EMA encoder when the terms use one;
+        ``paired``: the number of paired rows in front of the pool's (None without a pool)."""
+        return scoped_ot(self.loss_fn, src, tgt, encoder=encoder, scope=self.scope, ema_encoder=self.ema,
+                         paired=paired)
 
     def after_backward(self) -> None:
         self.layout.after_backward()
@@ -247,11 +300,14 @@ class SinglePass:
         side = self.side
         sides = {"src": slice(0, n), "tgt": slice(n, 2 * n)}
         src, tgt = rows(batch, side.src_keys, sides["src"]), rows(batch, side.tgt_keys, sides["tgt"])
+        # pool rows (and their source rows) follow the pairs; their features come from an encoder pass of their own
+        src, tgt, paired = side.with_pool(src, tgt, n)
         encoder = side.encoder if side.predicting else None
         if self.capture is not None:
             encoder = CapturedEncoder(self.capture, sides, fallback=side.encoder if self.fallback_keys else None,
-                                      predictor=side.encoder if side.predicting else None)
-        return side.solve(src, tgt, encoder)
+                                      predictor=side.encoder if side.predicting else None,
+                                      tail=side.encoder if paired is not None else None)
+        return side.solve(src, tgt, encoder, paired)
 
     def after_backward(self) -> None:
         if self.capture is not None:
@@ -269,6 +325,7 @@ class Separate:
         self.side = side
         self.fallback_keys: list[str] = []  # every embedding comes from an encoder pass of its own
         self._last_pairs: tuple[dict, dict] | None = None  # the last pairs (a step's recomputation)
+        self._last_pool: tuple[dict, dict, int | None] | None = None  # the last pairs with their pool rows
         factory = get_registry().get("alignment", side.ot.alignment, field="--ot.alignment").load()
         self.alignment = factory()
 
@@ -287,10 +344,17 @@ class Separate:
         check_image_range(src, side.camera_keys, "source pairs")
         check_image_range(tgt, side.camera_keys, "target pairs")
         src, tgt = side.preprocessor(src), side.preprocessor(tgt)
+        n_pairs = len(next(v for v in src.values() if isinstance(v, torch.Tensor)))
+        if replay and self._last_pool is not None:
+            src, tgt, paired = self._last_pool
+        else:
+            src, tgt, paired = side.with_pool(src, tgt, n_pairs)
+            self._last_pool = (src, tgt, paired)
         if self.alignment is not None:
             src = self.alignment(src, bc_batch, device)
             tgt = self.alignment(tgt, bc_batch, device)
-        return side.solve(src, tgt, side.encoder if side.predicting else policy if side.encoder is not None else None)
+        return side.solve(src, tgt, side.encoder if side.predicting else policy if side.encoder is not None else None,
+                          paired)
 
     def after_backward(self) -> None:
         pass

@@ -28,6 +28,7 @@ __all__ = [
     "make_processors",
     "make_run_sinks",
     "open_datasets",
+    "open_pool",
     "set_optimizer_impl",
     "write_run_info",
     "contiguous_optimizer_state",
@@ -129,6 +130,7 @@ def open_datasets(cfg: Any, accelerator: Any) -> tuple[Any, list[Any]]:
     transforms and feature names."""
     from lerobot.datasets.factory import make_train_eval_datasets
 
+    check_has_actions(cfg.dataset.repo_id, cfg.dataset.root)
     try:
         if accelerator.is_main_process:
             dataset, _eval = make_train_eval_datasets(cfg)
@@ -154,6 +156,35 @@ def open_datasets(cfg: Any, accelerator: Any) -> tuple[Any, list[Any]]:
     sources = [maybe_cache(src, cfg.ot.frame_cache, cfg.ot.frame_cache_max_gib, say=say, store=store)
                for src in sources]
     return dataset, sources
+
+
+def check_has_actions(repo_id: Any, root: Any) -> None:
+    """The BC dataset must have an ``action`` feature; a camera + state log without one is refused with one line
+    (it can join the alignment as a ``--ot.target_pool`` dataset)."""
+    if not root:
+        return
+    info = Path(root).expanduser() / "meta" / "info.json"
+    try:
+        features = json.loads(info.read_text()).get("features", {})
+    except (OSError, ValueError, AttributeError):
+        return  # lerobot's factory says what is wrong with the folder
+    if isinstance(features, dict) and features and "action" not in features:
+        raise OtplugError(f"--dataset.repo_id {repo_id} ({root}) has no 'action' feature (features: "
+                          f"{', '.join(sorted(features))}): behaviour cloning trains on actions; a dataset without them "
+                          "(a camera + state log) can join the alignment as a --ot.target_pool dataset")
+
+
+def open_pool(cfg: Any, dataset: Any, accelerator: Any) -> list[Any]:
+    """The target pool's datasets (``--ot.target_pool``), opened like the sources (the target's time windows and
+    names, ``action`` optional) and decoded once when the frame cache says so."""
+    if not cfg.ot.pool:
+        return []
+    from otplug.lerobot.pool import open_pool as _open
+
+    pools = _open(cfg.ot.pool, like=dataset)
+    say = print if accelerator.is_main_process else None
+    return [maybe_cache(ds, cfg.ot.frame_cache, cfg.ot.frame_cache_max_gib, say=say, store=cfg.ot.frame_cache_dir)
+            for ds in pools]
 
 
 def set_optimizer_impl(optimizer: Any, impl: str) -> None:
@@ -300,7 +331,8 @@ def write_run_info(output_dir: Path, cfg: Any, accelerator: Any, dataset: Any, s
         "ot": {k: getattr(cfg.ot, k) for k in ("enabled", "config", "lambda_ot", "layout", "batch_size", "scope",
                                                 "source_repo_id", "source_root", "pair_info", "sources_file",
                                                 "bc_source_weight", "cotrain_only", "frame_cache",
-                                                "frame_cache_dir", "optimizer_impl", "memory_format")},
+                                                "frame_cache_dir", "optimizer_impl", "memory_format",
+                                                "target_pool", "pool_share")},
     }
     from otplug.environment import environment, environment_key, precision_info
 
@@ -312,6 +344,15 @@ def write_run_info(output_dir: Path, cfg: Any, accelerator: Any, dataset: Any, s
     info["data_hashes"] = {"dataset": kept_content_hash(cfg.dataset.root) if cfg.dataset.root else None,
                            "sources": [kept_content_hash(spec.root) if spec.root else None
                                        for spec in (cfg.ot.sources if sources else [])]}
+    if cfg.ot.pool:
+        from otplug.lerobot.pool import pool_rows
+
+        rows = pool_rows(cfg.ot.batch_size, cfg.ot.pool_share)
+        info["target_pool"] = {"file": cfg.ot.target_pool, "share": cfg.ot.pool_share, "rows_per_step": rows,
+                               "paired_rows_per_step": cfg.ot.batch_size - rows,
+                               "datasets": [spec.summary() for spec in cfg.ot.pool]}
+        info["data_hashes"]["target_pool"] = [kept_content_hash(spec.root) if spec.root else None
+                                              for spec in cfg.ot.pool]
     info["environment"] = environment()
     info["environment_key"] = environment_key(info["environment"])
     if sources:
