@@ -236,5 +236,9 @@ def make_pool_loader(pool_pairs: PoolPairs, n: int, seed: int, start_step: int, 
                      camera_keys: Sequence[str] = ()) -> torch.utils.data.DataLoader:
     """The pool's loader: ``n`` rows per step from :class:`PoolBatches` (starting at ``start_step``)."""
     sampler = PoolBatches(pool_pairs.sizes, [s.weight for s in pool_pairs.specs], n, seed, start_step)
-    return torch.utils.data.DataLoader(pool_pairs, batch_sampler=sampler, num_workers=num_workers,
+    # a generator of its own: a DataLoader iterator draws its base seed from it, and from torch's global RNG without
+    # one -- which would move the policy's dropout and VAE draws, so that the pool changed the BC loss
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    return torch.utils.data.DataLoader(pool_pairs, batch_sampler=sampler, num_workers=num_workers, generator=gen,
                                        collate_fn=functools.partial(collate_pool, camera_keys=tuple(camera_keys)))

@@ -185,12 +185,7 @@ class OTSide:
         if extra is None:
             return src, tgt, None
         psrc, ptgt, paired = extra
-        keys_src, keys_tgt = set(src), set(tgt)
-        psrc = {k: v for k, v in psrc.items() if k in keys_src}
-        ptgt = {k: v for k, v in ptgt.items() if k in keys_tgt}
-        src = concat_batches([src, psrc], what="[pairs, pool]")
-        tgt = concat_batches([tgt, ptgt], what="[pairs, pool]")
-        return src, tgt, n + paired
+        return _joined(src, psrc), _joined(tgt, ptgt), n + paired
 
     def build_batch(self, bc_batch: dict) -> tuple[dict, int]:
         """The batch the policy's forward runs on and the number of pairs ``n`` in it (see the layouts);
@@ -254,6 +249,16 @@ class OTSide:
             from otplug.config.files import read_json_file
 
             self.loss_fn.load_state_dict(read_json_file(path, what="OT terms state"))
+
+
+def _joined(pairs: dict, pool: dict) -> dict:
+    """The rows of ``pairs`` then ``pool`` on the keys both carry as tensors (or both as lists): a key only one
+    part has, or has as ``None`` (a preprocessor's placeholder for a missing feature), is left out."""
+    def kind(v: Any) -> str | None:
+        return "tensor" if isinstance(v, torch.Tensor) else "list" if isinstance(v, list | tuple) else None
+
+    keys = [k for k in pairs if k in pool and kind(pairs[k]) is not None and kind(pairs[k]) == kind(pool[k])]
+    return concat_batches([{k: pairs[k] for k in keys}, {k: pool[k] for k in keys}], what="[pairs, pool]")
 
 
 class SinglePass:
