@@ -61,20 +61,29 @@ MMD_LINEAR: dict[str, Any] = {
     "terms": [{"type": "image", "name": "img", "src_key": CAMERA_KEY, "weight": 1.0, "scale_anchor": 1.0}],
 }
 
-#: OT with a target pool (``cotrain-ot-pool``): the recommended config without its action-slice term, which reads the
-#: real actions a pool does not have. The DTW pairs keep the diagonal prior; the pool rows and the sim rows drawn for
-#: them are one block solved with the product prior (docs/math.md §9): the plan pairs them through the image cost.
+#: OT with a target pool (``cotrain-ot-pool``): the recommended config's image term alone -- its action term reads the
+#: real actions a pool does not have -- on the raw cost (``cost_normalization = "none"``). The DTW pairs keep the
+#: diagonal prior; the pool rows and the sim rows drawn for them are one block solved with the product prior
+#: (docs/math.md §9): the plan pairs them through the image cost. Why not normalised: with the image term alone M's
+#: mean is the image cost's own, and dividing by it (a constant for autograd) scales the image gradient by 1/mean --
+#: the smaller the distances, the larger the pull. On dev (round 1, docs/benchmark.md) the compared features then
+#: collapsed to one point (the image cost fell 2000x to 1e-5 with its scale held by the anchor) and success with them.
 POOL_OT: dict[str, Any] = {
     **RECOMMENDED_OT,
+    "cost_normalization": "none",
     "terms": [t for t in RECOMMENDED_OT["terms"] if t["type"] == "image"],
 }
 
-#: The joint-cost variant (``cotrain-ot-joint-pool``): :data:`POOL_OT` plus the ``joint`` term's label part (DeepJDOT /
+#: The joint-cost variant (``cotrain-ot-joint-pool``): the image term plus the ``joint`` term's label part (DeepJDOT /
 #: JUMBOT for policies, docs/math.md §8): a sim row's action chunk against the policy's predicted chunk on the real
-#: frame, with gradient into the policy -- it needs no real actions, so it reaches the pool rows. Its feature part is
-#: off (``weight_embed = 0``): the image term, with its scale held, is the feature distance.
+#: frame -- it needs no real actions, so it reaches the pool rows. The prediction is a constant here
+#: (``stopgrad_prediction``): the label part chooses *which* sim frames a real frame is transported to (those whose
+#: actions the policy would take there), the image term pulls their features together. With the gradient into the
+#: prediction (DeepJDOT's form) the pseudo-labels pulled real-A success from 0.38 to 0.21 on dev (round 1). Its
+#: feature part is off (``weight_embed = 0``): the image term, with its scale held, is the feature distance; the label
+#: part, constant for autograd, dominates M's mean, so the mean normalisation does not amplify the image gradient.
 POOL_JOINT_OT: dict[str, Any] = {
-    **POOL_OT,
+    **RECOMMENDED_OT,
     "terms": [*POOL_OT["terms"], {"type": "joint", "name": "joint", "src_key": CAMERA_KEY, "weight": 0.5,
-                                  "weight_embed": 0.0, "weight_label": 1.0}],
+                                  "weight_embed": 0.0, "weight_label": 1.0, "stopgrad_prediction": True}],
 }

@@ -355,3 +355,15 @@ def test_record_play_is_goal_blind_and_has_no_actions(tmp_path):
     assert {sample_scene(s, "A").region for s in seeds} == {"A"}
     xs = np.concatenate([e["state"][:, 0] for e in a])
     assert xs.min() < -0.3 and xs.max() > 0.3  # the sweep crosses both halves of the workspace
+
+
+def test_otplug_record_motion_writes_a_pool_dataset(tmp_path, capsys):
+    pytest.importorskip("lerobot")
+    from otplug.cli import main as cli
+
+    assert cli(["record", "--out", str(tmp_path / "log"), "--motion", "waypoints", "--episodes", "2",
+                "--image-size", "16", "--scene-seed", "70000"]) == 0
+    assert "waypoints motion, no actions" in capsys.readouterr().out
+    assert "action" not in json.loads((tmp_path / "log" / "meta" / "info.json").read_text())["features"]
+    assert cli(["record", "--out", str(tmp_path / "log2"), "--motion", "waypoints", "--expert-noise", "0.1"]) == 2
+    assert "--expert-noise is the expert's" in capsys.readouterr().err

@@ -267,11 +267,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video", action="store_true", help="store the camera as MP4 (decode with pyav)")
     p.add_argument("--repo-id", help="dataset repo id (default otplug/reach_<domain>_<region>)")
     p.add_argument("--expert-noise", type=float, default=0.0, help="std of noise on the expert's commands")
+    p.add_argument("--motion", choices=PLAY_MOTIONS, help="record a goal-blind motion instead of the expert: a camera "
+                   "+ state log without actions (a --ot.target_pool dataset)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.motion is not None:
+        if args.expert_noise:
+            raise OtplugError("--expert-noise is the expert's; a --motion recording has no expert")
+        res = record_play(args.out, domain=args.domain, region=args.region, n_episodes=args.episodes, seed=args.seed,
+                          scene_seed=args.scene_seed, image_size=args.image_size, max_steps=args.max_steps,
+                          fps=args.fps, use_videos=args.video, repo_id=args.repo_id, motion=args.motion)
+        print(f"wrote {res.episodes} episodes ({res.frames} frames, {args.motion} motion, no actions) to {res.root} "
+              f"[repo_id {res.repo_id}]", file=sys.stdout)
+        return 0
     res = record_demos(args.out, domain=args.domain, region=args.region, n_episodes=args.episodes, seed=args.seed,
                        scene_seed=args.scene_seed, image_size=args.image_size, max_steps=args.max_steps,
                        fps=args.fps, use_videos=args.video, repo_id=args.repo_id, expert_noise=args.expert_noise)

@@ -8,20 +8,27 @@ scenes; only for the offline signal "held-out real BC loss").
 
 Methods (every one the same policy, steps, BC rows per step and training seeds; they differ only in data and loss):
 
-=====================  =============================================================================================
-``target-only``        BC on the real demos only
-``source-only``        BC on the sim demos only
-``cotrain``            BC on real + sim rows (``--ot.bc_source_weight``) plus the DTW-paired rows the OT methods
-                       get (``--ot.cotrain_only``): exactly their rows, no OT loss
-``cotrain-mmd``        co-training + the paper's MMD baseline: the energy distance between the sim and real image
-                       features (:data:`MMD_ENERGY`; geomloss's ``SamplesLoss("energy")``), no pairing used
-``cotrain-mmd-linear`` co-training + a linear-kernel MMD (mean-embedding matching, :data:`MMD_LINEAR`)
-``cotrain-ot``         co-training + the OT loss (the recommended config, :data:`RECOMMENDED_OT`: the image
-                       features' scale held by ``scale_anchor``)
-``cotrain-ot-plain``   the same without ``scale_anchor`` (:data:`PLAIN_OT`, the recommended config before it)
-``cotrain-ot-noprior`` co-training + OT without the diagonal prior (``heuristic = false``)
-``cotrain-ot-l2``      co-training + OT on unit-length image features (``embed_norm = "l2"``), no prior, no anchor
-=====================  =============================================================================================
+=========================  ===========================================================================================
+``target-only``            BC on the real demos only
+``source-only``            BC on the sim demos only
+``cotrain``                BC on real + sim rows (``--ot.bc_source_weight``) plus the DTW-paired rows the OT methods
+                           get (``--ot.cotrain_only``): exactly their rows, no OT loss
+``cotrain-mmd``            co-training + the paper's MMD baseline: the energy distance between the sim and real image
+                           features (:data:`MMD_ENERGY`; geomloss's ``SamplesLoss("energy")``), no pairing used
+``cotrain-mmd-linear``     co-training + a linear-kernel MMD (mean-embedding matching, :data:`MMD_LINEAR`)
+``cotrain-ot``             co-training + the OT loss (the recommended config, :data:`RECOMMENDED_OT`: the image
+                           features' scale held by ``scale_anchor``)
+``cotrain-ot-plain``       the same without ``scale_anchor`` (:data:`PLAIN_OT`, the recommended config before it)
+``cotrain-ot-noprior``     co-training + OT without the diagonal prior (``heuristic = false``)
+``cotrain-ot-l2``          co-training + OT on unit-length image features (``embed_norm = "l2"``), no prior, no anchor
+``cotrain-ot-pool``        co-training + OT that also sees the unlabelled real pool (:data:`POOL_OT`;
+                           ``--ot.target_pool``: ``pool_rows`` pool frames and as many uniformly drawn sim frames join
+                           the DTW pairs of each OT batch, never BC rows; the image term, the pairs under the diagonal
+                           prior, the pool block under the product prior)
+``cotrain-mmd-pool``       the MMD baseline with the same pool frames among its real features (:data:`MMD_ENERGY`)
+``cotrain-ot-joint-pool``  ``cotrain-ot-pool`` + the ``joint`` term's label part (:data:`POOL_JOINT_OT`): sim actions
+                           against the policy's predicted actions on the real frames
+=========================  ===========================================================================================
 
 The one-dataset methods (target-only, source-only) train on as many rows per step as the co-training methods
 (``batch_size + 2 * ot_batch_size``). Splits (``--split``): ``dev`` evaluates on scenes 200000.. with training seeds

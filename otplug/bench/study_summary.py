@@ -29,7 +29,7 @@ __all__ = ["ALIGNMENT_METHODS", "BASELINE", "summarize"]
 BASELINE = "cotrain"
 #: methods that add an alignment loss to co-training (their gap is compared with co-training's)
 ALIGNMENT_METHODS = ("cotrain-mmd", "cotrain-mmd-linear", "cotrain-ot", "cotrain-ot-plain", "cotrain-ot-noprior",
-                     "cotrain-ot-l2")
+                     "cotrain-ot-l2", "cotrain-ot-pool", "cotrain-mmd-pool", "cotrain-ot-joint-pool")
 
 
 def _by_seed(rows: Sequence[Mapping[str, Any]], method: str, domain: str, region: str) -> dict[int, Mapping[str, Any]]:

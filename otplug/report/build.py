@@ -30,7 +30,7 @@ from otplug.report.page import Page, esc, fmt
 __all__ = ["build_report", "run_page", "study_page"]
 
 REPORT_NAME = "report.html"
-FINAL_KEYS = ["bc_loss", "ot_loss", "loss", "ot_pi_sum", "ot_pi_diag", "bc_source_fraction", "diag/*",
+FINAL_KEYS = ["bc_loss", "ot_loss", "loss", "ot_pi_sum", "ot_pi_diag", "ot_pool_mass", "bc_source_fraction", "diag/*",
               "ot_embed_scale/*", "ot_cost_share/*", "ot_cost/*", "grad_norm", "lr"]
 
 
@@ -84,6 +84,16 @@ def _header(page: Page, run: RunFolder) -> None:
     if ot.get("enabled") or ot.get("cotrain_only"):
         items += [(f"--ot.{k}", ot.get(k)) for k in ("lambda_ot", "layout", "batch_size", "scope", "pair_info",
                                                       "config", "cotrain_only") if k in ot]
+    pool = info.get("target_pool")
+    if isinstance(pool, dict):
+        names = ", ".join(f"{d.get('name')} ({d.get('root')}, weight {d.get('weight')}, pairing {d.get('pairing')})"
+                          for d in pool.get("datasets") or [] if isinstance(d, dict))
+        items.append(("target pool (OT only, never BC)",
+                      f"{names or '?'}; share {pool.get('share')}: {pool.get('rows_per_step')} pool rows + "
+                      f"{pool.get('paired_rows_per_step')} paired rows per OT batch"))
+        last = next((r for r in reversed(run.rows) if "ot_pool_mass" in r), None)
+        if last is not None:
+            items.append(("plan mass on pool rows (last logged step)", f"{last['ot_pool_mass']:.3f}"))
     cfg = run.ot_config
     if cfg is not None:
         items.append(("OT solver options", ", ".join(f"{k}={cfg[k]}" for k in ("reg", "tau_src", "tau_tgt", "heuristic",

@@ -39,9 +39,9 @@ def concat_batches(parts: Sequence[Mapping[str, Any]], required: Sequence[str] =
                    what: str = "[src, tgt, bc]") -> dict[str, Any]:
     """Row-concatenate collated lerobot batches on their common keys (tensors by ``cat``, lists by ``+``).
 
-    ``what`` names the parts in messages. ``required`` keys must be in every part (named with the part that lacks them); tensors must agree in every
-    dimension but the first, and in dtype (a uint8 part beside a float part would be promoted silently and skip
-    the image step).
+    ``what`` names the parts in messages. ``required`` keys must be in every part (named with the part that lacks
+    them); tensors must agree in every dimension but the first, and in dtype (a uint8 part beside a float part would
+    be promoted silently and skip the image step).
     """
     common = set(parts[0])
     for p in parts[1:]:

@@ -42,6 +42,7 @@ from otplug.lerobot.train import setup
 from otplug.lerobot.train.batches import check_image_range, images_to_float
 from otplug.lerobot.train.metrics import Window, reduce_metrics
 from otplug.lerobot.train.ot_step import OTSide
+from otplug.lerobot.train.run_data import open_run_data
 from otplug.lerobot.train.probe import make_recorder
 from otplug.lerobot.train.run_dir import RunLock, write_checkpoint
 from otplug.lerobot.train.step import check_finite_weights, update_policy
@@ -133,7 +134,8 @@ def train(cfg: Any, accelerator: Any = None, *, end_training: bool = True) -> di
 def _train(cfg: Any, accelerator: Any, output_dir: Path) -> dict[str, Any]:
     is_main, device, ot = accelerator.is_main_process, accelerator.device, cfg.ot
     accelerator.wait_for_everyone()
-    dataset, sources = setup.open_datasets(cfg, accelerator)
+    data = open_run_data(cfg, accelerator)  # every dataset and pair dataset of the run, built once
+    dataset, sources = data.dataset, data.sources
     policy = make_policy(cfg=cfg.policy, ds_meta=dataset.meta, rename_map=cfg.rename_map)
     setup.set_memory_format(policy, ot.memory_format)
     accelerator.wait_for_everyone()
@@ -147,8 +149,7 @@ def _train(cfg: Any, accelerator: Any, output_dir: Path) -> dict[str, Any]:
     dataloader = setup.make_bc_dataloader(cfg, dataset, sources, device, step, accelerator)
     accelerator.wait_for_everyone()
     policy, optimizer, dataloader, lr_scheduler = accelerator.prepare(policy, optimizer, dataloader, lr_scheduler)
-    pool = setup.open_pool(cfg, dataset, accelerator)
-    ot_side = OTSide(cfg, dataset, sources, policy, preprocessor, accelerator, step, pool) if ot.active else None
+    ot_side = OTSide(cfg, data, policy, preprocessor, accelerator, step) if ot.active else None
     if ot_side is not None and cfg.resume and step > 0:
         ot_side.load(cfg.checkpoint_path)
     batches = _batches(dataloader, cfg, step)

@@ -34,24 +34,14 @@ from otplug.ema import EMAEncoder
 from otplug.errors import OtplugError
 from otplug.lerobot.capture import CapturedEncoder, FeatureCapture
 from otplug.lerobot.datasets import base_key
-from otplug.lerobot.pair_dataset import PairSampling, cycle_epochs, fast_forward, make_pair_loader
-from otplug.lerobot.pair_mixture import make_pairs
-from otplug.lerobot.pool import PoolPairs, make_pool_loader, missing_pool_keys, pool_rows
+from otplug.lerobot.pair_dataset import cycle_epochs, fast_forward, make_pair_loader
+from otplug.lerobot.pool import make_pool_loader, missing_pool_keys, pool_rows
 from otplug.lerobot.train.batches import check_image_range, concat_batches, images_to_float, rows
+from otplug.lerobot.train.run_data import RunData
 from otplug.plugins import get_registry
 from otplug.policy_encoder import resolve_encoder, unwrap_policy
 
-__all__ = ["LAYOUTS", "OTSide", "Separate", "SinglePass", "make_sampling"]
-
-
-def make_sampling(ot: Any) -> PairSampling:
-    """The pair sampling options of the ``ot`` section (unset options keep :class:`PairSampling`'s defaults)."""
-    wanted = {"mode": ot.weighting, "sharpness": ot.sharpness, "cutoff": ot.cutoff, "top_k": ot.top_k,
-              "window_size": ot.window_size, "no_window": ot.no_window}
-    try:
-        return PairSampling(**{k: v for k, v in wanted.items() if v is not None})
-    except (TypeError, ValueError) as exc:
-        raise OtplugError(f"--ot sampling options: {exc}") from exc
+__all__ = ["LAYOUTS", "OTSide", "Separate", "SinglePass"]
 
 
 def pair_workers(ot: Any, bc_workers: int) -> int:
@@ -68,36 +58,33 @@ class OTSide:
     The loop calls :meth:`build_batch`, :meth:`capturing`, :meth:`loss`, :meth:`after_backward` and
     :meth:`after_step`, whatever the layout."""
 
-    def __init__(self, cfg: Any, dataset: Any, sources: list[Any], policy: Any, preprocessor: Any, accelerator: Any,
-                 start_step: int, pool: list[Any] | None = None) -> None:
+    def __init__(self, cfg: Any, data: RunData, policy: Any, preprocessor: Any, accelerator: Any,
+                 start_step: int) -> None:
         ot = cfg.ot
         self.ot = ot
         self.accelerator = accelerator
-        self.camera_keys = list(dataset.meta.camera_keys)
+        self.camera_keys = data.camera_keys
         self.preprocessor = preprocessor
         #: the scope the loss is computed with: ``--ot.scope``, or ``rank`` with one process (the same plan)
         self.scope = "rank" if accelerator.num_processes == 1 else ot.scope
         rank = accelerator.process_index
         #: target-pool rows per step (``--ot.target_pool``; 0 without a pool) and DTW-paired rows per step
-        self.pool_rows = pool_rows(ot.batch_size, ot.pool_share) if pool else 0
+        self.pool_rows = pool_rows(ot.batch_size, ot.pool_share) if data.pool_pairs is not None else 0
         self.pair_rows = ot.batch_size - self.pool_rows
-        self.pair_dataset = make_pairs(dataset, sources, ot.sources, make_sampling(ot),
-                                       seed=(cfg.seed or 0) + 7919 * rank)
+        self.pair_dataset = data.pairs
         gen = torch.Generator()
         gen.manual_seed((cfg.seed or 0) * 1_000_003 + 104_729 * rank)
-        self.loader = make_pair_loader(self.pair_dataset, self.pair_rows, pair_workers(ot, cfg.num_workers), gen,
-                                       self.camera_keys)
+        workers = pair_workers(ot, cfg.num_workers)
+        self.loader = make_pair_loader(self.pair_dataset, self.pair_rows, workers, gen, self.camera_keys)
         if len(self.loader) == 0:
             raise OtplugError(f"--ot.batch_size={ot.batch_size} is larger than the OT pair dataset "
                               f"({len(self.pair_dataset)} target frames)")
         # a resumed run continues the uninterrupted run's pair order (no batch is loaded to get there)
         self._pairs = cycle_epochs(self.pair_dataset, self.loader, fast_forward(self.loader, start_step))
         self._pool = None
-        if pool:
-            pool_pairs = PoolPairs(pool, ot.pool, sources, [s.weight for s in ot.sources], make_sampling(ot),
-                                   seed=(cfg.seed or 0) + 7919 * rank)
-            self._pool = iter(make_pool_loader(pool_pairs, self.pool_rows, (cfg.seed or 0) + 104_729 * rank,
-                                               start_step, pair_workers(ot, cfg.num_workers), self.camera_keys))
+        if data.pool_pairs is not None:
+            self._pool = iter(make_pool_loader(data.pool_pairs, self.pool_rows, (cfg.seed or 0) + 104_729 * rank,
+                                               start_step, workers, self.camera_keys))
         pcfg = unwrap_policy(policy).config
         self.policy_inputs = sorted(set(pcfg.input_features) | set(pcfg.output_features))
         self.loss_fn = otplug.OTLoss(ot.loss_config) if ot.has_loss else None
@@ -110,7 +97,7 @@ class OTSide:
         if self.loss_fn is not None:
             self.src_keys = sorted(self.loss_fn.required_keys("src") | self.loss_fn.optional_keys("src"))
             self.tgt_keys = sorted(self.loss_fn.required_keys("tgt") | self.loss_fn.optional_keys("tgt"))
-            self._check_features(dataset.meta.features)
+            self._check_features(data.dataset.meta.features)
             self.embed_keys = sorted(self.loss_fn.embedding_keys)
             self.predicting = self.loss_fn.predicts_actions
             if self.predicting:
@@ -118,8 +105,8 @@ class OTSide:
                 self.tgt_keys = sorted(set(self.tgt_keys) | set(pcfg.input_features))
             self.encoder = resolve_encoder(policy) if self.embed_keys or self.predicting else None
             self._check_prediction()
-            if pool:
-                self._check_pool(pool)
+            if data.pool:
+                self._check_pool(data.pool)
         self.layout: SinglePass | Separate = LAYOUTS[ot.layout](self, policy, accelerator.is_main_process)
         if self.loss_fn is not None and self.loss_fn.needs_ema_encoder:
             # a slowly updated copy of the policy gives the stop-gradient side's features (ROT's target encoder)

@@ -170,8 +170,8 @@ def check_has_actions(repo_id: Any, root: Any) -> None:
         return  # lerobot's factory says what is wrong with the folder
     if isinstance(features, dict) and features and "action" not in features:
         raise OtplugError(f"--dataset.repo_id {repo_id} ({root}) has no 'action' feature (features: "
-                          f"{', '.join(sorted(features))}): behaviour cloning trains on actions; a dataset without them "
-                          "(a camera + state log) can join the alignment as a --ot.target_pool dataset")
+                          f"{', '.join(sorted(features))}): behaviour cloning trains on actions; a dataset without "
+                          "them (a camera + state log) can join the alignment as a --ot.target_pool dataset")
 
 
 def open_pool(cfg: Any, dataset: Any, accelerator: Any) -> list[Any]:
