@@ -287,7 +287,7 @@ class OTLoss:
         are unpaired rows (a target pool's frames and the source frames drawn for them). With the diagonal prior
         (``heuristic = true``) the plan is then block-diagonal: the pairs keep the diagonal prior, the unpaired
         block is solved with the product prior (docs/math.md §9). Without the prior every row is in one problem
-        and ``paired`` only adds the metrics ``ot_pool_rows`` / ``ot_pool_mass``."""
+        and ``paired`` only adds the metrics ``ot_unpaired_rows`` / ``ot_unpaired_mass``."""
         if paired is not None:
             n = _rows_of(src)
             if isinstance(paired, bool) or not isinstance(paired, int) or not 0 <= paired <= n or _rows_of(tgt) != n:
@@ -318,6 +318,7 @@ class OTLoss:
             M = M / scale
             within = {side: w / scale for side, w in within.items()}
             metrics["ot_cost_scale"] = scale
+            self._watch_scale(scale)
         if cfg.debias:
             res = self._debiased(M, within, breakdown.terms, metrics, paired)
         else:
@@ -357,6 +358,23 @@ class OTLoss:
         metrics["ot_solver/converged"] = float(converged)
         return attrs.evolve(res, loss=loss, metrics=metrics, within_plans=plans, within_costs=dict(within))
 
+    #: the normalised cost's scale fallen below this fraction of its first value is reported once
+    SCALE_DROP = 1e-3
+
+    def _watch_scale(self, scale: float) -> None:
+        """Dividing M by its own mean (or max) is a constant for autograd: the gradient of the normalised loss grows
+        as 1/scale. When the scale falls far below its first value the compared features are collapsing onto each
+        other (every distance shrinking together) -- reported once, with the way out."""
+        first = self.__dict__.setdefault("_first_scale", scale)
+        if scale < self.SCALE_DROP * first and not self.__dict__.get("_scale_warned"):
+            self.__dict__["_scale_warned"] = True
+            warnings.warn(
+                f"the OT cost's {self.config.cost_normalization} fell to {scale:.3g} from {first:.3g} at the first "
+                "call (metric ot_cost_scale): the features the terms compare are collapsing onto each other, and "
+                "the normalisation (a constant for autograd) amplifies the pull as 1/scale. Use cost_normalization = "
+                "'none', or add a term that does not depend on the features (docs/math.md §7, §9)",
+                OTCollapseWarning, stacklevel=4)
+
     #: a term whose share of M stays below SMALL_SHARE for SMALL_SHARE_STEPS calls in a row is reported once
     SMALL_SHARE = 0.05
     SMALL_SHARE_STEPS = 50
@@ -390,9 +408,9 @@ class OTLoss:
         else:
             plan, health = self._plan(M, self.solver, None)
         if paired is not None:
-            metrics["ot_pool_rows"] = float(n - paired)
+            metrics["ot_unpaired_rows"] = float(n - paired)
             total = float(plan.sum())
-            metrics["ot_pool_mass"] = float(plan[paired:].sum()) / total if total > 0 else 0.0
+            metrics["ot_unpaired_mass"] = float(plan[paired:].sum()) / total if total > 0 else 0.0
         loss = (plan * M).sum()
         # the solver's own health numbers first: the core's keys below (converged, ...) are never overridden
         metrics.update({f"ot_solver/{k}": v for k, v in health["info"].items()})

@@ -98,8 +98,8 @@ def test_block_plan_equals_an_independent_computation():
     got = res.plan.double()
     assert torch.allclose(got, want, atol=1e-6, rtol=1e-4), (got - want).abs().max()
     assert float(res.loss) == pytest.approx(float((want * M).sum()), rel=1e-5)
-    assert res.metrics["ot_pool_rows"] == q
-    assert res.metrics["ot_pool_mass"] == pytest.approx(float(want[p:].sum() / want.sum()), rel=1e-5)
+    assert res.metrics["ot_unpaired_rows"] == q
+    assert res.metrics["ot_unpaired_mass"] == pytest.approx(float(want[p:].sum() / want.sum()), rel=1e-5)
     assert res.metrics["ot_solver/converged"] == 1.0
 
 
@@ -239,6 +239,37 @@ def test_joint_term_trains_on_an_action_less_pool(data, tmp_path, layout):
         assert math.isfinite(r["ot_loss"]) and r["ot_pool_rows"] == 2 and "ot_cost/joint" in r
 
 
+def test_a_dtw_paired_pool_trains_and_its_rows_come_first(data, tmp_path, capsys):
+    """pairing = "dtw": `otplug pair` runs over the action-less pool; its rows are pairs (diagonal prior), placed
+    before any unpaired pool row, and counted as paired by the loss."""
+    from otplug.cli import main as cli
+    from otplug.lerobot.pool import PoolPairs, collate_pool, open_pool, read_pool_file
+    from otplug.lerobot.train import main
+
+    assert cli(["pair", "--target", str(data / "play"), "--source", str(data / "sim"), "--key", "observation.state",
+                "--out", str(tmp_path / "pool_pairs.json")]) == 0
+    capsys.readouterr()
+    (tmp_path / "pool.toml").write_text(
+        f'[[pool]]\nname = "play_dtw"\nroot = "{data / "play"}"\npairing = "dtw"\npair_info = "pool_pairs.json"\n'
+        f'[[pool]]\nname = "play_free"\nroot = "{data / "play"}"\n')
+    out = tmp_path / "run"
+    assert main(_args(data, out, 2, ["--ot.batch_size=6", f"--ot.target_pool={tmp_path / 'pool.toml'}"])) == 0
+    rows = _rows(out)
+    assert all(r["ot_pool_rows"] == 3 and r["ot_unpaired_rows"] <= 3 for r in rows)
+    assert any(r["ot_unpaired_rows"] < 3 for r in rows)  # some pool rows were DTW pairs (diagonal prior)
+    # the loader's batches: DTW-paired pool rows first, each with its DTW partner from the source
+    from otplug.lerobot.datasets import open_dataset
+
+    real = open_dataset("test/real", data / "real")
+    specs = read_pool_file(tmp_path / "pool.toml")
+    pools = open_pool(specs, like=real)
+    pairs = PoolPairs(pools, specs, [open_dataset("test/sim", data / "sim")], [1.0], seed=3)
+    items = [pairs[(k, i, 0)] for k, i in ((1, 0), (0, 2), (1, 5), (0, 4))]
+    src, tgt, paired = collate_pool(items)
+    assert paired == 2 and [it["paired"] for it in items] == [False, True, False, True]
+    assert tgt["index"].tolist()[:2] == [items[1]["tgt"]["index"].item(), items[3]["tgt"]["index"].item()]
+
+
 @pytest.mark.parametrize(("extra", "says"), [
     (["--dataset.repo_id=test/play", "--ot.enabled=false"],
      "has no 'action' feature (features: episode_index"),
@@ -367,3 +398,18 @@ def test_otplug_record_motion_writes_a_pool_dataset(tmp_path, capsys):
     assert "action" not in json.loads((tmp_path / "log" / "meta" / "info.json").read_text())["features"]
     assert cli(["record", "--out", str(tmp_path / "log2"), "--motion", "waypoints", "--expert-noise", "0.1"]) == 2
     assert "--expert-noise is the expert's" in capsys.readouterr().err
+
+
+def test_a_collapsing_normalised_cost_is_reported_once():
+    """Dev round 1's failure mode: with one feature term and cost_normalization = 'mean', the features collapse onto
+    each other while the normalisation amplifies the pull; a cost scale 1000x below its first value warns once."""
+    ot = _label_loss(True)
+    src, tgt = _states(6, seed=2)
+    ot(src, tgt)
+    with pytest.warns(otplug.OTCollapseWarning, match="ot_cost_scale"):
+        ot({k: v * 1e-3 for k, v in src.items()}, {k: v * 1e-3 for k, v in tgt.items()})
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ot({k: v * 1e-4 for k, v in src.items()}, {k: v * 1e-4 for k, v in tgt.items()})  # once only

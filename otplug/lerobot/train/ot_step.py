@@ -82,6 +82,7 @@ class OTSide:
         # a resumed run continues the uninterrupted run's pair order (no batch is loaded to get there)
         self._pairs = cycle_epochs(self.pair_dataset, self.loader, fast_forward(self.loader, start_step))
         self._pool = None
+        self._pool_from = 0
         if data.pool_pairs is not None:
             self._pool = iter(make_pool_loader(data.pool_pairs, self.pool_rows, (cfg.seed or 0) + 104_729 * rank,
                                                start_step, workers, self.camera_keys))
@@ -172,6 +173,7 @@ class OTSide:
         if extra is None:
             return src, tgt, None
         psrc, ptgt, paired = extra
+        self._pool_from = n  # the pool's rows start after the n pairs (metrics of this step)
         return _joined(src, psrc), _joined(tgt, ptgt), n + paired
 
     def build_batch(self, bc_batch: dict) -> tuple[dict, int]:
@@ -191,6 +193,11 @@ class OTSide:
             return None
         res = self.layout.loss(batch, n, policy, device, replay=replay)
         res.metrics["ot_capture_fallback"] = float(len(self.layout.fallback_keys))
+        if self._pool is not None:
+            plan, start = res.plan.detach(), self._pool_from
+            total = float(plan.sum())
+            res.metrics["ot_pool_rows"] = float(plan.shape[1] - start)
+            res.metrics["ot_pool_mass"] = float(plan[start:].sum()) / total if total > 0 else 0.0
         return res
 
     def solve(self, src: dict, tgt: dict, encoder: Any, paired: int | None = None) -> Any:
