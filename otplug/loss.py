@@ -36,10 +36,7 @@ __all__ = ["OTCollapseWarning", "OTLoss", "OTResult", "OTSolverWarning"]
 
 def _rows_of(batch: Mapping[str, Any]) -> int:
     """The number of rows of a batch (its first tensor's)."""
-    for value in batch.values():
-        if isinstance(value, torch.Tensor) and value.ndim:
-            return int(value.shape[0])
-    return 0
+    return next((int(v.shape[0]) for v in batch.values() if isinstance(v, torch.Tensor) and v.ndim), 0)
 
 
 COLLAPSE_MASS = 1e-6  # plan mass below this is treated as a collapse
@@ -432,11 +429,8 @@ class OTLoss:
         return OTResult(loss=loss, plan=plan, cost=M, metrics=metrics, term_costs=dict(term_costs or {}))
 
     def _block_plan(self, M: torch.Tensor, paired: int) -> tuple[torch.Tensor, dict[str, Any]]:
-        """The block-diagonal plan of ``paired`` pairs under the diagonal prior and ``n - paired`` unpaired rows
-        under the product prior: the plan of the problem with marginals ``1/n`` and reference measure
-        ``blockdiag(I/n, 1 1^T / (n q))``, which splits into the two blocks (KL terms add over disjoint supports);
-        each block is solved with unit-mass marginals and scaled by its share of the rows (the KL-unbalanced
-        plan scales with its marginals and reference)."""
+        """The block-diagonal plan of ``paired`` pairs under the diagonal prior and the unpaired rows under the
+        product prior: each block solved with unit-mass marginals, scaled by its share of the rows (docs/math.md §9)."""
         n = M.shape[0]
         plan = torch.zeros_like(M, dtype=M.dtype).detach()
         healths = []
