@@ -62,16 +62,17 @@ MMD_LINEAR: dict[str, Any] = {
 }
 
 #: OT with a target pool (``cotrain-ot-pool``): the recommended config's image term alone -- its action term reads the
-#: real actions a pool does not have -- on the raw cost (``cost_normalization = "none"``). The DTW pairs keep the
-#: diagonal prior; the pool rows and the sim rows drawn for them are one block solved with the product prior
-#: (docs/math.md §9): the plan pairs them through the image cost. Why not normalised: with the image term alone M's
-#: mean is the image cost's own, and dividing by it (a constant for autograd) scales the image gradient by 1/mean --
-#: the smaller the distances, the larger the pull. On dev (round 1, docs/benchmark.md) the compared features then
-#: collapsed to one point (the image cost fell 2000x to 1e-5 with its scale held by the anchor) and success with them.
+#: real actions a pool does not have -- on the raw cost (``cost_normalization = "none"``), with only the real side's
+#: features moving (``grad = "target"``) towards sim features from an EMA copy of the policy (``stopgrad_encoder =
+#: "ema"``). The DTW pairs keep the diagonal prior; the pool rows and the sim rows drawn for them are one block solved
+#: with the product prior (docs/math.md §9). Dev history (docs/benchmark.md): round 1, mean-normalised, the compared
+#: features collapsed to one point (the detached 1/mean amplifies the pull); round 2, raw cost, they still collapsed
+#: (both sides moving towards the plan's mean partner); round 3: the sim side held by the EMA target.
 POOL_OT: dict[str, Any] = {
     **RECOMMENDED_OT,
     "cost_normalization": "none",
-    "terms": [t for t in RECOMMENDED_OT["terms"] if t["type"] == "image"],
+    "terms": [{**t, "grad": "target", "stopgrad_encoder": "ema"} for t in RECOMMENDED_OT["terms"]
+              if t["type"] == "image"],
 }
 
 #: The joint-cost variant (``cotrain-ot-joint-pool``): the image term plus the ``joint`` term's label part (DeepJDOT /
@@ -84,6 +85,6 @@ POOL_OT: dict[str, Any] = {
 #: part, constant for autograd, dominates M's mean, so the mean normalisation does not amplify the image gradient.
 POOL_JOINT_OT: dict[str, Any] = {
     **RECOMMENDED_OT,
-    "terms": [*POOL_OT["terms"], {"type": "joint", "name": "joint", "src_key": CAMERA_KEY, "weight": 0.5,
+    "terms": [*(t for t in RECOMMENDED_OT["terms"] if t["type"] == "image"), {"type": "joint", "name": "joint", "src_key": CAMERA_KEY, "weight": 0.5,
                                   "weight_embed": 0.0, "weight_label": 1.0, "stopgrad_prediction": True}],
 }
