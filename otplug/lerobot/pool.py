@@ -36,8 +36,8 @@ import attrs
 import numpy as np
 import torch
 
-from otplug.config.convert import show_value, suggest_key
-from otplug.errors import ConfigError, OtplugError
+from otplug.config.convert import show_value
+from otplug.errors import OtplugError
 from otplug.lerobot.datasets import collate_rows, dataset_label
 
 __all__ = ["POOL_PAIRINGS", "PoolBatches", "PoolPairs", "PoolSpec", "collate_pool", "make_pool_loader",
@@ -69,45 +69,30 @@ class PoolSpec:
 def read_pool_file(path: str | Path) -> list[PoolSpec]:
     """Parse and check a pool file; :class:`ConfigError` lists every problem with its place
     (``pool[0].pairing: ...``). Paths are resolved against the file's folder and must exist."""
-    from otplug.config.files import read_config_file
+    from otplug.lerobot.sources import read_dataset_tables
+
+    return read_dataset_tables(path, "pool", _KEYS, _one_pool, tables="dataset tables ([[pool]])",
+                               duplicate="pool dataset; set distinct `name`s")
+
+
+def _one_pool(entry: dict, at: str, base: Path, problems: list[tuple[str, str]]) -> PoolSpec | None:
+    """One ``[[pool]]`` table: a source table's keys (:func:`otplug.lerobot.sources._one`) plus ``pairing``."""
     from otplug.lerobot.sources import _one
 
-    data, where = read_config_file(path)
-    base = Path(path).expanduser().resolve().parent
-    problems: list[tuple[str, str]] = [(str(k), suggest_key(k, ["pool"])) for k in data if k != "pool"]
-    raw = data.get("pool")
-    if not isinstance(raw, list) or not raw:
-        problems.append(("pool", f"must be a non-empty list of dataset tables ([[pool]]), got {show_value(raw)}"))
-        raise ConfigError(problems, where)
-    specs: list[PoolSpec] = []
-    for i, entry in enumerate(raw):
-        at = f"pool[{i}]"
-        if not isinstance(entry, dict):
-            problems.append((at, f"must be a table with keys {', '.join(_KEYS)}, got {show_value(entry)}"))
-            continue
-        bad = [k for k in entry if k not in _KEYS]
-        problems += [(f"{at}.{k}", suggest_key(k, _KEYS)) for k in bad]
-        if bad:
-            continue
-        pairing = entry.get("pairing", "none")
-        if pairing not in POOL_PAIRINGS:
-            problems.append((f"{at}.pairing", f"must be one of {', '.join(POOL_PAIRINGS)}, got {show_value(pairing)}"))
-        elif pairing == "dtw" and not entry.get("pair_info"):
-            problems.append((f"{at}.pair_info", "pairing = 'dtw' needs the pair_info of the pool dataset with the "
-                             "source (`otplug pair --target POOL --source SIM --out pair_info.json`)"))
-        elif pairing == "none" and entry.get("pair_info"):
-            problems.append((f"{at}.pair_info", "is only read with pairing = 'dtw'; drop it or set pairing = 'dtw'"))
-        n0 = len(problems)
-        src = _one({k: v for k, v in entry.items() if k != "pairing"}, at, base, problems)
-        if src is not None and len(problems) == n0:
-            specs.append(PoolSpec(name=src.name, repo_id=src.repo_id, root=src.root, weight=src.weight,
-                                  rename_map=dict(src.rename_map), pairing=pairing, pair_info=src.pair_info))
-    names = [s.name for s in specs]
-    for name in sorted({n for n in names if names.count(n) > 1}):
-        problems.append(("pool", f"name {name!r} is used by more than one pool dataset; set distinct `name`s"))
-    if problems:
-        raise ConfigError(problems, where)
-    return specs
+    n0 = len(problems)
+    pairing = entry.get("pairing", "none")
+    if pairing not in POOL_PAIRINGS:
+        problems.append((f"{at}.pairing", f"must be one of {', '.join(POOL_PAIRINGS)}, got {show_value(pairing)}"))
+    elif pairing == "dtw" and not entry.get("pair_info"):
+        problems.append((f"{at}.pair_info", "pairing = 'dtw' needs the pair_info of the pool dataset with the "
+                         "source (`otplug pair --target POOL --source SIM --out pair_info.json`)"))
+    elif pairing == "none" and entry.get("pair_info"):
+        problems.append((f"{at}.pair_info", "is only read with pairing = 'dtw'; drop it or set pairing = 'dtw'"))
+    src = _one({k: v for k, v in entry.items() if k != "pairing"}, at, base, problems)
+    if src is None or len(problems) > n0:
+        return None
+    return PoolSpec(name=src.name, repo_id=src.repo_id, root=src.root, weight=src.weight,
+                    rename_map=dict(src.rename_map), pairing=pairing, pair_info=src.pair_info)
 
 
 def open_pool(specs: Sequence[PoolSpec], like: Any) -> list[Any]:

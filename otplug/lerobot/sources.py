@@ -25,7 +25,7 @@ proportion to their weights, and in the OT batch a target frame's partner comes 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from otplug.config.convert import show_value, suggest_key
 from otplug.errors import ConfigError, OtplugError
 from otplug.validators import FieldValueError, rename_map
 
-__all__ = ["SourceSpec", "check_specs", "read_sources_file", "single_source"]
+__all__ = ["SourceSpec", "check_specs", "read_dataset_tables", "read_sources_file", "single_source"]
 
 _KEYS = ("name", "repo_id", "root", "pair_info", "weight", "rename_map")
 
@@ -67,33 +67,40 @@ def read_sources_file(path: str | Path) -> list[SourceSpec]:
     """Parse and check a sources file; :class:`ConfigError` lists every problem with its place in the file
     (``sources[1].weight: ...``). Paths are resolved against the file's folder; files and folders must exist
     (the pair_info check happens where OT needs it)."""
+    return read_dataset_tables(path, "sources", _KEYS, _one, tables="source tables", duplicate=(
+        "source (names label the sources in logs and run_info.json; set distinct `name`s)"))
+
+
+def read_dataset_tables(path: str | Path, table: str, keys: Sequence[str],
+                        build: Callable[[dict, str, Path, list[tuple[str, str]]], Any],
+                        *, tables: str, duplicate: str) -> list[Any]:
+    """What a file listing datasets as ``[[<table>]]`` tables checks (a sources file, a target pool file): no other
+    top-level key, a non-empty list of tables (``tables`` names them), known keys only (with a suggestion), each
+    entry built by ``build(entry, "<table>[i]", file folder, problems)`` -- None when it added problems -- and
+    distinct names (``duplicate`` names what shares one). :class:`ConfigError` lists every problem."""
     from otplug.config.files import read_config_file
 
     data, where = read_config_file(path)
     base = Path(path).expanduser().resolve().parent
-    problems: list[tuple[str, str]] = []
-    for key in data:
-        if key != "sources":
-            problems.append((str(key), suggest_key(key, ["sources"])))
-    raw = data.get("sources")
+    problems: list[tuple[str, str]] = [(str(k), suggest_key(k, [table])) for k in data if k != table]
+    raw = data.get(table)
     if not isinstance(raw, list) or not raw:
-        problems.append(("sources", f"must be a non-empty list of source tables, got {show_value(raw)}"))
+        problems.append((table, f"must be a non-empty list of {tables}, got {show_value(raw)}"))
         raise ConfigError(problems, where)
-    specs: list[SourceSpec] = []
+    specs: list[Any] = []
     for i, entry in enumerate(raw):
-        at = f"sources[{i}]"
+        at = f"{table}[{i}]"
         if not isinstance(entry, dict):
-            problems.append((at, f"must be a table with keys {', '.join(_KEYS)}, got {show_value(entry)}"))
+            problems.append((at, f"must be a table with keys {', '.join(keys)}, got {show_value(entry)}"))
             continue
-        bad = [k for k in entry if k not in _KEYS]
-        problems += [(f"{at}.{k}", suggest_key(k, _KEYS)) for k in bad]
-        spec = _one(entry, at, base, problems) if not bad else None
+        bad = [k for k in entry if k not in keys]
+        problems += [(f"{at}.{k}", suggest_key(k, keys)) for k in bad]
+        spec = build(entry, at, base, problems) if not bad else None
         if spec is not None:
             specs.append(spec)
     names = [s.name for s in specs]
     for name in sorted({n for n in names if names.count(n) > 1}):
-        problems.append(("sources", (f"name {name!r} is used by more than one source (names label the sources in "
-                                     "logs and run_info.json; set distinct `name`s)")))
+        problems.append((table, f"name {name!r} is used by more than one {duplicate}"))
     if problems:
         raise ConfigError(problems, where)
     return specs
