@@ -81,27 +81,26 @@ def _lerobot_helpers():
     return quiet_lerobot, open_dataset
 
 
-def play_expert(domain: str | DomainParams, region: str, seeds: Sequence[int], *, image_size: int = 32,
-                max_steps: int = 40, noise_seed: int = 0, expert_noise: float = 0.0, k: float = DEFAULT_K,
-                batch: int = 256) -> list[dict[str, Any]]:
-    """Play the expert on ``seeds`` and return one dict per episode with ``state`` (T, 2), ``image`` (T, H, W, 3),
-    ``action`` (T, 2) and ``success``. ``expert_noise`` adds Gaussian noise to the commands (seeded per episode)."""
+def _play(domain: str | DomainParams, region: str, seeds: Sequence[int], command: Any, *, rng_tag: int,
+          image_size: int, max_steps: int, noise_seed: int, batch: int) -> list[dict[str, Any]]:
+    """Episodes of ``seeds`` driven by ``command(env, obs, rngs, t) -> actions`` (``rngs``: one generator per episode,
+    ``default_rng([seed, rng_tag, noise_seed])``; ``t``: the step), ``batch`` episodes at a time. One dict per episode
+    with ``state`` (T, 2), ``image`` (T, H, W, 3), ``action`` (T, 2), ``success`` and ``episode_seed``."""
     episodes: list[dict[str, Any]] = []
     for start in range(0, len(seeds), batch):
         chunk = list(seeds[start:start + batch])
         env = BatchReachEnv(len(chunk), domain, region, image_size=image_size, max_steps=max_steps,
                             noise_seed=noise_seed)
         obs, _ = env.reset(chunk)
-        rngs = [np.random.default_rng([s, 2, noise_seed]) for s in chunk]
+        rngs = [np.random.default_rng([s, rng_tag, noise_seed]) for s in chunk]
         frames: list[list[tuple]] = [[] for _ in chunk]
+        t = 0
         while not env.done.all():
-            act = expert_action(env.privileged_state(), env.domain, k=k)
-            if expert_noise > 0:
-                act = np.clip(act + np.stack([r.normal(0.0, expert_noise, 2) for r in rngs]), -1, 1).astype(np.float32)
-            live = ~env.done
-            for i in np.flatnonzero(live):
+            act = command(env, obs, rngs, t)
+            for i in np.flatnonzero(~env.done):
                 frames[i].append((obs["agent_pos"][i], obs["pixels"][CAMERA][i], act[i]))
             obs, *_ = env.step(act)
+            t += 1
         for i, fr in enumerate(frames):
             episodes.append({
                 "state": np.stack([f[0] for f in fr]).astype(np.float32),
@@ -111,6 +110,21 @@ def play_expert(domain: str | DomainParams, region: str, seeds: Sequence[int], *
                 "episode_seed": chunk[i],
             })
     return episodes
+
+
+def play_expert(domain: str | DomainParams, region: str, seeds: Sequence[int], *, image_size: int = 32,
+                max_steps: int = 40, noise_seed: int = 0, expert_noise: float = 0.0, k: float = DEFAULT_K,
+                batch: int = 256) -> list[dict[str, Any]]:
+    """Play the expert on ``seeds`` and return one dict per episode with ``state`` (T, 2), ``image`` (T, H, W, 3),
+    ``action`` (T, 2) and ``success``. ``expert_noise`` adds Gaussian noise to the commands (seeded per episode)."""
+    def command(env: BatchReachEnv, _obs: dict, rngs: list, _t: int) -> np.ndarray:
+        act = expert_action(env.privileged_state(), env.domain, k=k)
+        if expert_noise > 0:
+            act = np.clip(act + np.stack([r.normal(0.0, expert_noise, 2) for r in rngs]), -1, 1).astype(np.float32)
+        return act
+
+    return _play(domain, region, seeds, command, rng_tag=2, image_size=image_size, max_steps=max_steps,
+                 noise_seed=noise_seed, batch=batch)
 
 
 #: goal-blind motions of :func:`record_play` (they never read the goal: the frames of a robot logging while it moves)
@@ -125,28 +139,16 @@ def play_waypoints(domain: str | DomainParams, region: str, seeds: Sequence[int]
     ``[-0.9, 0.9]^2``, a new one every :data:`WAYPOINT_STEPS` steps) by a proportional command on its own position.
     It reads only ``observation.state``, never the goal or the image: what a real robot records while it runs a
     scripted motion with a scene set up. One dict per episode with ``state`` and ``image`` (no actions kept)."""
-    episodes: list[dict[str, Any]] = []
-    for start in range(0, len(seeds), batch):
-        chunk = list(seeds[start:start + batch])
-        env = BatchReachEnv(len(chunk), domain, region, image_size=image_size, max_steps=max_steps,
-                            noise_seed=noise_seed)
-        obs, _ = env.reset(chunk)
-        rngs = [np.random.default_rng([s, 3, noise_seed]) for s in chunk]
-        waypoints = np.zeros((len(chunk), 2))
-        frames: list[list[tuple]] = [[] for _ in chunk]
-        t = 0
-        while not env.done.all():
-            if t % WAYPOINT_STEPS == 0:
-                waypoints = np.stack([r.uniform(-0.9, 0.9, 2) for r in rngs])
-            act = np.clip(2.0 * (waypoints - obs["agent_pos"]), -1.0, 1.0).astype(np.float32)
-            for i in np.flatnonzero(~env.done):
-                frames[i].append((obs["agent_pos"][i], obs["pixels"][CAMERA][i]))
-            obs, *_ = env.step(act)
-            t += 1
-        for i, fr in enumerate(frames):
-            episodes.append({"state": np.stack([f[0] for f in fr]).astype(np.float32),
-                             "image": np.stack([f[1] for f in fr]), "episode_seed": chunk[i]})
-    return episodes
+    waypoints: list[np.ndarray] = []
+
+    def command(_env: BatchReachEnv, obs: dict, rngs: list, t: int) -> np.ndarray:
+        if t % WAYPOINT_STEPS == 0:
+            waypoints[:] = [np.stack([r.uniform(-0.9, 0.9, 2) for r in rngs])]
+        return np.clip(2.0 * (waypoints[0] - obs["agent_pos"]), -1.0, 1.0).astype(np.float32)
+
+    episodes = _play(domain, region, seeds, command, rng_tag=3, image_size=image_size, max_steps=max_steps,
+                     noise_seed=noise_seed, batch=batch)
+    return [{k: v for k, v in ep.items() if k in ("state", "image", "episode_seed")} for ep in episodes]
 
 
 def record_play(root: str | Path, *, domain: str | DomainParams = "real", region: str = "all", n_episodes: int = 40,
