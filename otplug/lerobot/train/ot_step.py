@@ -323,8 +323,8 @@ class Separate:
     def __init__(self, side: OTSide, policy: Any, is_main: bool) -> None:
         self.side = side
         self.fallback_keys: list[str] = []  # every embedding comes from an encoder pass of its own
-        self._last_pairs: tuple[dict, dict] | None = None  # the last pairs (a step's recomputation)
-        self._last_pool: tuple[dict, dict, int | None] | None = None  # the last pairs with their pool rows
+        # the last step's preprocessed pairs with their pool rows and paired count (a step's recomputation)
+        self._last: tuple[dict, dict, int | None] | None = None
         factory = get_registry().get("alignment", side.ot.alignment, field="--ot.alignment").load()
         self.alignment = factory()
 
@@ -337,18 +337,14 @@ class Separate:
 
     def loss(self, bc_batch: dict, n: int, policy: Any, device: torch.device, *, replay: bool = False) -> Any:
         side = self.side
-        pairs = self._last_pairs if replay and self._last_pairs is not None else side.next_pairs()
-        self._last_pairs = pairs
-        src, tgt = (dict(b) for b in pairs)
-        check_image_range(src, side.camera_keys, "source pairs")
-        check_image_range(tgt, side.camera_keys, "target pairs")
-        src, tgt = side.preprocessor(src), side.preprocessor(tgt)
-        n_pairs = len(next(v for v in src.values() if isinstance(v, torch.Tensor)))
-        if replay and self._last_pool is not None:
-            src, tgt, paired = self._last_pool
-        else:
-            src, tgt, paired = side.with_pool(src, tgt, n_pairs)
-            self._last_pool = (src, tgt, paired)
+        if not (replay and self._last is not None):
+            src, tgt = side.next_pairs()
+            check_image_range(src, side.camera_keys, "source pairs")
+            check_image_range(tgt, side.camera_keys, "target pairs")
+            src, tgt = side.preprocessor(src), side.preprocessor(tgt)
+            n_pairs = len(next(v for v in src.values() if isinstance(v, torch.Tensor)))
+            self._last = side.with_pool(src, tgt, n_pairs)
+        src, tgt, paired = self._last
         if self.alignment is not None:
             src = self.alignment(src, bc_batch, device)
             tgt = self.alignment(tgt, bc_batch, device)
