@@ -38,10 +38,10 @@ import torch
 
 from otplug.config.convert import show_value
 from otplug.errors import OtplugError
-from otplug.lerobot.datasets import collate_rows, dataset_label
+from otplug.lerobot.datasets import collate_rows
 
 __all__ = ["POOL_PAIRINGS", "PoolBatches", "PoolPairs", "PoolSpec", "collate_pool", "make_pool_loader",
-           "missing_pool_keys", "open_pool", "pool_rows", "read_pool_file"]
+           "missing_pool_keys", "open_pool", "pool_rows", "read_pool_file", "target_keys_by_term"]
 
 #: ``pairing`` of a pool dataset
 POOL_PAIRINGS = ("none", "dtw")
@@ -114,18 +114,29 @@ def open_pool(specs: Sequence[PoolSpec], like: Any) -> list[Any]:
     return out
 
 
-def missing_pool_keys(needed: Mapping[str, Sequence[str]], pools: Sequence[Any],
+def target_keys_by_term(loss: Any) -> dict[str, list[str]]:
+    """``{term name: the features its target side reads}`` of an :class:`otplug.OTLoss` (``*_is_pad`` masks as their
+    feature): what every pool dataset must have."""
+    from otplug.cost import term_keys
+    from otplug.lerobot.datasets import base_key
+
+    return {t.name: sorted({base_key(k) for k in term_keys(t, "tgt")}) for t in loss.terms}
+
+
+def missing_pool_keys(needed: Mapping[str, Sequence[str]], features: Sequence[Any],
                       specs: Sequence[PoolSpec]) -> str | None:
-    """The first term key a pool dataset lacks, as one message (``needed``: term name -> the base keys its target
-    side reads), or None. Called before the first step: a term that needs real actions cannot see pool rows."""
-    for spec, ds in zip(specs, pools, strict=True):
-        features = set(ds.meta.features)
+    """The first term key a pool dataset lacks, as one message (``needed``: term name -> the features its target
+    side reads, :func:`target_keys_by_term`; ``features``: each pool dataset's feature names, under the target's
+    names), or None. Checked before the first step and by ``otplug check-config --target-pool``: a term that needs
+    real actions cannot see pool rows."""
+    for spec, names in zip(specs, features, strict=True):
+        names = set(names)
         for term, keys in needed.items():
-            lacking = sorted(k for k in keys if k not in features)
+            lacking = sorted(k for k in keys if k not in names)
             if lacking:
                 return (f"OT term {term!r} reads {lacking} on the target side, which target pool dataset {spec.name!r} "
-                        f"{dataset_label(ds)} does not have (its features: {', '.join(sorted(features))}); pool rows "
-                        "need terms that read no real actions (image, embedding, joint), or drop that dataset")
+                        f"({spec.root}) does not have (its features: {', '.join(sorted(names))}); pool rows need terms "
+                        "that read no real actions (image, embedding, joint), or drop that dataset")
     return None
 
 

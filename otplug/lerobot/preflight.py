@@ -94,9 +94,7 @@ def check_pool(cfg: Any, path: str, dataset: str, pool_file: str) -> list[str]:
     side, and a compatible fps; its pair_info (``pairing = "dtw"``) is read."""
     import otplug
     from otplug.lerobot.features_check import read_features
-    from otplug.cost import term_keys
-    from otplug.lerobot.datasets import base_key
-    from otplug.lerobot.pool import read_pool_file
+    from otplug.lerobot.pool import missing_pool_keys, read_pool_file, target_keys_by_term
 
     loss = otplug.OTLoss(cfg)
     tgt_feats, tgt_fps = read_features(dataset, "--dataset")
@@ -115,11 +113,9 @@ def check_pool(cfg: Any, path: str, dataset: str, pool_file: str) -> list[str]:
         if lacking:
             raise OtplugError(f"{who} lacks the target's feature(s) {lacking} (the policy reads them); its features: "
                               f"{', '.join(sorted(feats))}")
-        for term in loss.terms:
-            keys = sorted({base_key(k) for k in term_keys(term, "tgt")} - set(feats))
-            if keys:
-                raise OtplugError(f"{path}: term {term.name!r} reads {keys} on the target side, which {who} does not "
-                                  "have; pool rows need terms that read no real actions (image, embedding, joint)")
+        why = missing_pool_keys(target_keys_by_term(loss), [feats], [spec])
+        if why is not None:
+            raise OtplugError(f"{path}: {why}")
         if tgt_fps and fps and fps % tgt_fps:
             raise OtplugError(f"{who} runs at {fps} fps and the target at {tgt_fps}: training reads it at the target's "
                               "time offsets, whole frames only when its fps is a multiple of the target's")

@@ -35,7 +35,7 @@ from otplug.errors import OtplugError
 from otplug.lerobot.capture import CapturedEncoder, FeatureCapture
 from otplug.lerobot.datasets import base_key
 from otplug.lerobot.pair_dataset import cycle_epochs, fast_forward, make_pair_loader
-from otplug.lerobot.pool import make_pool_loader, missing_pool_keys, pool_rows
+from otplug.lerobot.pool import make_pool_loader, missing_pool_keys, pool_rows, target_keys_by_term
 from otplug.lerobot.train.batches import check_image_range, concat_batches, images_to_float, rows
 from otplug.lerobot.train.run_data import RunData
 from otplug.plugins import get_registry
@@ -131,13 +131,11 @@ class OTSide:
 
     def _check_pool(self, pool: list[Any]) -> None:
         """Every term key the target side reads must be in every pool dataset (named before the first step)."""
-        from otplug.cost import term_keys
-
-        needed = {t.name: sorted({base_key(k) for k in term_keys(t, "tgt")}) for t in self.loss_fn.terms}
+        needed = target_keys_by_term(self.loss_fn)
         if self.predicting:
             needed["(policy inputs of " + ", ".join(self.predicting) + ")"] = sorted(
                 base_key(k) for k in self.tgt_keys if k.startswith("observation."))
-        why = missing_pool_keys(needed, pool, self.ot.pool)
+        why = missing_pool_keys(needed, [ds.meta.features for ds in pool], self.ot.pool)
         if why is not None:
             raise OtplugError(why)
 
